@@ -1,0 +1,59 @@
+"""The contract between the runner (``dicofun.train``) and the methods.
+
+A method is a module in ``dicofun/methods/<name>`` exposing::
+
+    def run(config: ml_collections.ConfigDict, data: RunData,
+            workdir: str) -> Predictions
+
+The runner prepares the data (readers, contamination protocol), calls the
+method, then computes every metric from the returned predictions and writes the
+run's results. Methods never compute the reported metrics themselves (they may
+call ``dicofun.evaluate`` for intermediate, clearly labelled evaluations).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import numpy as np
+
+from dicofun.data.records import Record
+
+
+@dataclasses.dataclass
+class RunData:
+  """Inputs of one run.
+
+  Attributes:
+    train: training records as the method sees them (true labels are kept in
+      the records for the transductive view; methods must not read them).
+    test: test records (labels and masks used for evaluation only).
+    moved: records moved from test into train by the contamination protocol.
+    category: dataset category name.
+  """
+
+  train: list[Record]
+  test: list[Record]
+  moved: list[Record] = dataclasses.field(default_factory=list)
+  category: str = ""
+
+
+@dataclasses.dataclass
+class Predictions:
+  """What a method returns.
+
+  Attributes:
+    test_scores: (num_test,) image anomaly scores, higher = more anomalous.
+    test_maps: (num_test, S, S) float32 anomaly maps at the evaluation size.
+    train_scores: (num_train,) image scores on the method's own (possibly
+      contaminated) training set, for the transductive view; None if the
+      method cannot score its training set.
+    extra: method-specific results (training history, oracle epoch, timings);
+      must be JSON-serialisable.
+  """
+
+  test_scores: np.ndarray
+  test_maps: Optional[np.ndarray]
+  train_scores: Optional[np.ndarray] = None
+  extra: dict[str, Any] = dataclasses.field(default_factory=dict)
