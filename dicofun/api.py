@@ -31,12 +31,17 @@ class RunData:
     test: test records (labels and masks used for evaluation only).
     moved: records moved from test into train by the contamination protocol.
     category: dataset category name.
+    test_is_moved: optional (len(test),) bool array. The runner appends the
+      moved anomalies to ``test`` so one run yields both the no-overlap view
+      (rows where this is False) and the overlap view (all rows) of METHODS §4.
+      Methods just score every record of ``test``.
   """
 
   train: list[Record]
   test: list[Record]
   moved: list[Record] = dataclasses.field(default_factory=list)
   category: str = ""
+  test_is_moved: Optional[np.ndarray] = None
 
 
 @dataclasses.dataclass

@@ -1,0 +1,16 @@
+r"""patchcore on synthetic: the embedded procedural dataset (generated into <workdir>/data; nothing to download).
+
+Run:
+  python experiments/main.py --config=configs/patchcore_synthetic.py:contamination=0.1 \
+      --workdir=runs/patchcore_synthetic
+
+Args (after the colon, comma-separated): category, contamination, overlap,
+backbone (efficientnet_lite0|1|2, dinov2_vits14), layer (ViT block), image_size,
+crop, coreset, seed, root, runlocal. Results of measured runs: BENCHMARKS.md.
+"""
+
+from dicofun import configlib
+
+
+def get_config(arg=None):
+  return configlib.bank_method_config("patchcore", "synthetic", arg)

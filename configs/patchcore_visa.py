@@ -1,0 +1,16 @@
+r"""patchcore on visa: VisA at $DICOFUN_DATA/visa (containing <category>/Data and split_csv/1cls.csv; or config.dataset.root); get it from https://github.com/amazon-science/spot-diff.
+
+Run:
+  python experiments/main.py --config=configs/patchcore_visa.py:contamination=0.1 \
+      --workdir=runs/patchcore_visa
+
+Args (after the colon, comma-separated): category, contamination, overlap,
+backbone (efficientnet_lite0|1|2, dinov2_vits14), layer (ViT block), image_size,
+crop, coreset, seed, root, runlocal. Results of measured runs: BENCHMARKS.md.
+"""
+
+from dicofun import configlib
+
+
+def get_config(arg=None):
+  return configlib.bank_method_config("patchcore", "visa", arg)

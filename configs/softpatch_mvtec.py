@@ -1,0 +1,16 @@
+r"""softpatch on mvtec: MVTec AD at $DICOFUN_DATA/mvtec_ad/<category> (or config.dataset.root); get it from https://www.mvtec.com/company/research/datasets/mvtec-ad.
+
+Run:
+  python experiments/main.py --config=configs/softpatch_mvtec.py:contamination=0.1 \
+      --workdir=runs/softpatch_mvtec
+
+Args (after the colon, comma-separated): category, contamination, overlap,
+backbone (efficientnet_lite0|1|2, dinov2_vits14), layer (ViT block), image_size,
+crop, coreset, seed, root, runlocal. Results of measured runs: BENCHMARKS.md.
+"""
+
+from dicofun import configlib
+
+
+def get_config(arg=None):
+  return configlib.bank_method_config("softpatch", "mvtec", arg)
