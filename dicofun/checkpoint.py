@@ -1,0 +1,184 @@
+"""Checkpoints (orbax): training resume and self-contained inference state.
+
+Two kinds of checkpoint live in a run's workdir:
+
+* ``<workdir>/train_ckpt``: periodic training checkpoints of a method with a
+  training loop (FUN-AD, DiCo). ``TrainCheckpointer`` saves every
+  ``every`` epochs, keeps the latest and the best (by a metric when one is
+  given), and restores the latest automatically, so a run started again with
+  the same ``--workdir`` resumes where it stopped.
+* ``<workdir>/model``: the inference checkpoint written by the runner at the
+  end of a run. It holds everything inference needs — the method's state
+  (parameters, memory bank or items, normalisation statistics), the decision
+  threshold and the config — so ``experiments/predict.py`` can score new
+  images from it alone, without the training data.
+
+All processes take part in saving (orbax coordinates multi-host saves);
+orbax writes atomically (temporary directory + rename), so an interrupted save
+never leaves a checkpoint that restores half-written.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+PyTree = Any
+
+
+def _arrays(tree: PyTree) -> PyTree:
+  """numpy / Python scalars → 0-d arrays (orbax saves arrays only)."""
+  return jax.tree_util.tree_map(
+      lambda x: np.asarray(x) if isinstance(x, (np.generic, int, float)) else x,
+      tree)
+
+
+def _to_host(tree: PyTree) -> PyTree:
+  """Fully replicated / addressable arrays → numpy (what orbax restores)."""
+  return jax.tree_util.tree_map(
+      lambda x: np.asarray(x) if isinstance(x, (jax.Array, np.ndarray)) else x,
+      tree)
+
+
+class TrainCheckpointer:
+  """Periodic training checkpoints with automatic resume.
+
+  Usage::
+
+    ckpt = TrainCheckpointer(workdir, every=10)
+    state, start_epoch = ckpt.restore_or(state)
+    for epoch in range(start_epoch, epochs):
+      state = train_epoch(state)
+      ckpt.maybe_save(epoch + 1, state, metrics={"score": s})
+    ckpt.close()
+
+  The saved epoch is the number of *completed* epochs, so resuming starts at
+  that epoch. ``state`` is any pytree of arrays (train state, rng, carried
+  scores); its structure is the restore template.
+  """
+
+  def __init__(self, workdir: str, *, every: int = 1, keep_best: bool = True,
+               best_metric: str = "score", best_mode: str = "max",
+               subdir: str = "train_ckpt"):
+    self.every = max(int(every), 1)
+    self.best_metric = best_metric
+    policies = [ocm.LatestN(1)]
+    if keep_best:
+      policies.append(ocm.BestN(
+          get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min",
+          n=1, keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocm.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=False, create=True)
+    self.directory = os.path.abspath(os.path.join(workdir, subdir))
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_epoch(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def restore_or(self, state: PyTree) -> tuple[PyTree, int]:
+    """Returns (restored state, completed epochs), or (state, 0) if none."""
+    step = self._manager.latest_step()
+    if step is None:
+      return state, 0
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
+                                      _arrays(state))
+    restored = self._manager.restore(
+        step, args=ocp.args.StandardRestore(abstract))
+    logging.info("Resumed from %s at epoch %d", self.directory, step)
+    return restored, int(step)
+
+  def maybe_save(self, epoch: int, state: PyTree, *,
+                 metrics: Optional[dict[str, float]] = None,
+                 force: bool = False) -> bool:
+    """Saves when ``epoch`` is a multiple of ``every`` (or ``force``)."""
+    if not force and epoch % self.every:
+      return False
+    m = None
+    if metrics is not None and self.best_metric in metrics:
+      m = {k: float(v) for k, v in metrics.items()}
+    saved = self._manager.save(epoch, args=ocp.args.StandardSave(_arrays(state)),
+                               metrics=m, force=True)
+    self._manager.wait_until_finished()
+    return bool(saved)
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def save_inference(workdir: str, *, state: PyTree,
+                   config: ml_collections.ConfigDict,
+                   threshold: float, meta: Optional[dict[str, Any]] = None,
+                   subdir: str = "model") -> str:
+  """Writes the self-contained inference checkpoint of a finished run.
+
+  Args:
+    workdir: the run's directory.
+    state: the method's inference pytree (arrays only).
+    config: the run config (stored as JSON; reloaded by ``load_inference``).
+    threshold: image-score decision threshold.
+    meta: extra JSON-able information (threshold rule, score statistics).
+    subdir: checkpoint directory name under ``workdir``.
+
+  Returns:
+    The checkpoint directory.
+  """
+  path = os.path.abspath(os.path.join(workdir, subdir))
+  manager = ocp.CheckpointManager(
+      path, options=ocp.CheckpointManagerOptions(
+          max_to_keep=1, enable_async_checkpointing=False, create=True))
+  info = dict(meta or {})
+  info.update(threshold=float(threshold), config=config.to_dict(),
+              method=config.method)
+  step = (manager.latest_step() or 0) + 1
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(_arrays(_to_host(state))),
+      meta=ocp.args.JsonSave(_json_safe(info))), force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return path
+
+
+def load_inference(workdir: str, *, subdir: str = "model"
+                   ) -> tuple[PyTree, ml_collections.ConfigDict, dict[str, Any]]:
+  """Loads (state, config, meta) written by ``save_inference``.
+
+  Raises:
+    FileNotFoundError: naming the directory when the run has no checkpoint.
+  """
+  path = os.path.abspath(os.path.join(workdir, subdir))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(
+        f"no inference checkpoint at {path}; train a run with "
+        "experiments/main.py --workdir=... first")
+  manager = ocp.CheckpointManager(
+      path, options=ocp.CheckpointManagerOptions(read_only=True))
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"checkpoint directory {path} holds no checkpoint")
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  manager.close()
+  meta = dict(restored["meta"])
+  config = ml_collections.ConfigDict(meta.pop("config"))
+  return restored["state"], config, meta
+
+
+def _json_safe(x: Any) -> Any:
+  if isinstance(x, dict):
+    return {str(k): _json_safe(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_json_safe(v) for v in x]
+  if isinstance(x, (np.floating, np.integer, np.bool_)):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  return x
