@@ -4,6 +4,12 @@ A method is a module in ``dicofun/methods/<name>`` exposing::
 
     def run(config: ml_collections.ConfigDict, data: RunData,
             workdir: str) -> Predictions
+    def predict(config: ml_collections.ConfigDict, state: dict,
+                images: np.ndarray) -> tuple[np.ndarray, np.ndarray]
+
+``images`` are preprocessed (``dicofun.train.preprocess_for``) float arrays;
+``predict`` returns image scores and anomaly maps exactly as ``run`` computed
+them for the test set.
 
 The runner prepares the data (readers, contamination protocol), calls the
 method, then computes every metric from the returned predictions and writes the
@@ -56,9 +62,13 @@ class Predictions:
       method cannot score its training set.
     extra: method-specific results (training history, oracle epoch, timings);
       must be JSON-serialisable.
+    state: the method's inference pytree (arrays only): everything its
+      ``predict(config, state, images) -> (scores, maps)`` needs besides the
+      config. The runner stores it in the run's inference checkpoint.
   """
 
   test_scores: np.ndarray
   test_maps: Optional[np.ndarray]
   train_scores: Optional[np.ndarray] = None
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+  state: Optional[dict[str, Any]] = None
