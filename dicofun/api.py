@@ -5,11 +5,12 @@ A method is a module in ``dicofun/methods/<name>`` exposing::
     def run(config: ml_collections.ConfigDict, data: RunData,
             workdir: str) -> Predictions
     def predict(config: ml_collections.ConfigDict, state: dict,
-                images: np.ndarray) -> tuple[np.ndarray, np.ndarray]
+                records: list[Record]) -> tuple[np.ndarray, np.ndarray]
 
-``images`` are preprocessed (``dicofun.train.preprocess_for``) float arrays;
-``predict`` returns image scores and anomaly maps exactly as ``run`` computed
-them for the test set.
+``predict`` loads and preprocesses the records' images through the same code
+path ``run`` used for the test set, so it returns the same image scores and
+anomaly maps for the same images; ``state`` is ``Predictions.state`` as
+restored from the run's inference checkpoint (no training data needed).
 
 The runner prepares the data (readers, contamination protocol), calls the
 method, then computes every metric from the returned predictions and writes the
@@ -41,6 +42,9 @@ class RunData:
       moved anomalies to ``test`` so one run yields both the no-overlap view
       (rows where this is False) and the overlap view (all rows) of METHODS §4.
       Methods just score every record of ``test``.
+    validation: labelled images held out of the test set
+      (``config.eval.validation_fraction``) on which the runner picks the
+      F1-optimal decision threshold; methods do not see them.
   """
 
   train: list[Record]
@@ -48,6 +52,7 @@ class RunData:
   moved: list[Record] = dataclasses.field(default_factory=list)
   category: str = ""
   test_is_moved: Optional[np.ndarray] = None
+  validation: list[Record] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -63,7 +68,7 @@ class Predictions:
     extra: method-specific results (training history, oracle epoch, timings);
       must be JSON-serialisable.
     state: the method's inference pytree (arrays only): everything its
-      ``predict(config, state, images) -> (scores, maps)`` needs besides the
+      ``predict(config, state, records) -> (scores, maps)`` needs besides the
       config. The runner stores it in the run's inference checkpoint.
   """
 

@@ -116,7 +116,7 @@ class TrainCheckpointer:
 
 def save_inference(workdir: str, *, state: PyTree,
                    config: ml_collections.ConfigDict,
-                   threshold: float, meta: Optional[dict[str, Any]] = None,
+                   threshold: Optional[float], meta: Optional[dict[str, Any]] = None,
                    subdir: str = "model") -> str:
   """Writes the self-contained inference checkpoint of a finished run.
 
@@ -124,7 +124,7 @@ def save_inference(workdir: str, *, state: PyTree,
     workdir: the run's directory.
     state: the method's inference pytree (arrays only).
     config: the run config (stored as JSON; reloaded by ``load_inference``).
-    threshold: image-score decision threshold.
+    threshold: image-score decision threshold (None: none could be chosen).
     meta: extra JSON-able information (threshold rule, score statistics).
     subdir: checkpoint directory name under ``workdir``.
 
@@ -136,7 +136,7 @@ def save_inference(workdir: str, *, state: PyTree,
       path, options=ocp.CheckpointManagerOptions(
           max_to_keep=1, enable_async_checkpointing=False, create=True))
   info = dict(meta or {})
-  info.update(threshold=float(threshold), config=config.to_dict(),
+  info.update(threshold=None if threshold is None else float(threshold), config=config.to_dict(),
               method=config.method)
   step = (manager.latest_step() or 0) + 1
   manager.save(step, args=ocp.args.Composite(

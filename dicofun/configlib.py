@@ -147,7 +147,13 @@ def base_config(*, method: str, dataset: ml_collections.ConfigDict,
   ))
   cfg.eval = ml_collections.ConfigDict(dict(
       num_figures=8,
+      # Decision threshold stored with the model (experiments/predict.py):
+      # F1-optimal on a labelled validation split held out of the test set
+      # when validation_fraction > 0, else this percentile of the method's
+      # scores on its (unlabelled) training images.
       threshold_percentile=99.0,
+      validation_fraction=0.0,
+      tensorboard=True,
   ))
   cfg.features_cache = True
   return cfg

@@ -123,13 +123,100 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> api.RunData
       dataclasses.replace(r, split="test") for r in result.moved]
   test_is_moved = np.array([False] * len(result.test) + [True] * len(result.moved))
   assert not moved_keys & {r.image_path for r in result.test}
+  validation = []
+  if config.eval.validation_fraction > 0:
+    test, test_is_moved, validation = split_validation(
+        test, test_is_moved, fraction=config.eval.validation_fraction,
+        seed=ds.contamination_seed)
   counts = records_lib.count_by(result.train + test, "split", "label")
   logging.info("Dataset %s/%s: %s (moved into train: %d)", ds.name,
                ds.category, counts, len(result.moved))
   return api.RunData(train=list(result.train), test=test,
                      moved=list(result.moved),
                      category=ds.category or ds.name,
-                     test_is_moved=test_is_moved)
+                     test_is_moved=test_is_moved, validation=validation)
+
+
+def split_validation(test: list[records_lib.Record], test_is_moved: np.ndarray,
+                     *, fraction: float, seed: int):
+  """Holds a stratified, seeded fraction of the no-overlap test set out.
+
+  Returns:
+    (test, test_is_moved, validation): the held-out records leave the test set
+    so no reported metric is computed on the images the threshold was
+    chosen on.
+  """
+  if not 0 < fraction < 1:
+    raise ValueError(f"config.eval.validation_fraction={fraction} must be in "
+                     "[0, 1)")
+  rng = np.random.default_rng(seed + 1)
+  val_idx = []
+  for label in (records_lib.NORMAL, records_lib.ANOMALOUS):
+    cand = [i for i, r in enumerate(test)
+            if r.label == label and not test_is_moved[i]]
+    take = int(round(fraction * len(cand)))
+    val_idx += [cand[i] for i in rng.permutation(len(cand))[:take]]
+  chosen = set(val_idx)
+  keep = [i for i in range(len(test)) if i not in chosen]
+  validation = [test[i] for i in sorted(val_idx)]
+  logging.info("Validation split for the threshold: %d images held out of "
+               "the test set", len(validation))
+  return [test[i] for i in keep], test_is_moved[keep], validation
+
+
+def load_features(config: ml_collections.ConfigDict,
+                  records: list[records_lib.Record], *, layout: str,
+                  desc: str = "features") -> np.ndarray:
+  """Frozen-backbone features of ``records`` (see ``dicofun.features``)."""
+  from dicofun import features  # pylint: disable=g-import-not-at-top
+  return features.load_features(config, records, layout=layout, desc=desc)
+
+
+def choose_threshold(config: ml_collections.ConfigDict, method, data: api.RunData,
+                     preds: api.Predictions) -> tuple[Optional[float], str]:
+  """The decision threshold stored with the model, and how it was chosen."""
+  from dicofun import metrics  # pylint: disable=g-import-not-at-top
+  if data.validation and preds.state is not None:
+    scores, _ = method.predict(config, preds.state, data.validation)
+    labels = np.array([r.label for r in data.validation])
+    if len(np.unique(labels)) == 2:
+      return (float(metrics.f1_optimal_threshold(np.asarray(scores), labels)),
+              f"F1-optimal on {len(labels)} held-out validation images")
+  if preds.train_scores is not None:
+    q = config.eval.threshold_percentile
+    return (float(np.percentile(np.asarray(preds.train_scores), q)),
+            f"{q}th percentile of the training-image scores")
+  logging.warning("No threshold: neither a validation split nor training "
+                  "scores; predict.py will need --threshold")
+  return None, "none"
+
+
+def _write_json_atomic(path: str, obj: Any) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(_jsonable(obj), f, indent=1)
+  os.replace(tmp, path)
+
+
+def write_summaries(workdir: str, metrics: dict[str, Any],
+                    extra: dict[str, Any], *, enabled: bool) -> None:
+  """Final metrics (and any per-epoch history) as TensorBoard scalars."""
+  from dicofun import summary  # pylint: disable=g-import-not-at-top
+  writer = summary.SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                 enabled=enabled)
+  try:
+    for row in extra.get("history", []) or []:
+      step = int(row.get("epoch", 0))
+      for k, v in row.items():
+        if k != "epoch" and isinstance(v, (int, float, np.floating)):
+          writer.scalar(f"history/{k}", float(v), step)
+    final_step = int(extra.get("epochs", 0) or 0)
+    for view, m in metrics.items():
+      for k, v in (m.items() if isinstance(m, dict) else []):
+        if isinstance(v, (int, float, np.floating)):
+          writer.scalar(f"{view}/{k}", float(v), final_step)
+  finally:
+    writer.close()
 
 
 def preprocess_for(config: ml_collections.ConfigDict, *, mean=None, std=None):
@@ -300,6 +387,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   preds = method.run(config, data, workdir)
   eval_arrays = load_eval_arrays(config, data.test)
   metrics = evaluate_predictions(preds, data, eval_arrays)
+  threshold, threshold_how = choose_threshold(config, method, data, preds)
+  if preds.state is not None:
+    from dicofun import checkpoint  # pylint: disable=g-import-not-at-top
+    checkpoint.save_inference(
+        workdir, state=preds.state, config=config, threshold=threshold,
+        meta={"threshold_rule": threshold_how, "method": config.method})
   elapsed = time.time() - t0
   table = metrics_table(
       metrics, title=f"{config.method} on {config.dataset.name}/{data.category}"
@@ -322,12 +415,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             "moved": len(data.moved),
         },
         "moved_files": [r.image_path for r in data.moved],
+        "validation_files": [r.image_path for r in data.validation],
+        "threshold": threshold,
+        "threshold_rule": threshold_how,
         "figures": figures,
         "seconds": elapsed,
         "extra": preds.extra,
     }
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(_jsonable(results), f, indent=1)
     with open(os.path.join(workdir, "metrics.md"), "w") as f:
       f.write(table)
+    if config.eval.tensorboard:
+      write_summaries(workdir, metrics, preds.extra, enabled=True)
+    # Written last and atomically: its presence marks a finished run (sweeps
+    # skip such cells).
+    _write_json_atomic(os.path.join(workdir, "results.json"), results)
   return metrics

@@ -131,9 +131,7 @@ def run_bank_method(config: ml_collections.ConfigDict, data: api.RunData,
   logging.info("Bank: %d rows from %d training images (%.1fs)",
                state["bank"].shape[0], len(data.train), fit_s)
   t2 = time.time()
-  patch = score(state, test_feats)
-  test_scores, test_maps = maps_and_scores(
-      patch, size=config.dataset.image_size, sigma=cfg.blur_sigma)
+  test_scores, test_maps = predict_features(config, state, test_feats, cfg=cfg)
   infer_s = time.time() - t2
   train_scores = None
   if cfg.transductive:
@@ -150,7 +148,27 @@ def run_bank_method(config: ml_collections.ConfigDict, data: api.RunData,
   if keep is not None:
     extra["kept_patch_fraction"] = float(np.mean(keep))
   return api.Predictions(test_scores=test_scores, test_maps=test_maps,
-                         train_scores=train_scores, extra=extra)
+                         train_scores=train_scores, extra=extra,
+                         state={"bank": state["bank"]})
+
+
+def predict_features(config: ml_collections.ConfigDict, state: Bank,
+                     features: np.ndarray, *,
+                     cfg: ml_collections.ConfigDict
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Image scores and maps of query features against the bank."""
+  patch = score(state, features)
+  return maps_and_scores(patch, size=config.dataset.image_size,
+                         sigma=cfg.blur_sigma)
+
+
+def predict(config: ml_collections.ConfigDict, state: Bank,
+            records: list) -> tuple[np.ndarray, np.ndarray]:
+  """Scores new images from the inference state alone (api contract)."""
+  from dicofun import train  # pylint: disable=g-import-not-at-top
+  feats = train.load_features(config, records, layout="patchcore",
+                              desc="predict features")
+  return predict_features(config, state, feats, cfg=config[config.method])
 
 
 def run(config: ml_collections.ConfigDict, data: api.RunData,

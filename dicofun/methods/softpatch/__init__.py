@@ -39,6 +39,10 @@ def denoise_mask(train_features: np.ndarray, *, k: int = 6,
   return (scores <= cut).reshape(n, h, w)
 
 
+# Inference is PatchCore's: the denoising only changes what enters the bank.
+predict = patchcore.predict
+
+
 def default_config() -> ml_collections.ConfigDict:
   cfg = patchcore.default_config()
   cfg.lof_k = 6

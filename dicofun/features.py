@@ -1,0 +1,249 @@
+"""Feature extraction for a dataset: batched, jitted, sharded, cached.
+
+Every method that works on frozen-backbone features (PatchCore, SoftPatch,
+FUN-AD) gets them from ``extract_records``:
+
+* ``layout="patchcore"``: locally aware patch features (METHODS §3). For a CNN
+  the stride-8 and stride-16 stages, each 3×3 locally averaged, the stride-16
+  one bilinearly resized to the stride-8 grid, concatenated on channels. For a
+  ViT the selected block's patch tokens, 3×3 locally averaged **(ours)**.
+* ``layout="tokens"``: FUN-AD's per-patch ``[CLS ‖ patch token]`` of the
+  selected block (METHODS §1). For a CNN (no CLS token) the PatchCore layout is
+  used instead **(ours)**.
+
+The batch axis is sharded over the ``data`` axis of the device mesh (one
+compiled function, padded fixed-size batches); in a multi-process run each
+process decodes only its slice of every batch and the features are gathered on
+every host. Results are cached on disk under ``$DICOFUN_CACHE/features``
+(default ``~/.cache/dicofun/features``), keyed by backbone, weights checksum,
+layer, layout, preprocessing and the list of image files (path, size, mtime).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any, Callable, Optional, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LAYOUTS = ("patchcore", "tokens")
+_CACHE_ENV = "DICOFUN_CACHE"
+
+
+def cache_dir() -> str:
+  """Root of dicofun's caches (``$DICOFUN_CACHE`` or ``~/.cache/dicofun``)."""
+  return os.environ.get(_CACHE_ENV,
+                        os.path.join(os.path.expanduser("~"), ".cache",
+                                     "dicofun"))
+
+
+def _is_vit(backbone) -> bool:
+  return bool(getattr(backbone, "patch", 0))
+
+
+def layout_fn(backbone, layout: str) -> Callable[[Any, jax.Array], jax.Array]:
+  """A pure ``fn(variables, images NHWC) -> (B, h, w, C)`` for ``layout``."""
+  if layout not in LAYOUTS:
+    raise ValueError(f"feature layout {layout!r} is not one of {LAYOUTS}")
+  from dicofun.ops import maps  # pylint: disable=g-import-not-at-top
+
+  def fn(variables, images):
+    feats = backbone.apply_features(variables, images)
+    if _is_vit(backbone):
+      tokens = feats["tokens"]
+      if layout == "tokens":
+        cls = jnp.broadcast_to(feats["cls"][:, None, None, :], tokens.shape)
+        return jnp.concatenate([cls, tokens], axis=-1)
+      return maps.local_average(tokens, size=3)
+    f8 = maps.local_average(feats["stride8"], size=3)
+    f16 = maps.local_average(feats["stride16"], size=3)
+    f16 = maps.resize_features(f16, f8.shape[1:3])
+    return jnp.concatenate([f8, f16], axis=-1)
+
+  return fn
+
+
+def _file_signature(path: str) -> list:
+  try:
+    st = os.stat(path)
+    return [path, st.st_size, int(st.st_mtime)]
+  except OSError:
+    return [path, -1, -1]
+
+
+def cache_key(*, backbone_name: str, weights_sha256: str, layer: Any,
+              layout: str, preprocess_key: str,
+              image_paths: Sequence[str]) -> str:
+  """A hash of everything the cached features depend on."""
+  payload = {
+      "backbone": backbone_name, "weights": weights_sha256, "layer": layer,
+      "layout": layout, "preprocess": preprocess_key,
+      "images": [_file_signature(p) for p in image_paths],
+      "version": 1,
+  }
+  blob = json.dumps(payload, sort_keys=True).encode()
+  return hashlib.sha256(blob).hexdigest()[:32]
+
+
+_COMPILED: dict[tuple, Callable] = {}
+
+
+def _compiled(backbone, layout: str) -> Callable:
+  """One jitted layout function per (backbone, weights, layer, layout)."""
+  key = (backbone.name, backbone.weights_sha256, backbone.layer, layout)
+  if key not in _COMPILED:
+    _COMPILED[key] = jax.jit(layout_fn(backbone, layout))
+  return _COMPILED[key]
+
+
+def extract_arrays(backbone, images: np.ndarray, *, layout: str,
+                   batch_size: int = 16, mesh=None,
+                   desc: str = "features") -> np.ndarray:
+  """Features of already preprocessed images (N, S, S, 3) float32.
+
+  Every process holds all ``images``; each feeds its slice of every batch.
+  """
+  gbs, per_proc, mesh = _batch_geometry(batch_size, mesh)
+  pindex = jax.process_index()
+
+  def batches():
+    for start in range(0, len(images), gbs):
+      yield images[start + pindex * per_proc:start + (pindex + 1) * per_proc]
+  return _run(backbone, batches(), len(images), layout=layout, gbs=gbs,
+              per_proc=per_proc, mesh=mesh, desc=desc)
+
+
+def _batch_geometry(batch_size: int, mesh):
+  """(global batch, rows per process, mesh): a multiple of the device count."""
+  from dicofun import parallel  # pylint: disable=g-import-not-at-top
+  mesh = mesh or parallel.make_mesh()
+  ndev = mesh.devices.size
+  gbs = int(np.ceil(batch_size / ndev) * ndev)
+  return gbs, gbs // jax.process_count(), mesh
+
+
+def _run(backbone, batch_iter, n: int, *, layout: str, gbs: int,
+         per_proc: int, mesh, desc: str) -> np.ndarray:
+  """Runs the jitted layout function over host-local slices of each batch."""
+  from dicofun import parallel  # pylint: disable=g-import-not-at-top
+  from dicofun.progress import progress  # pylint: disable=g-import-not-at-top
+  fn = _compiled(backbone, layout)
+  variables = jax.device_put(backbone.variables, parallel.replicated(mesh))
+  out = None
+  t0 = time.time()
+  for start, local in zip(range(0, n, gbs),
+                          progress(batch_iter, total=-(-n // gbs), desc=desc)):
+    valid = min(gbs, n - start)
+    if len(local) < per_proc:
+      # Fixed shapes: the last batch is padded, its padding rows dropped.
+      pad = np.zeros((per_proc - len(local),) + tuple(local.shape[1:]),
+                     np.float32)
+      local = np.concatenate([local, pad]) if len(local) else pad
+    x = parallel.shard_batch(mesh, local)
+    feats = parallel.gather_to_host(fn(variables, x))[:valid]
+    if out is None:
+      out = np.empty((n,) + feats.shape[1:], np.float32)
+    out[start:start + valid] = feats
+  if out is None:
+    raise ValueError(f"{desc}: no images to extract features from")
+  dt = time.time() - t0
+  logging.info("%s: %d images in %.1fs (%.1f images/s), features %s", desc, n,
+               dt, n / max(dt, 1e-9), out.shape[1:])
+  return out
+
+
+def extract_records(backbone, records, pre, *, layout: str,
+                    batch_size: int = 16, num_workers: int = 4,
+                    use_cache: bool = True, mesh=None,
+                    desc: str = "features") -> np.ndarray:
+  """Features of dataset records, cached on disk.
+
+  Args:
+    backbone: a ``dicofun.models.registry.Backbone``.
+    records: the images (``Record`` list); masks are not read.
+    pre: the ``dicofun.data.pipeline.Preprocess`` (with the backbone's norm).
+    layout: "patchcore" or "tokens".
+    batch_size: global batch (rounded up to a multiple of the device count).
+    num_workers: image-decoding threads.
+    use_cache: read/write the on-disk cache.
+    mesh: device mesh (default: all devices on a ``data`` axis).
+    desc: progress label.
+
+  Returns:
+    (N, h, w, C) float32 features, in record order.
+  """
+  from dicofun.data import pipeline  # pylint: disable=g-import-not-at-top
+  path = None
+  if use_cache:
+    key = cache_key(backbone_name=backbone.name,
+                    weights_sha256=backbone.weights_sha256,
+                    layer=backbone.layer, layout=layout,
+                    preprocess_key=pre.key(),
+                    image_paths=[r.image_path for r in records])
+    path = os.path.join(cache_dir(), "features", f"{key}.npy")
+    if os.path.exists(path):
+      try:
+        feats = np.load(path)
+        if feats.shape[0] == len(records):
+          logging.info("%s: loaded from cache %s", desc, path)
+          return feats
+      except (OSError, ValueError) as e:
+        logging.warning("Ignoring unreadable feature cache %s (%s)", path, e)
+
+  gbs, per_proc, mesh = _batch_geometry(batch_size, mesh)
+  pindex = jax.process_index()
+
+  def batches():
+    # Each process decodes only its slice of every global batch.
+    for start in range(0, len(records), gbs):
+      mine = records[start + pindex * per_proc:start + (pindex + 1) * per_proc]
+      if not mine:
+        yield np.zeros((0, pre.image_size, pre.image_size, 3), np.float32)
+        continue
+      yield pipeline.load_arrays(mine, pre, num_workers=num_workers,
+                                 allow_missing_mask=True, desc=None)["image"]
+
+  feats = _run(backbone, batches(), len(records), layout=layout, gbs=gbs,
+               per_proc=per_proc, mesh=mesh, desc=desc)
+  if path is not None and jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.npy"
+    np.save(tmp, feats)
+    os.replace(tmp, path)
+  return feats
+
+
+def backbone_for(config) -> Any:
+  """The backbone named by ``config.backbone`` (weights loaded)."""
+  from dicofun.models import registry  # pylint: disable=g-import-not-at-top
+  bb = config.backbone
+  return registry.get_backbone(bb.name, weights=bb.weights, layer=bb.layer)
+
+
+def check_input_size(backbone, image_size: int) -> None:
+  patch = getattr(backbone, "patch", 0)
+  if patch and image_size % patch:
+    raise ValueError(
+        f"config.dataset.image_size={image_size} is not a multiple of the "
+        f"{backbone.name} patch size {patch}; use e.g. "
+        f"{(image_size // patch) * patch} or {(image_size // patch + 1) * patch}")
+
+
+def load_features(config, records, *, layout: str,
+                  backbone: Optional[Any] = None,
+                  desc: str = "features") -> np.ndarray:
+  """Features of ``records`` for the run ``config`` (cached)."""
+  from dicofun import train  # pylint: disable=g-import-not-at-top
+  backbone = backbone or backbone_for(config)
+  check_input_size(backbone, config.dataset.image_size)
+  pre = train.preprocess_for(config, mean=backbone.mean, std=backbone.std)
+  return extract_records(backbone, records, pre, layout=layout,
+                         batch_size=config.backbone.batch_size,
+                         num_workers=config.dataset.num_workers,
+                         use_cache=bool(config.features_cache), desc=desc)
