@@ -12,6 +12,7 @@ and evaluates the returned ``Predictions`` in the three views of METHODS §4:
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import importlib
 import json
@@ -196,6 +197,18 @@ def _write_json_atomic(path: str, obj: Any) -> None:
   with open(tmp, "w") as f:
     json.dump(_jsonable(obj), f, indent=1)
   os.replace(tmp, path)
+
+
+def write_scores_csv(path: str, data: api.RunData,
+                     preds: api.Predictions) -> None:
+  """Per-image test scores (file, defect, label, moved, score)."""
+  moved = (np.zeros(len(data.test), bool) if data.test_is_moved is None
+           else np.asarray(data.test_is_moved, bool))
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["image_path", "defect", "label", "moved", "score"])
+    for r, m, s in zip(data.test, moved, np.asarray(preds.test_scores)):
+      w.writerow([r.image_path, r.defect, r.label, int(m), repr(float(s))])
 
 
 def write_summaries(workdir: str, metrics: dict[str, Any],
@@ -424,6 +437,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     }
     with open(os.path.join(workdir, "metrics.md"), "w") as f:
       f.write(table)
+    write_scores_csv(os.path.join(workdir, "test_scores.csv"), data, preds)
     if config.eval.tensorboard:
       write_summaries(workdir, metrics, preds.extra, enabled=True)
     # Written last and atomically: its presence marks a finished run (sweeps
