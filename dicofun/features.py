@@ -207,7 +207,8 @@ def extract_records(backbone, records, pre, *, layout: str,
         yield np.zeros((0, pre.image_size, pre.image_size, 3), np.float32)
         continue
       yield pipeline.load_arrays(mine, pre, num_workers=num_workers,
-                                 allow_missing_mask=True, desc=None)["image"]
+                                 allow_missing_mask=True, desc=None,
+                                 with_masks=False)["image"]
 
   feats = _run(backbone, batches(), len(records), layout=layout, gbs=gbs,
                per_proc=per_proc, mesh=mesh, desc=desc)

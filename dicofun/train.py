@@ -249,7 +249,7 @@ def load_eval_arrays(config: ml_collections.ConfigDict,
   arrays = pipeline.load_arrays(
       records, preprocess_for(config), num_workers=config.dataset.num_workers,
       allow_missing_mask=config.dataset.allow_missing_masks,
-      desc="evaluation masks")
+      desc="evaluation masks", with_images=False)
   return arrays
 
 

@@ -1,0 +1,77 @@
+"""Errors raised by the dataset readers and the input pipeline.
+
+Each message says what is wrong *and* what to do about it, because these
+errors are what a user sees first when pointing dicofun at their data.
+All derive from ``DatasetError`` (a ``ValueError``), so callers can catch
+the whole family at once.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+MVTEC_URL = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
+VISA_URL = "https://github.com/amazon-science/spot-diff"
+DATA_ENV = "DICOFUN_DATA"
+
+
+class DatasetError(ValueError):
+  """Base class of every dataset / pipeline error."""
+
+
+class DatasetNotFoundError(DatasetError):
+  """A dataset root, category directory or split file does not exist."""
+
+  def __init__(self, path: str, *, what: str = "dataset directory",
+               hint: str = ""):
+    self.path = path
+    msg = (
+        f"{what} not found: {path!r}. Download the dataset and point dicofun "
+        f"at it with config.dataset.root (or the {DATA_ENV} environment "
+        f"variable, whose subfolders mvtec_ad/, visa/, magnetic_tile/ are "
+        f"used when config.dataset.root is empty). MVTec AD: {MVTEC_URL} ; "
+        f"VisA: {VISA_URL} (use its split_csv/1cls.csv split).")
+    if hint:
+      msg += " " + hint
+    super().__init__(msg)
+
+
+class CorruptImageError(DatasetError):
+  """An image or mask file cannot be decoded."""
+
+  def __init__(self, path: str, reason: str = ""):
+    self.path = path
+    msg = f"cannot decode image file {path!r}"
+    if reason:
+      msg += f": {reason}"
+    msg += ". Remove or replace the file."
+    super().__init__(msg)
+
+
+class MissingMaskError(DatasetError):
+  """An anomalous test image has no ground-truth mask."""
+
+  def __init__(self, image_path: str, expected_mask: Optional[str] = None, *,
+               count: int = 1):
+    self.image_path = image_path
+    self.expected_mask = expected_mask
+    where = (f" (expected at {expected_mask!r})" if expected_mask
+             else "")
+    others = f" and {count - 1} more anomalous image(s)" if count > 1 else ""
+    super().__init__(
+        f"anomalous image {image_path!r}{others} has no ground-truth "
+        f"mask{where}. Pixel metrics need masks; to evaluate anyway (pixel "
+        f"metrics then skip these images) set "
+        f"config.dataset.allow_missing_masks=True.")
+
+
+class EmptyCategoryError(DatasetError):
+  """A category directory holds no train or no test images."""
+
+  def __init__(self, path: str, split: str, *, expected: str = ""):
+    self.path = path
+    self.split = split
+    msg = f"no {split} images found under {path!r}"
+    if expected:
+      msg += f" (expected {expected})"
+    super().__init__(msg + ".")
