@@ -185,7 +185,7 @@ def choose_threshold(config: ml_collections.ConfigDict, method, data: api.RunDat
               f"F1-optimal on {len(labels)} held-out validation images")
   if preds.train_scores is not None:
     q = config.eval.threshold_percentile
-    return (float(np.percentile(np.asarray(preds.train_scores), q)),
+    return (metrics.percentile_threshold(np.asarray(preds.train_scores), q),
             f"{q}th percentile of the training-image scores")
   logging.warning("No threshold: neither a validation split nor training "
                   "scores; predict.py will need --threshold")

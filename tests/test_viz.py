@@ -1,0 +1,82 @@
+"""Every figure function writes a non-empty PNG."""
+
+import numpy as np
+import pytest
+
+from dicofun import viz
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png(path):
+  data = path.read_bytes()
+  assert data[:8] == _PNG
+  assert len(data) > 1000
+
+
+@pytest.fixture(name="batch")
+def _batch():
+  rng = np.random.default_rng(0)
+  n = 6
+  images = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
+  masks = np.zeros((n, 16, 16), np.float32)  # maps smaller than images
+  masks[3:, 4:9, 5:12] = 1
+  maps = rng.random((n, 16, 16)).astype(np.float32) + masks
+  labels = np.array([0, 0, 0, 1, 1, 1])
+  scores = maps.reshape(n, -1).max(1)
+  return images, masks, maps, scores, labels
+
+
+def test_save_roc_curves(tmp_path, batch):
+  _, masks, maps, scores, labels = batch
+  path = tmp_path / "roc.png"
+  viz.save_roc_curves(str(path), image_scores=scores, image_labels=labels,
+                      maps=maps, masks=masks)
+  _check_png(path)
+  path = tmp_path / "roc_image_only.png"
+  viz.save_roc_curves(str(path), image_scores=scores, image_labels=labels)
+  _check_png(path)
+  path = tmp_path / "roc_no_defects.png"
+  viz.save_roc_curves(str(path), image_scores=scores, image_labels=labels,
+                      maps=maps, masks=np.zeros_like(masks))
+  _check_png(path)
+
+
+def test_save_anomaly_maps(tmp_path, batch):
+  images, masks, maps, scores, _ = batch
+  path = tmp_path / "sub" / "maps.png"
+  viz.save_anomaly_maps(str(path), images, masks, maps, scores=scores,
+                        titles=[f"img{i}.png" for i in range(len(maps))],
+                        mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
+  _check_png(path)
+
+
+def test_save_overlay(tmp_path):
+  rng = np.random.default_rng(1)
+  image = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+  path = tmp_path / "overlay.png"
+  viz.save_overlay(str(path), image, rng.random((10, 10)), vmin=0.0, vmax=2.0)
+  _check_png(path)
+  import matplotlib.image as mpimg  # pylint: disable=g-import-not-at-top
+  assert mpimg.imread(str(path)).shape[:2] == (40, 60)
+
+
+def test_save_best_worst_grid(tmp_path, batch):
+  images, masks, maps, scores, labels = batch
+  path = tmp_path / "best_worst.png"
+  # Positional order as in dicofun.train.write_figures.
+  viz.save_best_worst_grid(str(path), images, masks, maps, scores, labels,
+                           k=4)
+  _check_png(path)
+
+
+def test_save_heatmap(tmp_path):
+  path = tmp_path / "sweep.png"
+  matrix = np.array([[0.91, 0.93, np.nan], [0.95, 0.97, 0.99]])
+  viz.save_heatmap(str(path), matrix, row_labels=["k=1", "k=3"],
+                   col_labels=["0", "0.1", "0.2"], title="image AUROC",
+                   xlabel="contamination", ylabel="k")
+  _check_png(path)
+  with pytest.raises(ValueError):
+    viz.save_heatmap(str(path), matrix, row_labels=["a"], col_labels=["b"],
+                     title="")
