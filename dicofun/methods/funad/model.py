@@ -39,15 +39,10 @@ def torch_bias_init(fan_in: int):
   return init
 
 
-class TorchDense(nn.Module):
+def torch_dense(features: int, fan_in: int, *, name: str) -> nn.Dense:
   """``nn.Dense`` with PyTorch-default kernel and bias initialisation."""
-
-  features: int
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return nn.Dense(self.features, kernel_init=torch_kernel_init,
-                    bias_init=torch_bias_init(x.shape[-1]), name="dense")(x)
+  return nn.Dense(features, kernel_init=torch_kernel_init,
+                  bias_init=torch_bias_init(fan_in), name=name)
 
 
 class LocalNet(nn.Module):
@@ -63,7 +58,17 @@ class LocalNet(nn.Module):
   hidden: Sequence[int] = (1024, 128)
   negative_slope: float = 0.2
 
-  @nn.compact
+  def setup(self):
+    self.adaptor = torch_dense(self.dim, self.dim, name="adaptor")
+    fan_ins = (self.dim,) + tuple(self.hidden)
+    widths = tuple(self.hidden) + (1,)
+    self.disc = [torch_dense(w, f, name=f"disc_{i}")
+                 for i, (w, f) in enumerate(zip(widths, fan_ins))]
+
+  def adapt(self, x: jax.Array) -> jax.Array:
+    """Adapted features f (..., D); skips the discriminator."""
+    return nn.leaky_relu(self.adaptor(x), self.negative_slope)
+
   def __call__(self, x: jax.Array, *,
                return_logits: bool = False) -> tuple[jax.Array, jax.Array]:
     """Scores patch features.
@@ -77,18 +82,12 @@ class LocalNet(nn.Module):
       ``(s, f)``: s (...,) anomaly probabilities in [0, 1] (or logits), f
       (..., D) adapted features.
     """
-    act = lambda h: nn.leaky_relu(h, self.negative_slope)
-    f = act(TorchDense(self.dim, name="adaptor")(x))
+    f = self.adapt(x)
     h = f
-    for i, width in enumerate(self.hidden):
-      h = act(TorchDense(width, name=f"disc_{i}")(h))
-    z = TorchDense(1, name="disc_out")(h)[..., 0]
+    for layer in self.disc[:-1]:
+      h = nn.leaky_relu(layer(h), self.negative_slope)
+    z = self.disc[-1](h)[..., 0]
     return (z if return_logits else jax.nn.sigmoid(z)), f
-
-  def adapt(self, x: jax.Array) -> jax.Array:
-    """Adapted features only (skips the discriminator)."""
-    return nn.leaky_relu(TorchDense(self.dim, name="adaptor")(x),
-                         self.negative_slope)
 
 
 def init_params(key: jax.Array, dim: int, *,

@@ -1,0 +1,19 @@
+r"""FUN-AD on an MVTec AD category (METHODS §1).
+
+Run::
+
+  python experiments/main.py --config=configs/funad_mvtec.py:category=bottle,contamination=0.1 \
+      --workdir=/tmp/funad_mvtec
+
+Args after the colon: category, contamination, overlap, rho, epochs (1500 =
+paper), backbone (dinov2_vits14), layer (8), image_size (224), crop, seed,
+root, refresh_every (1 = faithful), runlocal (3 epochs, batch 8, a CPU budget).
+The result is the last epoch; ``extra.oracle`` in results.json is the
+test-selected epoch, labelled as such.
+"""
+
+from dicofun.methods.funad import config as funad_config
+
+
+def get_config(arg=None):
+  return funad_config.funad_config("mvtec", arg)

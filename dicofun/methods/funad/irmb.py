@@ -1,0 +1,277 @@
+"""IRMB pseudo-labelling of FUN-AD (METHODS §1), as pure fixed-shape jnp.
+
+Every function here is jittable with static shapes: variable-size sets (the
+candidate normals, the memory bank, the mutual-nearest-neighbour pairs) are
+represented by a fixed-size array plus a validity mask, so the whole training
+iteration compiles once.
+
+Steps (per training iteration, without gradients):
+
+1. ``minmax`` of the training-set image scores → candidates ``Ŝ < τ_n``.
+2. ``draw_bank_images``: ⌊ρ·|C|⌋ candidate images without replacement.
+3. ``bank_distances``: squared L2 of each batch patch to the bank (top-2 with
+   the "1st < 1e-2 → 2nd" rule), min-max over the batch's B·P patches.
+4. ``pseudo_labels``: ``d̃ > τ_n``.
+5. ``gaussian_synthesis``: noise on the input features of τ_n < d̃ < τ_c.
+6. ``mutual_nn_pairs``: mutually nearest adapted features of the batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+# Squared distance below which the nearest bank entry is taken to be the
+# query itself (or an exact copy) and the 2nd neighbour is used instead.
+SELF_MATCH_EPS = 1e-2
+
+
+def minmax(x: jax.Array, valid: Optional[jax.Array] = None) -> jax.Array:
+  """Min-max normalisation to [0, 1] over the valid entries of ``x``.
+
+  As in the reference implementation, a constant input maps to all zeros.
+
+  Args:
+    x: any-shape array.
+    valid: optional bool mask of ``x``'s shape; invalid entries are ignored
+      for the min/max and mapped to 0.
+
+  Returns:
+    Array of ``x``'s shape.
+  """
+  if valid is None:
+    valid = jnp.ones(x.shape, bool)
+  lo = jnp.min(jnp.where(valid, x, jnp.inf))
+  hi = jnp.max(jnp.where(valid, x, -jnp.inf))
+  span = hi - lo
+  out = jnp.where(span > 0, (x - lo) / jnp.where(span > 0, span, 1.0), 0.0)
+  return jnp.where(valid, out, 0.0)
+
+
+def candidate_normals(scores: jax.Array, valid: jax.Array, *,
+                      tau_n: float) -> jax.Array:
+  """C = {n : Ŝ_n < τ_n} with Ŝ the min-max normalised image scores.
+
+  Args:
+    scores: (N,) image scores S_n (max patch score).
+    valid: (N,) bool, False for padding rows.
+    tau_n: normal threshold.
+
+  Returns:
+    (N,) bool candidate mask (always False on padding).
+  """
+  return (minmax(scores, valid) < tau_n) & valid
+
+
+def bank_size(num_candidates: jax.Array, *, rho: float) -> jax.Array:
+  """m = ⌊ρ·|C|⌋, at least 1 **(ours)** so the bank is never empty."""
+  # The tiny offset absorbs float32 representation error of ρ·|C| (e.g.
+  # 0.3·10) without moving any genuinely fractional product across an integer.
+  m = jnp.floor(num_candidates.astype(jnp.float32) * rho + 1e-4)
+  return jnp.maximum(m.astype(jnp.int32), 1)
+
+
+def draw_bank_images(key: jax.Array, candidates: jax.Array, *, rho: float,
+                     max_images: int) -> tuple[jax.Array, jax.Array]:
+  """Draws ⌊ρ·|C|⌋ candidate images without replacement (fixed shapes).
+
+  Every image gets a uniform random key; candidates are ranked before
+  non-candidates and, within each group, by their key, so the first m ranks
+  are a uniform draw without replacement from C.
+
+  Args:
+    key: PRNG key (a fresh one per iteration gives a fresh draw).
+    candidates: (N,) bool candidate mask.
+    rho: memory-size fraction ρ.
+    max_images: static upper bound on m (⌊ρ·N⌋, at least 1).
+
+  Returns:
+    ``(idx, valid)``: (max_images,) int32 image indices and bool validity
+    (the first m entries are valid). When C is empty the (invalid-as-normal)
+    top-ranked image is still used so the bank is never empty **(ours)**.
+  """
+  u = jax.random.uniform(key, candidates.shape)
+  priority = jnp.where(candidates, u, 2.0 + u)
+  order = jnp.argsort(priority)[:max_images].astype(jnp.int32)
+  m = bank_size(jnp.sum(candidates), rho=rho)
+  valid = jnp.arange(max_images) < m
+  return order, valid
+
+
+def _sq_dists(q: jax.Array, b: jax.Array, q_sq: jax.Array,
+              precision) -> jax.Array:
+  """(Q, C) squared L2 distances via ‖q‖² − 2 q·b + ‖b‖², clamped at 0."""
+  b_sq = jnp.sum(b * b, axis=-1)
+  cross = jnp.matmul(q, b.T, precision=precision)
+  return jnp.maximum(q_sq[:, None] - 2.0 * cross + b_sq[None, :], 0.0)
+
+
+def chunked_topk(queries: jax.Array, bank: jax.Array, bank_valid: jax.Array,
+                 *, k: int, chunk: int = 4096,
+                 exclude_self: bool = False,
+                 precision=jax.lax.Precision.HIGHEST
+                 ) -> tuple[jax.Array, jax.Array]:
+  """k smallest squared-L2 distances from each query to the valid bank rows.
+
+  Memory is bounded by a ``lax.scan`` over bank chunks with a running top-k,
+  so the full (Q, M) distance matrix never exists.
+
+  Args:
+    queries: (Q, D).
+    bank: (M, D).
+    bank_valid: (M,) bool.
+    k: neighbours kept.
+    chunk: bank rows per scan step.
+    exclude_self: queries and bank are the same set; row i ignores bank row i.
+    precision: matmul precision. HIGHEST by default: the self-match rule
+      compares distances with 1e-2, which reduced-precision (TF32) products
+      of large-norm features cannot resolve.
+
+  Returns:
+    ``(dist, idx)``: (Q, k) ascending squared distances (inf where fewer than
+    k valid rows exist) and (Q, k) int32 bank indices.
+  """
+  num_q, dim = queries.shape
+  num_b = bank.shape[0]
+  chunk = max(1, min(chunk, num_b))
+  num_chunks = -(-num_b // chunk)
+  pad = num_chunks * chunk - num_b
+  bank_p = jnp.pad(bank, ((0, pad), (0, 0)))
+  valid_p = jnp.pad(bank_valid, (0, pad))
+  bank_c = bank_p.reshape(num_chunks, chunk, dim)
+  valid_c = valid_p.reshape(num_chunks, chunk)
+  q_sq = jnp.sum(queries * queries, axis=-1)
+  q_ids = jnp.arange(num_q)
+  kk = min(k, chunk)
+
+  def body(carry, xs):
+    best_d, best_i = carry
+    b, v, start = xs
+    d = _sq_dists(queries, b, q_sq, precision)
+    ids = start + jnp.arange(chunk)
+    mask = v[None, :]
+    if exclude_self:
+      mask = mask & (ids[None, :] != q_ids[:, None])
+    d = jnp.where(mask, d, jnp.inf)
+    neg, pos = jax.lax.top_k(-d, kk)
+    cand_d = jnp.concatenate([best_d, -neg], axis=1)
+    cand_i = jnp.concatenate([best_i, ids[pos].astype(jnp.int32)], axis=1)
+    neg2, pos2 = jax.lax.top_k(-cand_d, k)
+    return (-neg2, jnp.take_along_axis(cand_i, pos2, axis=1)), None
+
+  init = (jnp.full((num_q, k), jnp.inf, queries.dtype),
+          jnp.zeros((num_q, k), jnp.int32))
+  starts = jnp.arange(num_chunks, dtype=jnp.int32) * chunk
+  (dist, idx), _ = jax.lax.scan(body, init, (bank_c, valid_c, starts))
+  return dist, idx
+
+
+def bank_distances(queries: jax.Array, bank: jax.Array, bank_valid: jax.Array,
+                   *, chunk: int = 4096,
+                   self_eps: float = SELF_MATCH_EPS) -> jax.Array:
+  """Squared L2 from each query to its nearest bank entry that is not itself.
+
+  Searches k = 2; if the 1st distance is < ``self_eps`` (the query itself or a
+  copy is in the bank) the 2nd is used (METHODS §1 step 4). (The reference
+  code additionally zeroes a 2nd distance below 1e-2; we follow the spec.)
+
+  Args:
+    queries: (Q, D) adapted batch features.
+    bank: (M, D) adapted bank features.
+    bank_valid: (M,) bool.
+    chunk: bank rows per scan step.
+    self_eps: self-match threshold on the squared distance.
+
+  Returns:
+    (Q,) distances.
+  """
+  dist, _ = chunked_topk(queries, bank, bank_valid, k=2, chunk=chunk)
+  d1, d2 = dist[:, 0], dist[:, 1]
+  d = jnp.where(d1 < self_eps, d2, d1)
+  # With a 1-row bank the 2nd neighbour does not exist **(ours)**.
+  return jnp.where(jnp.isfinite(d), d, d1)
+
+
+def pseudo_labels(d_norm: jax.Array, *, tau_n: float) -> jax.Array:
+  """y = 1[d̃ > τ_n] as float32."""
+  return (d_norm > tau_n).astype(jnp.float32)
+
+
+def noise_sigma(x: jax.Array, *, ddof: int = 1) -> jax.Array:
+  """σ_c: per patch position the batch std of channel c, max over positions.
+
+  Interpretation **(ours, following the reference code)**: for x of shape
+  (B, P, D) the standard deviation is taken over the batch axis B separately
+  for every patch position p and channel c (unbiased, ddof = 1, PyTorch's
+  ``Tensor.std`` default), giving (P, D); σ_c is its maximum over p.
+
+  Args:
+    x: (B, P, D) input features of the batch.
+    ddof: delta degrees of freedom of the std.
+
+  Returns:
+    (D,) per-channel noise scale.
+  """
+  b = x.shape[0]
+  mean = jnp.mean(x, axis=0, keepdims=True)
+  var = jnp.sum((x - mean) ** 2, axis=0) / max(b - ddof, 1)
+  return jnp.max(jnp.sqrt(var), axis=0)
+
+
+def gaussian_synthesis(key: jax.Array, x: jax.Array, d_norm: jax.Array, *,
+                       tau_n: float, tau_c: float,
+                       ddof: int = 1) -> tuple[jax.Array, jax.Array]:
+  """Adds N(0, σ²) to the *input* features of patches with τ_n < d̃ < τ_c.
+
+  Args:
+    key: PRNG key.
+    x: (B, P, D) input features.
+    d_norm: (B, P) normalised bank distances d̃.
+    tau_n: normal threshold.
+    tau_c: upper threshold of the noised band.
+    ddof: see ``noise_sigma``.
+
+  Returns:
+    ``(x_noised, noised)``: (B, P, D) features and (B, P) bool mask.
+  """
+  noised = (d_norm > tau_n) & (d_norm < tau_c)
+  sigma = noise_sigma(x, ddof=ddof)
+  eps = jax.random.normal(key, x.shape, x.dtype) * sigma
+  return x + jnp.where(noised[..., None], eps, 0.0), noised
+
+
+def mutual_nn_pairs(f: jax.Array, *, chunk: int = 4096
+                    ) -> tuple[jax.Array, jax.Array]:
+  """Mutually nearest pairs among the rows of ``f`` (self excluded).
+
+  Pairs (i, j) with nn(i) = j and nn(j) = i, counted once (i < j); pairs may
+  cross images.
+
+  Args:
+    f: (Q, D) adapted features of the whole batch (B·P rows).
+    chunk: rows per scan step of the neighbour search.
+
+  Returns:
+    ``(partner, valid)``: (Q,) int32 nn(i) and (Q,) bool, True where
+    (i, nn(i)) is a mutual pair with i < nn(i).
+  """
+  q = f.shape[0]
+  _, idx = chunked_topk(f, f, jnp.ones((q,), bool), k=1, chunk=chunk,
+                        exclude_self=True)
+  nn = idx[:, 0]
+  ids = jnp.arange(q, dtype=jnp.int32)
+  valid = (nn[nn] == ids) & (ids < nn)
+  return nn, valid
+
+
+@functools.partial(jax.jit, static_argnames=("tau_n", "chunk"))
+def batch_pseudo_labels(f_batch: jax.Array, bank: jax.Array,
+                        bank_valid: jax.Array, *, tau_n: float,
+                        chunk: int = 4096) -> tuple[jax.Array, jax.Array]:
+  """Steps 4–5 for a flat batch: returns (d̃ (Q,), y (Q,))."""
+  d = bank_distances(f_batch, bank, bank_valid, chunk=chunk)
+  d_norm = minmax(d)
+  return d_norm, pseudo_labels(d_norm, tau_n=tau_n)

@@ -1,0 +1,316 @@
+"""Tests of FUN-AD (dicofun.methods.funad): model, IRMB, losses, optimiser,
+the jitted train step and a short end-to-end fit on synthetic features."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from sklearn import metrics
+
+from dicofun.methods import funad
+from dicofun.methods.funad import irmb
+from dicofun.methods.funad import losses
+from dicofun.methods.funad import model as model_lib
+from dicofun.methods.funad import train as train_lib
+
+
+def _gaussian_patches(seed, n=200, p=16, d=32, frac=0.1):
+  """Normals N(0, I), anomalies N(1.5, 2I); whole images anomalous."""
+  rng = np.random.default_rng(seed)
+  labels = np.zeros(n, int)
+  labels[rng.choice(n, int(frac * n), replace=False)] = 1
+  x = rng.normal(size=(n, p, d)).astype(np.float32)
+  an = labels == 1
+  x[an] = 1.5 + np.sqrt(2.0) * x[an]
+  return x, labels
+
+
+# ------------------------------------------------------------------ model
+
+
+def test_localnet_shapes_and_torch_init():
+  params = model_lib.init_params(jax.random.key(0), 64, hidden=(32, 8))
+  s, f = model_lib.LocalNet(64, (32, 8)).apply({"params": params},
+                                               jnp.ones((3, 5, 64)))
+  assert s.shape == (3, 5) and f.shape == (3, 5, 64)
+  assert float(s.min()) >= 0 and float(s.max()) <= 1
+  for name, fan_in in [("adaptor", 64), ("disc_0", 64), ("disc_1", 32),
+                       ("disc_2", 8)]:
+    bound = 1 / np.sqrt(fan_in)
+    for leaf in ("kernel", "bias"):
+      w = np.asarray(params[name][leaf])
+      assert np.abs(w).max() <= bound + 1e-7
+    # Uniform over the full interval, not a narrower one.
+    assert np.abs(np.asarray(params[name]["kernel"])).max() > 0.8 * bound
+
+
+# ------------------------------------------------------------------- IRMB
+
+
+def test_irmb_pseudo_labels_beat_chance_on_gaussians():
+  """Observation (i): bank distances separate anomalies (identity adaptor)."""
+  x, labels = _gaussian_patches(0)
+  n, p, d = x.shape
+  key = jax.random.key(1)
+  # Untrained model: image scores are uninformative → random candidates.
+  scores = jax.random.uniform(jax.random.key(2), (n,))
+  cand = irmb.candidate_normals(scores, jnp.ones(n, bool), tau_n=0.5)
+  idx, valid = irmb.draw_bank_images(key, cand, rho=0.5, max_images=n // 2)
+  m = int(valid.sum())
+  assert m == int(np.floor(0.5 * int(cand.sum())))
+  chosen = np.asarray(idx)[:m]
+  assert len(set(chosen)) == m and np.asarray(cand)[chosen].all()
+  bank = jnp.asarray(x)[idx].reshape(-1, d)
+  bank_valid = jnp.repeat(valid, p)
+  aurocs, baccs = [], []
+  for b0 in range(0, n, 40):  # Batches of 40 images (some in the bank).
+    q = jnp.asarray(x[b0:b0 + 40]).reshape(-1, d)
+    yt = np.repeat(labels[b0:b0 + 40], p)
+    d_norm, y = irmb.batch_pseudo_labels(q, bank, bank_valid, tau_n=0.5,
+                                         chunk=256)
+    aurocs.append(metrics.roc_auc_score(yt, np.asarray(d_norm)))
+    baccs.append(metrics.balanced_accuracy_score(yt, np.asarray(y)))
+  assert np.mean(aurocs) > 0.95, aurocs
+  assert np.mean(baccs) > 0.85, baccs
+
+
+def test_mutual_pairs_are_homogeneous_on_gaussians():
+  """Observation (ii): mutually nearest pairs mostly share a class."""
+  x, labels = _gaussian_patches(3)
+  n, p, d = x.shape
+  rates = []
+  for b0 in range(0, n, 40):
+    f = jnp.asarray(x[b0:b0 + 40]).reshape(-1, d)
+    yt = np.repeat(labels[b0:b0 + 40], p)
+    partner, valid = irmb.mutual_nn_pairs(f, chunk=128)
+    partner, valid = np.asarray(partner), np.asarray(valid)
+    i = np.flatnonzero(valid)
+    assert len(i) > 50
+    rates.append(np.mean(yt[i] == yt[partner[i]]))
+  assert np.mean(rates) > 0.9, rates
+
+
+def test_mutual_pairs_match_brute_force():
+  rng = np.random.default_rng(0)
+  f = rng.normal(size=(50, 4)).astype(np.float32)
+  partner, valid = irmb.mutual_nn_pairs(jnp.asarray(f), chunk=16)
+  dm = ((f[:, None] - f[None]) ** 2).sum(-1)
+  np.fill_diagonal(dm, np.inf)
+  nn = dm.argmin(1)
+  want = {(i, int(nn[i])) for i in range(50) if nn[nn[i]] == i and i < nn[i]}
+  got = {(int(i), int(partner[i])) for i in np.flatnonzero(np.asarray(valid))}
+  assert got == want and len(want) > 0
+
+
+def test_bank_distances_self_rule_and_chunking():
+  bank = jnp.array([[0., 0.], [3., 0.], [0., 4.], [10., 10.]])
+  valid = jnp.array([True, True, True, False])
+  q = jnp.array([[0., 0.], [1., 0.], [10., 10.]])
+  d = irmb.bank_distances(q, bank, valid, chunk=3)
+  # q0 is in the bank → 2nd neighbour (3,0): 9; q1: nearest (0,0): 1;
+  # q2: the identical row is invalid → nearest valid (0,4): 100 + 36.
+  np.testing.assert_allclose(np.asarray(d), [9.0, 1.0, 136.0], rtol=1e-6)
+  dist, idx = irmb.chunked_topk(q, bank, valid, k=2, chunk=2)
+  np.testing.assert_array_equal(np.asarray(idx[:2, 0]), [0, 0])
+  np.testing.assert_allclose(np.asarray(dist[1]), [1.0, 4.0], rtol=1e-6)
+
+
+def test_minmax_noise_sigma_and_synthesis():
+  np.testing.assert_allclose(np.asarray(irmb.minmax(jnp.array([2., 4., 3.]))),
+                             [0., 1., 0.5])
+  np.testing.assert_array_equal(np.asarray(irmb.minmax(jnp.ones(3))), 0.0)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(5, 3, 4)).astype(np.float32)
+  want = x.std(axis=0, ddof=1).max(axis=0)
+  np.testing.assert_allclose(np.asarray(irmb.noise_sigma(jnp.asarray(x))),
+                             want, rtol=1e-5)
+  d_norm = jnp.array([[0.1, 0.6, 0.95]] * 5)
+  xn, noised = irmb.gaussian_synthesis(jax.random.key(0), jnp.asarray(x),
+                                       d_norm, tau_n=0.5, tau_c=0.9)
+  diff = np.asarray(xn) - x
+  assert np.asarray(noised)[:, 1].all() and not np.asarray(noised)[:, [0, 2]].any()
+  assert np.all(diff[:, [0, 2]] == 0) and np.all(diff[:, 1] != 0)
+  assert np.asarray(irmb.bank_size(jnp.array(7), rho=0.5)) == 3
+  assert np.asarray(irmb.bank_size(jnp.array(10), rho=0.3)) == 3
+  assert np.asarray(irmb.bank_size(jnp.array(1), rho=0.5)) == 1  # (ours)
+
+
+# ----------------------------------------------------------------- losses
+
+
+def test_balanced_bce_hand_values():
+  s = np.array([0.9, 0.2, 0.6, 0.3])
+  z = jnp.asarray(np.log(s / (1 - s)), jnp.float32)
+  y = jnp.array([1., 0., 1., 0.])
+  want = -(np.log(0.9) + np.log(0.6)) / 2 - (np.log(0.8) + np.log(0.7)) / 2
+  np.testing.assert_allclose(float(losses.balanced_bce(z, y)), want, rtol=1e-5)
+  # An empty class contributes 0.
+  want0 = -(np.log(0.8) + np.log(0.7) + np.log(0.1) + np.log(0.4)) / 4
+  np.testing.assert_allclose(float(losses.balanced_bce(z, jnp.zeros(4))),
+                             want0, rtol=1e-5)
+  # log clamped at -100 (s = σ(-200) ≈ 0 with label 1).
+  np.testing.assert_allclose(
+      float(losses.balanced_bce(jnp.array([-200.]), jnp.array([1.]))), 100.0)
+
+
+def test_mutual_smoothness_hand_values():
+  s = np.array([0.9, 0.2, 0.6, 0.3])
+  z = jnp.asarray(np.log(s / (1 - s)), jnp.float32)
+  partner = jnp.array([2, 3, 0, 1])
+  valid = jnp.array([True, True, False, False])
+  np.testing.assert_allclose(
+      float(losses.mutual_smoothness(z, partner, valid, kind="mae")),
+      0.5 * (0.3 + 0.1) / 2, rtol=1e-5)
+  np.testing.assert_allclose(
+      float(losses.mutual_smoothness(z, partner, valid, kind="mse")),
+      0.5 * (0.09 + 0.01) / 2, rtol=1e-5)
+  kl = lambda p, q: p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))
+  want = 0.5 * (kl(0.9, 0.6) + kl(0.6, 0.9) + kl(0.2, 0.3) + kl(0.3, 0.2)) / 2
+  np.testing.assert_allclose(
+      float(losses.mutual_smoothness(z, partner, valid, kind="kl")), want,
+      rtol=1e-5)
+  assert float(losses.mutual_smoothness(z, partner, jnp.zeros(4, bool))) == 0
+  assert float(losses.total_loss(1.0, 0.2, lam=2.5)) == pytest.approx(1.5)
+
+
+# -------------------------------------------------------------- optimiser
+
+
+def test_rmsprop_matches_torch_semantics():
+  """5 steps against a numpy transcription of torch.optim.RMSprop."""
+  cfg = train_lib.StepConfig(dim=2, num_images=1, lr=0.01, decay=0.99,
+                             eps=1e-8, momentum=0.2)
+  opt = train_lib.make_optimizer(cfg)
+  rng = np.random.default_rng(0)
+  p = rng.normal(size=6).astype(np.float32)
+  grads = rng.normal(size=(5, 6)).astype(np.float32)
+  # PyTorch: v = α v + (1−α) g²; buf = μ buf + g / (√v + ε); p -= lr·buf.
+  p_ref, v, buf = p.astype(np.float64), np.zeros(6), np.zeros(6)
+  params = jnp.asarray(p)
+  state = opt.init(params)
+  for g in grads:
+    v = 0.99 * v + 0.01 * g.astype(np.float64) ** 2
+    buf = 0.2 * buf + g / (np.sqrt(v) + 1e-8)
+    p_ref = p_ref - 0.01 * buf
+    upd, state = opt.update(jnp.asarray(g), state, params)
+    params = params + upd
+  np.testing.assert_allclose(np.asarray(params), p_ref, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------- train step
+
+
+def _small_setup(n=24, p=9, d=8, **kw):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(n, p, d)).astype(np.float32)
+  x[:3, :2] += 4.0
+  cfg = train_lib.StepConfig(dim=d, num_images=n, hidden=(16, 8),
+                             score_chunk=5, knn_chunk=32, lr=1e-3, **kw)
+  rows, chunk = train_lib.padded_size(n, cfg.score_chunk)
+  cfg = train_lib.StepConfig(**{**cfg.__dict__, "score_chunk": chunk})
+  feats = jnp.asarray(train_lib.pad_images(x, rows))
+  valid = jnp.arange(rows) < n
+  return cfg, feats, valid, rows
+
+
+def test_train_step_compiles_once_and_learns_shapes():
+  cfg, feats, valid, rows = _small_setup()
+  assert rows == 25  # padded to a multiple of the score chunk
+  traces = []
+
+  def counted(*a):
+    traces.append(1)
+    return train_lib.train_step_fn(cfg, *a)
+
+  step = jax.jit(counted)
+  state = train_lib.init_state(cfg, jax.random.key(0), rows)
+  for i in range(3):
+    idx = jnp.asarray(np.arange(6) + 3 * i, jnp.int32)
+    state, m = step(state, idx, jax.random.key(i), feats, valid)
+  assert len(traces) == 1 and step._cache_size() == 1
+  assert int(state["step"]) == 3
+  assert np.isfinite(float(m["loss"]))
+  assert int(m["bank_images"]) == int(np.floor(0.5 * int(m["num_candidates"])))
+  # The padding row is never a candidate, the real ones are scored.
+  assert float(state["scores"][-1]) == 0.0 and float(state["scores"][0]) > 0
+  jitted = train_lib.make_train_step(cfg)
+  state2 = train_lib.init_state(cfg, jax.random.key(0), rows)
+  for i in range(2):
+    state2, _ = jitted(state2, jnp.arange(6, dtype=jnp.int32),
+                       jax.random.key(i), feats, valid)
+  assert jitted._cache_size() == 1
+
+
+def test_refresh_every_reuses_scores():
+  cfg, feats, valid, rows = _small_setup(refresh_every=3)
+  step = train_lib.make_train_step(cfg, donate=False)
+  state = train_lib.init_state(cfg, jax.random.key(0), rows)
+  seen = []
+  for i in range(4):
+    state, _ = step(state, jnp.arange(6, dtype=jnp.int32), jax.random.key(i),
+                    feats, valid)
+    seen.append(np.asarray(state["scores"]))
+  np.testing.assert_array_equal(seen[0], seen[1])
+  np.testing.assert_array_equal(seen[0], seen[2])
+  assert not np.array_equal(seen[2], seen[3])  # step 3 rescored
+
+
+# --------------------------------------------------------------- end to end
+
+
+def _blob_features(seed, n_normal, n_anom, h=4, w=4, d=16):
+  """Gaussian-blob token features; anomalous images get 2–3 shifted patches."""
+  rng = np.random.default_rng(seed)
+  centre = np.random.default_rng(99).normal(size=(h * w, d)) * 0.5
+  n = n_normal + n_anom
+  x = centre[None] + 0.3 * rng.normal(size=(n, h * w, d))
+  labels = np.array([0] * n_normal + [1] * n_anom)
+  direction = np.random.default_rng(7).normal(size=d)
+  direction /= np.linalg.norm(direction)
+  for i in range(n_normal, n):
+    pos = rng.choice(h * w, rng.integers(2, 4), replace=False)
+    x[i, pos] += 2.5 * direction + 0.5 * rng.normal(size=(len(pos), d))
+  perm = rng.permutation(n)
+  return x[perm].reshape(n, h, w, d).astype(np.float32), labels[perm]
+
+
+def _e2e_config(epochs):
+  cfg = ml_collections.ConfigDict()
+  cfg.seed = 0
+  cfg.dataset = ml_collections.ConfigDict(dict(image_size=16))
+  cfg.funad = funad.default_config()
+  cfg.funad.update(dict(epochs=epochs, batch_size=8, eval_every=2,
+                        checkpoint_every=2, hidden=(64, 16), lr=2e-3,
+                        score_chunk=8, knn_chunk=256))
+  return cfg
+
+
+@pytest.mark.slow  # ~40 s on a contended 2-core CPU: three short fits.
+def test_end_to_end_training_beats_untrained(tmp_path):
+  train_x, _ = _blob_features(0, 36, 4)  # 10% contamination
+  test_x, test_y = _blob_features(1, 20, 20)
+  cfg = _e2e_config(epochs=6)
+  params0 = model_lib.init_params(
+      jax.random.fold_in(jax.random.key(0), 0), 16, hidden=(64, 16))
+  s0, _ = funad.predict_features(cfg, {"params": params0}, test_x,
+                                 with_maps=False)
+  auroc0 = metrics.roc_auc_score(test_y, s0)
+  out = funad.fit(cfg, train_x, eval_features=test_x, eval_labels=test_y)
+  scores, maps = funad.predict_features(cfg, {"params": out["params"]}, test_x)
+  auroc = metrics.roc_auc_score(test_y, scores)
+  assert maps.shape == (40, 16, 16)
+  assert auroc > 0.9, (auroc0, auroc)
+  assert auroc0 < 0.8, (auroc0, auroc)
+  assert [h["epoch"] for h in out["history"]] == [2, 4, 6]
+  assert "TEST-SELECTED" in out["oracle"]["note"]
+
+  # Resume: 4 epochs, then continue to 6 from the checkpoint → identical.
+  cfg4 = _e2e_config(epochs=4)
+  funad.fit(cfg4, train_x, workdir=str(tmp_path / "b"))
+  resumed = funad.fit(cfg, train_x, workdir=str(tmp_path / "b"))
+  jax.tree_util.tree_map(
+      functools.partial(np.testing.assert_allclose, rtol=0, atol=0),
+      resumed["params"], out["params"])
