@@ -1,0 +1,34 @@
+r"""DiCo ablation: number of memory items N × training-set contamination.
+
+N ∈ {0, 10, 50, 200} (METHODS §5; N = 0 disables the memory, default 50)
+against the contamination ratio {0, 0.05, 0.1, 0.2} (METHODS §4): 16 runs,
+each an ordinary ``configs/dico_<dataset>.py`` run.
+
+Run:
+  python experiments/sweep.py \
+      --sweep=configs/sweeps/dico_memory_contamination.py:dataset=mvtec,category=bottle \
+      --workdir=runs/sweeps/dico_memory_contamination_bottle
+
+Args (after the colon, comma-separated): dataset (synthetic|mvtec|visa|
+magnetic_tile), category, runlocal (tiny settings for a smoke test).
+"""
+
+import ml_collections
+
+from dicofun import configlib
+
+
+def get_sweep(arg=None):
+  a = configlib.parse_arg(arg, dataset="synthetic", category="",
+                          runlocal=False)
+  category = a.category or configlib.DATASET_DEFAULTS[a.dataset]["category"]
+  base_arg = f"category={category}" + (",runlocal" if a.runlocal else "")
+  return ml_collections.ConfigDict(dict(
+      base=f"configs/dico_{a.dataset}.py:{base_arg}",
+      axes=dict(memory=[0, 10, 50, 200],
+                contamination=[0.0, 0.05, 0.1, 0.2]),
+      rows="memory",
+      cols="contamination",
+      metric=("test.image_auroc", "test.pixel_auroc",
+              "transductive.image_auroc"),
+  ))

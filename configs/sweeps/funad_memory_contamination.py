@@ -1,0 +1,34 @@
+r"""FUN-AD ablation: memory-bank size ρ × training-set contamination.
+
+ρ ∈ {0.1, 0.25, 0.5, 0.75, 1.0} (METHODS §2, default 0.5) against the
+contamination ratio {0, 0.05, 0.1, 0.2} (METHODS §4): 20 runs, each an ordinary
+``configs/funad_<dataset>.py`` run.
+
+Run:
+  python experiments/sweep.py \
+      --sweep=configs/sweeps/funad_memory_contamination.py:dataset=mvtec,category=bottle \
+      --workdir=runs/sweeps/funad_memory_contamination_bottle
+
+Args (after the colon, comma-separated): dataset (synthetic|mvtec|visa|
+magnetic_tile), category, runlocal (tiny settings for a smoke test).
+"""
+
+import ml_collections
+
+from dicofun import configlib
+
+
+def get_sweep(arg=None):
+  a = configlib.parse_arg(arg, dataset="synthetic", category="",
+                          runlocal=False)
+  category = a.category or configlib.DATASET_DEFAULTS[a.dataset]["category"]
+  base_arg = f"category={category}" + (",runlocal" if a.runlocal else "")
+  return ml_collections.ConfigDict(dict(
+      base=f"configs/funad_{a.dataset}.py:{base_arg}",
+      axes=dict(rho=[0.1, 0.25, 0.5, 0.75, 1.0],
+                contamination=[0.0, 0.05, 0.1, 0.2]),
+      rows="rho",
+      cols="contamination",
+      metric=("test.image_auroc", "test.pixel_auroc",
+              "transductive.image_auroc"),
+  ))

@@ -1,0 +1,212 @@
+"""Scoring a folder of new images with a trained run's inference checkpoint.
+
+``predict_folder(run_dir, images_dir)`` loads ``<run_dir>/model`` (written by
+the runner through ``checkpoint.save_inference``), finds every image under
+``images_dir`` (recursively, sorted), and asks the run's method to score them.
+
+Contract with the methods: ``method.predict(config, state, records)`` receives
+a list of ``Record``s (label 0, defect "good", no mask, split "test") and
+returns ``(scores (n,), maps (n, S, S) or None)``. The method loads and
+preprocesses the images through exactly the path it used for the test set
+during the run (its backbone's normalisation, its feature layout), so a
+score from ``predict`` equals the score the run reported for the same file
+**(ours)**: no second preprocessing path exists that could drift.
+
+Outputs, in ``out_dir`` (default ``<run_dir>/predictions``):
+
+* ``scores.csv``: ``file`` (relative to ``images_dir``), ``score``,
+  ``decision`` (1 when score > threshold, else 0) and ``threshold``;
+* ``overlays/<file>.png``: each image with its anomaly map (methods with
+  maps), all on one colour scale centred on the threshold (``color_scale``);
+* ``maps.npy`` (only with ``keep_maps``): the (n, S, S) float32 maps.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from typing import Optional, Sequence
+
+from absl import logging
+import numpy as np
+
+from dicofun.data import records as records_lib
+
+
+@dataclasses.dataclass
+class PredictOutcome:
+  """What ``predict_folder`` wrote.
+
+  Attributes:
+    files: image paths, in the order of the rows of ``scores.csv``.
+    scores: (n,) image scores.
+    decisions: (n,) bool, score > threshold.
+    threshold: the threshold used.
+    csv_path: path of scores.csv.
+    overlays: overlay PNG paths (empty when the method returns no maps).
+  """
+
+  files: list[str]
+  scores: np.ndarray
+  decisions: np.ndarray
+  threshold: float
+  csv_path: str
+  overlays: list[str]
+
+
+def list_images(directory: str) -> list[str]:
+  """Every image file under ``directory`` (recursive), sorted by path.
+
+  Raises:
+    FileNotFoundError: ``directory`` does not exist or holds no image.
+  """
+  from dicofun.data import images  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"--images={directory!r} is not a directory")
+  found = []
+  for root, dirs, files in os.walk(directory):
+    dirs.sort()
+    for f in files:
+      if os.path.splitext(f)[1].lower() in images.IMAGE_EXTENSIONS:
+        found.append(os.path.join(root, f))
+  if not found:
+    raise FileNotFoundError(
+        f"no image files ({', '.join(images.IMAGE_EXTENSIONS)}) under "
+        f"{directory!r}")
+  return sorted(found)
+
+
+def records_for(paths: Sequence[str], *, category: str = ""
+                ) -> list[records_lib.Record]:
+  """Unlabelled images as test records (label 0 is a placeholder)."""
+  return [records_lib.Record(image_path=p, mask_path=None,
+                             label=records_lib.NORMAL, defect=records_lib.GOOD,
+                             split="test", category=category) for p in paths]
+
+
+def overlay_image(config, path: str) -> np.ndarray:
+  """The image as the model saw it (resize + crop), uint8 (S, S, 3)."""
+  from dicofun import train  # pylint: disable=g-import-not-at-top
+  from dicofun.data import images  # pylint: disable=g-import-not-at-top
+  # Identity normalisation: the same geometry, pixel values kept in [0, 1].
+  pre = train.preprocess_for(config, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+  img = pre.image(images.load_image(path))
+  return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def _overlay_path(out_dir: str, images_dir: str, path: str) -> str:
+  rel = os.path.relpath(path, images_dir)
+  return os.path.join(out_dir, "overlays", os.path.splitext(rel)[0] + ".png")
+
+
+def color_scale(map_min: float, threshold: float) -> dict[str, float]:
+  """The overlay colour range: ``[min, 2·threshold − min]``.
+
+  One range for every image of a folder, centred on the decision threshold,
+  so colours compare across images and the upper half of the colour map
+  (yellow to red in ``jet``) means "above the threshold" **(ours)**.
+  """
+  if not np.isfinite(map_min) or threshold <= map_min:
+    return {}
+  return dict(vmin=float(map_min), vmax=float(2.0 * threshold - map_min))
+
+
+def predict_folder(run_dir: str, images_dir: str, *,
+                   out_dir: Optional[str] = None,
+                   threshold: Optional[float] = None,
+                   chunk: int = 64,
+                   overlays: bool = True,
+                   keep_maps: bool = False) -> PredictOutcome:
+  """Scores every image under ``images_dir`` with the run in ``run_dir``.
+
+  Args:
+    run_dir: a finished run's workdir (holds the ``model`` checkpoint).
+    images_dir: folder of images (searched recursively).
+    out_dir: output folder (default ``<run_dir>/predictions``).
+    threshold: decision threshold; None uses the one stored with the model.
+    chunk: images per ``method.predict`` call; bounds the memory held by
+      anomaly maps **(ours)**.
+    overlays: write the per-image overlay PNGs.
+    keep_maps: keep ``maps.npy``, the (n, S, S) float32 anomaly maps in the
+      row order of scores.csv (the maps are spooled there anyway, so that
+      memory stays bounded while overlays share one colour scale).
+
+  Returns:
+    A PredictOutcome.
+
+  Raises:
+    FileNotFoundError: no checkpoint in ``run_dir`` or no image found.
+    ValueError: the run stored no threshold and none is given.
+  """
+  from dicofun import checkpoint  # pylint: disable=g-import-not-at-top
+  from dicofun import progress  # pylint: disable=g-import-not-at-top
+  from dicofun import train  # pylint: disable=g-import-not-at-top
+  state, config, meta = checkpoint.load_inference(run_dir)
+  method = train.get_method(config.method)
+  if threshold is None:
+    if meta.get("threshold") is None:
+      raise ValueError(f"the run in {run_dir} stored no decision threshold "
+                       "(no validation split, no training scores); pass "
+                       "--threshold")
+    threshold = float(meta["threshold"])
+  out_dir = out_dir or os.path.join(run_dir, "predictions")
+  os.makedirs(out_dir, exist_ok=True)
+  paths = list_images(images_dir)
+  logging.info("Scoring %d images from %s with the %s model of %s "
+               "(threshold %.6g)", len(paths), images_dir, config.method,
+               run_dir, threshold)
+  category = config.dataset.get("category", "") if "dataset" in config else ""
+  chunk = max(int(chunk), 1)
+  starts = range(0, len(paths), chunk)
+  scores = np.zeros(len(paths), np.float64)
+  maps_path = os.path.join(out_dir, "maps.npy")
+  maps_file = None
+  map_min = np.inf
+  for start in progress.progress(starts, total=len(starts), desc="predict"):
+    sub = paths[start:start + chunk]
+    s, maps = method.predict(config, state, records_for(sub,
+                                                        category=category))
+    s = np.asarray(s, np.float64).reshape(-1)
+    if s.shape != (len(sub),):
+      raise ValueError(f"{config.method}.predict returned {s.shape} scores "
+                       f"for {len(sub)} images")
+    scores[start:start + len(sub)] = s
+    if maps is None or not (overlays or keep_maps):
+      continue
+    maps = np.asarray(maps, np.float32)
+    if maps_file is None:
+      maps_file = np.lib.format.open_memmap(
+          maps_path, mode="w+", dtype=np.float32,
+          shape=(len(paths),) + maps.shape[1:])
+    maps_file[start:start + len(sub)] = maps
+    map_min = min(map_min, float(maps.min()))
+  decisions = scores > threshold
+  csv_path = os.path.join(out_dir, "scores.csv")
+  with open(csv_path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["file", "score", "decision", "threshold"])
+    for path, s, d in zip(paths, scores, decisions):
+      w.writerow([os.path.relpath(path, images_dir), repr(float(s)), int(d),
+                  repr(float(threshold))])
+  written = []
+  if maps_file is not None:
+    maps_file.flush()
+    if overlays:
+      from dicofun import viz  # pylint: disable=g-import-not-at-top
+      scale = color_scale(map_min, threshold)
+      for i in progress.progress(range(len(paths)), desc="overlays"):
+        out = _overlay_path(out_dir, images_dir, paths[i])
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        viz.save_overlay(out, overlay_image(config, paths[i]),
+                         np.asarray(maps_file[i]), **scale)
+        written.append(out)
+    del maps_file
+    if not keep_maps:
+      os.remove(maps_path)
+  logging.info("%d of %d images above the threshold; wrote %s and %d "
+               "overlays", int(decisions.sum()), len(paths), csv_path,
+               len(written))
+  return PredictOutcome(files=paths, scores=scores, decisions=decisions,
+                        threshold=float(threshold), csv_path=csv_path,
+                        overlays=written)

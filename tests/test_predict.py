@@ -1,0 +1,205 @@
+"""experiments/predict.py: a saved model scores a folder of new images."""
+
+import csv
+import os
+import subprocess
+import sys
+import types
+
+import ml_collections
+import numpy as np
+from PIL import Image
+import pytest
+
+import dicofun
+from dicofun import checkpoint
+from dicofun import predict
+from dicofun import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+S = 16
+
+
+def _fake_method(calls):
+  """A method whose score is the mean pixel / 255 plus the state's offset."""
+  from dicofun.data import images  # pylint: disable=g-import-not-at-top
+
+  def predict_fn(config, state, records):
+    calls.append(list(records))
+    s = config.dataset.image_size
+    scores = np.array([images.load_image(r.image_path).mean() / 255.0
+                       for r in records]) + float(state["offset"])
+    maps = np.stack([np.full((s, s), v, np.float32) for v in scores])
+    return scores, maps
+
+  mod = types.ModuleType("fake_predict_method")
+  mod.predict = predict_fn
+  return mod
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+  """A fake method registered with the runner and its saved model."""
+  calls = []
+  monkeypatch.setitem(sys.modules, "fake_predict_method", _fake_method(calls))
+  monkeypatch.setitem(train.METHODS, "fake", "fake_predict_method")
+  cfg = ml_collections.ConfigDict(dict(
+      method="fake", dataset=dict(image_size=S, crop_fraction=1.0,
+                                  category="widget")))
+  d = str(tmp_path / "run")
+  checkpoint.save_inference(d, state={"offset": np.float32(0.25)}, config=cfg,
+                            threshold=0.6, meta={"rule": "test"})
+  return d, calls
+
+
+@pytest.fixture
+def overlays(monkeypatch):
+  """Replaces dicofun.viz by a recorder of save_overlay calls."""
+  calls = []
+
+  def save_overlay(path, image_uint8, amap, **kw):
+    calls.append(dict(path=path, image=np.array(image_uint8),
+                      amap=np.array(amap), kw=kw))
+    with open(path, "wb") as f:
+      f.write(b"png")
+
+  fake = types.ModuleType("dicofun.viz")
+  fake.save_overlay = save_overlay
+  monkeypatch.setitem(sys.modules, "dicofun.viz", fake)
+  monkeypatch.setattr(dicofun, "viz", fake, raising=False)
+  return calls
+
+
+def _image_dir(root):
+  """Constant grey images (pixel 10, 100, 200); a sub-folder; a non-image."""
+  d = root / "images"
+  (d / "sub").mkdir(parents=True)
+  for name, v in [("b.png", 100), ("sub/c.jpg", 200), ("a.png", 10)]:
+    Image.fromarray(np.full((20, 24, 3), v, np.uint8)).save(d / name)
+  (d / "notes.txt").write_text("not an image")
+  return d
+
+
+def test_list_images_is_recursive_sorted_and_filters_extensions(tmp_path):
+  d = _image_dir(tmp_path)
+  found = predict.list_images(str(d))
+  assert [os.path.relpath(p, d) for p in found] == ["a.png", "b.png",
+                                                    "sub/c.jpg"]
+
+
+def test_empty_folder_and_missing_folder_are_named(tmp_path):
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="no image files"):
+    predict.list_images(str(tmp_path / "empty"))
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    predict.list_images(str(tmp_path / "nowhere"))
+
+
+def test_predict_folder_scores_decides_and_draws(run_dir, overlays, tmp_path):
+  run, calls = run_dir
+  d = _image_dir(tmp_path)
+  out = predict.predict_folder(run, str(d), chunk=2)
+
+  # The method got unlabelled test records, in two chunks (2 + 1).
+  assert [len(c) for c in calls] == [2, 1]
+  recs = calls[0] + calls[1]
+  assert [r.image_path for r in recs] == out.files
+  assert all(r.label == 0 and r.mask_path is None and r.split == "test"
+             and r.category == "widget" for r in recs)
+
+  # JPEG is lossy: c.jpg's mean is only close to 200.
+  expected = np.array([10, 100, 200]) / 255.0 + 0.25
+  np.testing.assert_allclose(out.scores, expected, atol=2e-3)
+  np.testing.assert_array_equal(out.decisions, [False, True, True])
+  assert out.threshold == 0.6
+
+  with open(os.path.join(run, "predictions", "scores.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert [r["file"] for r in rows] == ["a.png", "b.png", "sub/c.jpg"]
+  np.testing.assert_allclose([float(r["score"]) for r in rows], out.scores)
+  assert [r["decision"] for r in rows] == ["0", "1", "1"]
+  assert {r["threshold"] for r in rows} == {"0.6"}
+
+  assert [os.path.relpath(o["path"], os.path.join(run, "predictions"))
+          for o in overlays] == ["overlays/a.png", "overlays/b.png",
+                                 "overlays/sub/c.png"]
+  assert all(os.path.exists(o["path"]) for o in overlays)
+  # The overlay image is the resized image as uint8, with its own map.
+  assert overlays[1]["image"].shape == (S, S, 3)
+  assert overlays[1]["image"].dtype == np.uint8
+  np.testing.assert_array_equal(overlays[1]["image"], 100)
+  np.testing.assert_allclose(overlays[1]["amap"], expected[1], atol=1e-6)
+  # One colour scale for all images, centred on the threshold 0.6.
+  lo = expected[0]
+  assert overlays[0]["kw"] == overlays[2]["kw"]
+  assert overlays[0]["kw"]["vmin"] == pytest.approx(lo, abs=1e-6)
+  assert overlays[0]["kw"]["vmax"] == pytest.approx(1.2 - lo, abs=1e-6)
+  assert not os.path.exists(os.path.join(run, "predictions", "maps.npy"))
+
+
+def test_color_scale_is_centred_on_the_threshold():
+  assert predict.color_scale(1.0, 3.0) == {"vmin": 1.0, "vmax": 5.0}
+  # A threshold at or below every map value: fall back to per-image ranges.
+  assert predict.color_scale(3.0, 2.0) == {}
+  assert predict.color_scale(np.inf, 2.0) == {}
+
+
+def test_threshold_override_and_out_dir(run_dir, overlays, tmp_path):
+  run, _ = run_dir
+  d = _image_dir(tmp_path)
+  out_dir = tmp_path / "elsewhere"
+  out = predict.predict_folder(run, str(d), out_dir=str(out_dir),
+                               threshold=0.28, overlays=False, keep_maps=True)
+  np.testing.assert_array_equal(out.decisions, [True, True, True])
+  assert overlays == [] and out.overlays == []
+  with open(out_dir / "scores.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["decision"] for r in rows] == ["1", "1", "1"]
+  assert {r["threshold"] for r in rows} == {"0.28"}
+  assert not os.path.exists(os.path.join(run, "predictions"))
+  maps = np.load(out_dir / "maps.npy")
+  assert maps.shape == (3, S, S) and maps.dtype == np.float32
+  np.testing.assert_allclose(maps[:, 0, 0], out.scores, atol=1e-6)
+
+
+def test_run_without_threshold_needs_one(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "fake_predict_method", _fake_method([]))
+  monkeypatch.setitem(train.METHODS, "fake", "fake_predict_method")
+  run = str(tmp_path / "run")
+  checkpoint.save_inference(
+      run, state={"offset": np.float32(0.0)}, threshold=1.0,
+      config=ml_collections.ConfigDict(dict(
+          method="fake", dataset=dict(image_size=S, crop_fraction=1.0))))
+  monkeypatch.setattr(checkpoint, "load_inference", lambda d: (
+      {"offset": 0.0}, ml_collections.ConfigDict(dict(
+          method="fake", dataset=dict(image_size=S, crop_fraction=1.0))),
+      {"threshold": None}))
+  images = str(_image_dir(tmp_path))
+  with pytest.raises(ValueError, match="--threshold"):
+    predict.predict_folder(run, images)
+  out = predict.predict_folder(run, images, threshold=0.5, overlays=False)
+  np.testing.assert_array_equal(out.decisions, [False, False, True])
+
+
+def test_real_overlays_are_pngs(run_dir, tmp_path):
+  pytest.importorskip("matplotlib")
+  run, _ = run_dir
+  out = predict.predict_folder(run, str(_image_dir(tmp_path)))
+  assert len(out.overlays) == 3
+  for path in out.overlays:
+    with open(path, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no inference checkpoint"):
+    predict.predict_folder(str(tmp_path), str(_image_dir(tmp_path)))
+
+
+def test_cli_reports_a_run_without_model(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "predict.py"),
+       f"--workdir={tmp_path}", f"--images={_image_dir(tmp_path)}"],
+      capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert proc.returncode != 0
+  assert "no inference checkpoint" in proc.stderr
