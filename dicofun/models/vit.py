@@ -1,0 +1,282 @@
+"""DINOv2 Vision Transformer (ViT-S/14 by default) in Flax Linen.
+
+Architecture of the Hugging Face ``Dinov2Model`` (pre-norm blocks with layer
+scale, LayerNorm eps 1e-6, exact erf GELU, a class token and learned position
+embeddings for a 37×37 grid, i.e. 518-pixel inputs). Any input whose sides are
+multiples of the patch size works: the patch part of the position embedding is
+resized to the token grid with torch-style bicubic interpolation (a = -0.75,
+half-pixel centres, edge clamping, no antialias) straight to the target grid
+size — the ``size=`` form that recent HF versions use and that the packaged
+ONNX graph (exported with torch 2.7, fixed at 224×224) contains; the older
+HF ``scale_factor=(h + 0.1) / 37`` form is not reproduced **(ours)**.
+
+``__call__`` returns ``(final_tokens, {"block{i}": tokens})``: ``final_tokens``
+(B, 1+P, D) are the last block's output after the final LayerNorm; the
+intermediate ``block{i}`` entries (i counted 1..depth, the output of block i)
+are raw residual-stream tokens unless ``norm_intermediate=True``, which applies
+the final LayerNorm to them too **(ours; HF's ``hidden_states`` are raw)**.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _cubic_weights(t: np.ndarray, a: float) -> np.ndarray:
+  """Keys cubic-convolution weights for taps at offsets -1, 0, 1, 2."""
+  def near(x):  # |x| <= 1
+    return ((a + 2) * x - (a + 3)) * x * x + 1
+  def far(x):  # 1 < |x| < 2
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+  return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+@functools.lru_cache(maxsize=64)
+def bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
+  """(n_out, n_in) matrix of torch ``upsample_bicubic2d`` along one axis.
+
+  Matches ``F.interpolate(mode="bicubic", align_corners=False, size=...)``:
+  source coordinate ``(i + 0.5) * n_in / n_out - 0.5``, four taps with
+  out-of-range indices clamped to the edge, no antialiasing.
+  """
+  scale = n_in / n_out
+  src = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
+  base = np.floor(src)
+  w = _cubic_weights(src - base, a)
+  m = np.zeros((n_out, n_in), np.float64)
+  for tap in range(4):
+    idx = np.clip(base.astype(np.int64) - 1 + tap, 0, n_in - 1)
+    np.add.at(m, (np.arange(n_out), idx), w[:, tap])
+  return m.astype(np.float32)
+
+
+def resize_bicubic(grid: jax.Array, out_hw: Tuple[int, int], *,
+                   a: float = -0.75) -> jax.Array:
+  """Torch-style bicubic resize of a (H, W, C) array to ``out_hw``."""
+  h, w = grid.shape[:2]
+  if (h, w) == tuple(out_hw):
+    return grid
+  my = jnp.asarray(bicubic_matrix(h, out_hw[0], a))
+  mx = jnp.asarray(bicubic_matrix(w, out_hw[1], a))
+  hi = jax.lax.Precision.HIGHEST
+  grid = jnp.einsum("oh,hwc->owc", my, grid, precision=hi)
+  return jnp.einsum("pw,owc->opc", mx, grid, precision=hi)
+
+
+class Attention(nn.Module):
+  dim: int
+  heads: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, n, _ = x.shape
+    hd = self.dim // self.heads
+    split = lambda t: t.reshape(b, n, self.heads, hd)
+    q = split(nn.Dense(self.dim, name="query")(x))
+    k = split(nn.Dense(self.dim, name="key")(x))
+    v = split(nn.Dense(self.dim, name="value")(x))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(hd).astype(x.dtype)
+    attn = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, self.dim)
+    return nn.Dense(self.dim, name="out")(out)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block with DINOv2 layer scale."""
+  dim: int
+  heads: int
+  mlp_ratio: int
+  eps: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    ln = functools.partial(nn.LayerNorm, epsilon=self.eps,
+                           use_fast_variance=False)
+    ones = nn.initializers.ones
+    y = Attention(self.dim, self.heads, name="attn")(ln(name="norm1")(x))
+    x = x + self.param("ls1", ones, (self.dim,)) * y
+    y = nn.Dense(self.dim * self.mlp_ratio, name="fc1")(ln(name="norm2")(x))
+    y = nn.Dense(self.dim, name="fc2")(jax.nn.gelu(y, approximate=False))
+    return x + self.param("ls2", ones, (self.dim,)) * y
+
+
+class VisionTransformer(nn.Module):
+  """DINOv2 ViT; defaults are ViT-S/14.
+
+  Attributes:
+    dim: token width.
+    depth: number of blocks.
+    heads: attention heads.
+    patch: patch size in pixels.
+    mlp_ratio: MLP hidden width / dim.
+    eps: LayerNorm epsilon.
+    pos_grid: side of the square grid the position embedding was trained on.
+  """
+  dim: int = 384
+  depth: int = 12
+  heads: int = 6
+  patch: int = 14
+  mlp_ratio: int = 4
+  eps: float = 1e-6
+  pos_grid: int = 37
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, layers: Sequence[int] = (),
+               norm_intermediate: bool = False,
+               stop_after: Optional[int] = None
+               ) -> Tuple[Optional[jax.Array], Dict[str, jax.Array]]:
+    """Encodes ImageNet-normalised NHWC images.
+
+    Args:
+      images: (B, H, W, 3), H and W multiples of ``patch``.
+      layers: blocks (1..depth) whose output tokens to return.
+      norm_intermediate: apply the final LayerNorm to the returned
+        intermediate tokens.
+      stop_after: skip the blocks after this one (saves compute when only
+        intermediate layers are needed); the first output is then None.
+
+    Returns:
+      ``(final tokens (B, 1+P, D) or None, {"block{i}": (B, 1+P, D)})``.
+    """
+    b, h, w, _ = images.shape
+    if h % self.patch or w % self.patch:
+      raise ValueError(f"input {h}x{w} is not a multiple of the patch size "
+                       f"{self.patch}")
+    for i in layers:
+      if not 1 <= i <= self.depth:
+        raise ValueError(f"layer {i} is not in 1..{self.depth}")
+    gh, gw = h // self.patch, w // self.patch
+    x = nn.Conv(self.dim, (self.patch, self.patch),
+                strides=(self.patch, self.patch), padding="VALID",
+                name="patch_embed")(images)
+    x = x.reshape(b, gh * gw, self.dim)
+    cls = self.param("cls_token", nn.initializers.normal(1e-6),
+                     (1, 1, self.dim))
+    pos = self.param("pos_embed", nn.initializers.normal(0.02),
+                     (1, 1 + self.pos_grid ** 2, self.dim))
+    grid = pos[0, 1:].reshape(self.pos_grid, self.pos_grid, self.dim)
+    grid = resize_bicubic(grid.astype(jnp.float32), (gh, gw))
+    pos = jnp.concatenate(
+        [pos[:, :1], grid.reshape(1, gh * gw, self.dim).astype(pos.dtype)], 1)
+    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.dim)), x], axis=1)
+    x = x + pos
+    norm = nn.LayerNorm(epsilon=self.eps, use_fast_variance=False, name="norm")
+    last = self.depth if stop_after is None else min(stop_after, self.depth)
+    if stop_after is not None and layers and max(layers) > last:
+      raise ValueError(f"layers {tuple(layers)} need blocks after {last}")
+    feats = {}
+    for i in range(1, last + 1):
+      x = Block(self.dim, self.heads, self.mlp_ratio, self.eps,
+                name=f"block{i - 1}")(x)
+      if i in layers:
+        feats[f"block{i}"] = norm(x) if norm_intermediate else x
+    final = norm(x) if last == self.depth else None
+    return final, feats
+
+
+_ORIGINAL_RENAMES = (
+    ("norm1.", "norm1."), ("norm2.", "norm2."), ("attn.proj.", "attention.output.dense."),
+    ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2."),
+)
+
+
+def original_to_hf(sd: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """Facebook-research DINOv2 names (``blocks.i.attn.qkv``) -> HF names."""
+  out = {}
+  for k, v in sd.items():
+    if k in ("cls_token", "pos_embed", "mask_token"):
+      out[{"pos_embed": "embeddings.position_embeddings"}.get(
+          k, f"embeddings.{k}")] = v
+    elif k.startswith("patch_embed.proj."):
+      out["embeddings.patch_embeddings.projection." + k.split(".")[-1]] = v
+    elif k.startswith("norm."):
+      out["layernorm." + k.split(".")[-1]] = v
+    elif k.startswith("blocks."):
+      _, i, rest = k.split(".", 2)
+      pre = f"encoder.layer.{i}."
+      if rest.startswith("attn.qkv."):
+        kind = rest.split(".")[-1]
+        for name, part in zip(("query", "key", "value"), np.split(v, 3, 0)):
+          out[f"{pre}attention.attention.{name}.{kind}"] = part
+      elif rest.startswith("ls1."):
+        out[pre + "layer_scale1.lambda1"] = v
+      elif rest.startswith("ls2."):
+        out[pre + "layer_scale2.lambda1"] = v
+      else:
+        for src, dst in _ORIGINAL_RENAMES:
+          if rest.startswith(src):
+            out[pre + dst + rest[len(src):]] = v
+  return out
+
+
+def convert_hf_weights(state_dict: Mapping[str, np.ndarray], *,
+                       depth: Optional[int] = None) -> Dict[str, Any]:
+  """Flax variables from HF ``Dinov2Model`` (or original DINOv2) weights.
+
+  Args:
+    state_dict: torch-convention arrays (Linear weights ``(out, in)``), HF
+      names with or without a ``backbone.``/``dinov2.`` prefix, or the
+      facebook-research names (``blocks.i.attn.qkv.weight``, ...).
+    depth: number of blocks (inferred when None).
+
+  Returns:
+    ``{"params": ...}`` for ``VisionTransformer``.
+  """
+  sd = {}
+  for k, v in state_dict.items():
+    for prefix in ("backbone.", "dinov2."):
+      if k.startswith(prefix):
+        k = k[len(prefix):]
+    sd[k] = np.asarray(v, np.float32)
+  if "pos_embed" in sd or any(k.startswith("blocks.") for k in sd):
+    sd = original_to_hf(sd)
+  if depth is None:
+    depth = 1 + max(int(k.split(".")[2]) for k in sd
+                    if k.startswith("encoder.layer."))
+  c = np.ascontiguousarray
+  dense = lambda p: {"kernel": c(sd[p + ".weight"].T), "bias": sd[p + ".bias"]}
+  lnorm = lambda p: {"scale": sd[p + ".weight"], "bias": sd[p + ".bias"]}
+  proj = "embeddings.patch_embeddings.projection"
+  params: Dict[str, Any] = {
+      "patch_embed": {"kernel": c(sd[proj + ".weight"].transpose(2, 3, 1, 0)),
+                      "bias": sd[proj + ".bias"]},
+      "cls_token": sd["embeddings.cls_token"].reshape(1, 1, -1),
+      "pos_embed": sd["embeddings.position_embeddings"],
+      "norm": lnorm("layernorm"),
+  }
+  for i in range(depth):
+    pre = f"encoder.layer.{i}"
+    att = f"{pre}.attention.attention"
+    params[f"block{i}"] = {
+        "norm1": lnorm(pre + ".norm1"),
+        "attn": {"query": dense(att + ".query"), "key": dense(att + ".key"),
+                 "value": dense(att + ".value"),
+                 "out": dense(pre + ".attention.output.dense")},
+        "ls1": sd[pre + ".layer_scale1.lambda1"],
+        "norm2": lnorm(pre + ".norm2"),
+        "fc1": dense(pre + ".mlp.fc1"),
+        "fc2": dense(pre + ".mlp.fc2"),
+        "ls2": sd[pre + ".layer_scale2.lambda1"],
+    }
+  return {"params": params}
+
+
+def convert_onnx_weights(initializers: Mapping[str, np.ndarray]
+                         ) -> Dict[str, Any]:
+  """Flax variables from the named ONNX initializers.
+
+  Args:
+    initializers: the output of ``dicofun.models.weights.
+      onnx_dinov2_state_dict`` (anonymous MatMul weights already named and in
+      torch ``(out, in)`` layout, position embedding concatenated).
+
+  Returns:
+    ``{"params": ...}`` for ``VisionTransformer``.
+  """
+  return convert_hf_weights(initializers)

@@ -1,0 +1,200 @@
+"""Tests for the EfficientNet-Lite and DINOv2 backbones and the registry.
+
+References: ImageNet classes of real photos (EfficientNet-Lite), onnxruntime
+running the packaged DINOv2 ONNX graph, and an ONNX ``Resize`` node for the
+torch-style bicubic position-embedding interpolation.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from dicofun.models import efficientnet_lite
+from dicofun.models import registry
+from dicofun.models import vit
+from dicofun.models import weights
+
+skimage_data = pytest.importorskip("skimage.data")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("DICOFUN_CACHE", str(tmp_path_factory.mktemp("dicofun_cache")))
+    yield
+
+
+def _resize_crop(img: np.ndarray, size: int, crop: float = 0.875
+                 ) -> np.ndarray:
+  """Short side to size/crop with PIL bicubic, then a centre crop."""
+  im = Image.fromarray(img)
+  w, h = im.size
+  s = size / crop / min(w, h)
+  im = im.resize((round(w * s), round(h * s)), Image.BICUBIC)
+  w, h = im.size
+  left, top = (w - size) // 2, (h - size) // 2
+  im = im.crop((left, top, left + size, top + size))
+  return np.asarray(im, np.float32) / 255.0
+
+
+@pytest.mark.parametrize("variant,blocks", [(0, 16), (1, 21), (2, 21)])
+def test_lite_classifies_cat_and_espresso(variant, blocks):
+  bb = registry.get_backbone(f"efficientnet_lite{variant}")
+  assert len([k for k in bb.variables["params"] if k.startswith("blocks_")]
+             ) == blocks
+  size = bb.default_size
+  x = np.stack([_resize_crop(skimage_data.chelsea(), size),
+                _resize_crop(skimage_data.coffee(), size)])
+  x = np.asarray(bb.normalise(x))
+  logits, feats = jax.jit(bb.module.apply)(bb.variables, x)
+  top = np.asarray(jnp.argmax(logits, -1))
+  assert 281 <= top[0] <= 285, top  # tabby/tiger/Persian/Siamese/Egyptian cat
+  assert top[1] == 967, top  # espresso
+  s4 = -(-size // 4)
+  assert feats["stride4"].shape[:3] == (2, s4, s4)
+  assert feats["stride32"].shape[1] == -(-size // 32)
+
+
+def test_lite_variants_match_checkpoint_shapes():
+  for v in (0, 1, 2):
+    sd = weights.load_backbone_weights(f"efficientnet_lite{v}").state_dict
+    conv = efficientnet_lite.convert_torch_weights(sd)
+    init = jax.eval_shape(efficientnet_lite.EfficientNetLite(variant=v).init,
+                          jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    shapes = lambda t: jax.tree.map(lambda a: tuple(np.shape(a)), t)
+    assert shapes(conv) == shapes(init), v
+  # Lite3/4 geometry (random init only): stem and head unscaled, first and
+  # last stacks one block each.
+  assert efficientnet_lite.block_settings(4)[0][0] == 1
+  assert efficientnet_lite.block_settings(4)[-1][0] == 1
+  assert [s[0] for s in efficientnet_lite.block_settings(3)] == [
+      1, 3, 3, 5, 5, 6, 1]
+  assert efficientnet_lite.block_settings(3)[-1][5] == 384
+
+
+def test_lite3_has_no_pretrained_weights():
+  with pytest.raises(ValueError, match="no pretrained weights"):
+    registry.get_backbone("efficientnet_lite3")
+  # Shapes only (a real random init compiles the whole net: slow here).
+  model = efficientnet_lite.EfficientNetLite(variant=3)
+  x = jnp.zeros((1, 64, 64, 3))
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  _, feats = jax.eval_shape(model.apply, variables, x)
+  assert {k: v.shape for k, v in feats.items()} == {
+      "stride4": (1, 16, 16, 32), "stride8": (1, 8, 8, 48),
+      "stride16": (1, 4, 4, 136), "stride32": (1, 2, 2, 384)}
+  assert registry.BACKBONES["efficientnet_lite3"].mean == (0.5, 0.5, 0.5)
+
+
+def _onnx_session(names):
+  model = onnx.load(weights.packaged_weights_path("dinov2_vits14"))
+  for n in names:
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+  return ort.InferenceSession(model.SerializeToString(),
+                              providers=["CPUExecutionProvider"])
+
+
+def test_dinov2_matches_onnxruntime_on_chelsea():
+  bb = registry.get_backbone("dinov2_vits14", layer=8)
+  assert bb.patch == 14 and bb.layer == 8
+  x = np.asarray(bb.normalise(_resize_crop(skimage_data.chelsea(), 224)))
+  x = x[None].astype(np.float32)
+  final_name = "/backbone/layernorm/Add_1_output_0"
+  block8_name = "/backbone/encoder/layer.7/Add_1_output_0"
+  ref_final, ref_b8 = _onnx_session([final_name, block8_name]).run(
+      [final_name, block8_name], {"input_image": x.transpose(0, 3, 1, 2)})
+  final, feats = jax.jit(lambda v, a: bb.module.apply(v, a, layers=(8,)))(
+      bb.variables, x)
+  assert final.shape == (1, 257, 384)
+  assert np.abs(np.asarray(final) - ref_final).max() < 1e-3
+  assert np.abs(np.asarray(feats["block8"]) - ref_b8).max() < 1e-3
+  # Registry features: block 8 raw tokens; layer 12 = final-normed tokens.
+  f8 = bb.apply_features(bb.variables, x)
+  assert f8["tokens"].shape == (1, 16, 16, 384) and f8["cls"].shape == (1, 384)
+  np.testing.assert_allclose(np.asarray(f8["tokens"]).reshape(256, 384),
+                             ref_b8[0, 1:], atol=1e-3)
+  bb12 = registry.get_backbone("dinov2_vits14", layer=12)
+  f12 = bb12.apply_features(bb12.variables, x)
+  np.testing.assert_allclose(np.asarray(f12["cls"])[0], ref_final[0, 0],
+                             atol=1e-3)
+
+
+def _onnx_resize(grid: np.ndarray, out_hw) -> np.ndarray:
+  """ONNX Resize (cubic, a=-0.75, half_pixel) of an NCHW float32 array."""
+  h = onnx.helper
+  node = h.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="cubic",
+                     cubic_coeff_a=-0.75,
+                     coordinate_transformation_mode="half_pixel")
+  graph = h.make_graph(
+      [node], "resize",
+      [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, grid.shape),
+       h.make_tensor_value_info("sizes", onnx.TensorProto.INT64, [4])],
+      [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+  model = h.make_model(graph, opset_imports=[h.make_opsetid("", 14)])
+  sess = ort.InferenceSession(model.SerializeToString(),
+                              providers=["CPUExecutionProvider"])
+  sizes = np.array(grid.shape[:2] + tuple(out_hw), np.int64)
+  return sess.run(["y"], {"x": grid, "sizes": sizes})[0]
+
+
+@pytest.mark.parametrize("out_hw", [(16, 16), (32, 32), (40, 20), (37, 37)])
+def test_bicubic_position_resize_matches_onnx(out_hw):
+  grid = np.random.default_rng(0).normal(size=(37, 37, 5)).astype(np.float32)
+  ours = np.asarray(vit.resize_bicubic(jnp.asarray(grid), out_hw))
+  ref = _onnx_resize(grid.transpose(2, 0, 1)[None], out_hw)[0]
+  np.testing.assert_allclose(ours, ref.transpose(1, 2, 0), atol=2e-5)
+  m = vit.bicubic_matrix(37, out_hw[0])
+  np.testing.assert_allclose(m.sum(1), 1.0, atol=1e-6)
+
+
+def test_dinov2_other_sizes_and_random():
+  bb = registry.get_backbone("dinov2_vits14", weights="random", layer=2)
+  feats = jax.eval_shape(bb.apply_features, bb.variables,
+                         jnp.zeros((2, 28, 42, 3)))
+  assert feats["tokens"].shape == (2, 2, 3, 384)
+  assert bb.weights_sha256 == "random-0" and bb.mean == registry.IMAGENET_MEAN
+  with pytest.raises(ValueError, match="layer"):
+    registry.get_backbone("dinov2_vits14", weights="random", layer=13)
+  with pytest.raises(ValueError, match="multiple of the patch"):
+    jax.eval_shape(bb.apply_features, bb.variables,
+                   jnp.zeros((1, 30, 28, 3)))
+  with pytest.raises(KeyError):
+    registry.get_backbone("resnet50")
+
+
+def test_original_dinov2_names_convert():
+  rng = np.random.default_rng(0)
+  d = 8
+  orig = {"cls_token": rng.normal(size=(1, 1, d)),
+          "pos_embed": rng.normal(size=(1, 5, d)),
+          "patch_embed.proj.weight": rng.normal(size=(d, 3, 2, 2)),
+          "patch_embed.proj.bias": rng.normal(size=(d,)),
+          "norm.weight": np.ones(d), "norm.bias": np.zeros(d),
+          "blocks.0.norm1.weight": np.ones(d), "blocks.0.norm1.bias": np.zeros(d),
+          "blocks.0.attn.qkv.weight": rng.normal(size=(3 * d, d)),
+          "blocks.0.attn.qkv.bias": rng.normal(size=(3 * d,)),
+          "blocks.0.attn.proj.weight": rng.normal(size=(d, d)),
+          "blocks.0.attn.proj.bias": np.zeros(d),
+          "blocks.0.ls1.gamma": np.ones(d), "blocks.0.ls2.gamma": np.ones(d),
+          "blocks.0.norm2.weight": np.ones(d), "blocks.0.norm2.bias": np.zeros(d),
+          "blocks.0.mlp.fc1.weight": rng.normal(size=(4 * d, d)),
+          "blocks.0.mlp.fc1.bias": np.zeros(4 * d),
+          "blocks.0.mlp.fc2.weight": rng.normal(size=(d, 4 * d)),
+          "blocks.0.mlp.fc2.bias": np.zeros(d)}
+  var = vit.convert_hf_weights(orig)
+  p = var["params"]["block0"]
+  np.testing.assert_allclose(p["attn"]["key"]["kernel"],
+                             orig["blocks.0.attn.qkv.weight"][d:2 * d].T,
+                             rtol=1e-6)
+  model = vit.VisionTransformer(dim=d, depth=1, heads=2, patch=2, pos_grid=2)
+  init = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                        jnp.zeros((1, 4, 4, 3)))
+  shapes = lambda t: jax.tree.map(lambda a: tuple(np.shape(a)), t)
+  assert shapes(init) == shapes(var)
+  out, _ = jax.jit(model.apply)(var, jnp.ones((1, 4, 4, 3)))
+  assert out.shape == (1, 5, d) and np.isfinite(np.asarray(out)).all()
