@@ -1,0 +1,297 @@
+"""DiCo (METHODS §2): masking, losses, memory, adaptive score, train step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+from sklearn.metrics import roc_auc_score
+
+from dicofun.methods import dico
+from dicofun.methods.dico import losses
+from dicofun.methods.dico import masking
+from dicofun.methods.dico import model as model_lib
+from dicofun.methods.dico import scoring
+from dicofun.methods.dico import step as step_lib
+
+LEVELS = ("stride4", "stride8", "stride16")
+
+
+def tiny_encoder(seed=0):
+  """A frozen random 4-layer conv encoder with stride 4/8/16 outputs."""
+  ks = jax.random.split(jax.random.PRNGKey(seed), 4)
+  chans = [3, 8, 8, 12, 16]
+  ws = [jax.random.normal(ks[i], (3, 3, chans[i], chans[i + 1]))
+        / np.sqrt(9 * chans[i]) for i in range(4)]
+
+  def enc(x):
+    out, h = {}, x
+    for i, w in enumerate(ws):
+      h = jax.lax.conv_general_dilated(h, w, (2, 2), "SAME",
+                                       dimension_numbers=("NHWC", "HWIO",
+                                                          "NHWC"))
+      if i >= 1:
+        out[f"stride{2 ** (i + 1)}"] = h
+      h = jax.nn.relu(h)
+    return out
+
+  return step_lib.encoder_from_fn(enc, {"stride4": 8, "stride8": 12,
+                                        "stride16": 16})
+
+
+def textures(rng, n, size=32):
+  yy, xx = np.mgrid[:size, :size] / size
+  out = []
+  for _ in range(n):
+    f = rng.uniform(2, 4, 2)
+    ph = rng.uniform(0, 2 * np.pi, 2)
+    base = (0.5 * np.sin(2 * np.pi * f[0] * xx + ph[0])
+            + 0.5 * np.sin(2 * np.pi * f[1] * yy + ph[1]))
+    img = np.stack([base, 0.8 * base, 0.6 * base], -1)
+    out.append(img + 0.05 * rng.normal(size=(size, size, 3)))
+  return np.asarray(out, np.float32)
+
+
+def with_bright_squares(rng, imgs, side=8):
+  imgs = imgs.copy()
+  for i in range(len(imgs)):
+    y, x = rng.integers(0, imgs.shape[1] - side, 2)
+    imgs[i, y:y + side, x:x + side] = 2.5
+  return imgs
+
+
+def small_config(**kw):
+  cfg = dico.default_config()
+  cfg.bottleneck_channels = 16
+  cfg.memory_size = 8
+  cfg.mask_patch = 8
+  cfg.batch_size = 8
+  cfg.blur_sigma = 1.0
+  cfg.eval_every = 0
+  for k, v in kw.items():
+    cfg[k] = v
+  return cfg
+
+
+# --- masking -----------------------------------------------------------------
+
+
+def test_mask_hits_ratio_and_is_deterministic():
+  key = jax.random.PRNGKey(3)
+  m = np.asarray(masking.random_square_mask(key, 5, 64, ratio=0.5, patch=16))
+  assert m.shape == (5, 64, 64, 1)
+  cells = m[:, ::16, ::16, 0]
+  # Every cell is constant and exactly 8 of the 16 cells are masked per image.
+  np.testing.assert_array_equal(np.repeat(np.repeat(cells, 16, 1), 16, 2),
+                                m[..., 0])
+  np.testing.assert_array_equal(cells.reshape(5, -1).sum(1), [8] * 5)
+  again = masking.random_square_mask(key, 5, 64, ratio=0.5, patch=16)
+  np.testing.assert_array_equal(m, again)
+  other = masking.random_square_mask(jax.random.PRNGKey(4), 5, 64, ratio=0.5,
+                                     patch=16)
+  assert not np.array_equal(m, np.asarray(other))
+  m25 = masking.random_square_mask(key, 3, (32, 64), ratio=0.25, patch=8)
+  np.testing.assert_allclose(np.asarray(m25).mean(axis=(1, 2, 3)), 0.25)
+
+
+def test_complementary_masks_cover_once_and_fill():
+  m = np.asarray(masking.complementary_masks(jax.random.PRNGKey(0), 32, k=3,
+                                             patch=8))
+  np.testing.assert_array_equal(m.sum(0), 1.0)
+  x = jnp.ones((1, 4, 4, 3))
+  mask = jnp.zeros((1, 4, 4, 1)).at[:, :2].set(1.0)
+  out = np.asarray(masking.apply_mask(x, mask, fill="zero"))
+  assert (out[:, :2] == 0).all() and (out[:, 2:] == 1).all()
+
+
+# --- losses ------------------------------------------------------------------
+
+
+def test_reconstruction_loss_zero_and_hand_values():
+  t = {"a": jnp.ones((1, 1, 2, 2)), "b": jnp.ones((1, 1, 1, 3))}
+  assert float(losses.reconstruction_loss(t, t, ("a", "b"))) == pytest.approx(
+      0.0, abs=1e-6)
+  # Level a: positions at cos = 1 and cos = 0 → mean 0.5.
+  # Level b: R = −T → 1 − cos = 2.
+  r = {"a": jnp.array([[[[2.0, 2.0], [1.0, -1.0]]]]),
+       "b": -jnp.ones((1, 1, 1, 3))}
+  got = float(losses.reconstruction_loss(t, r, ("a", "b")))
+  assert got == pytest.approx(0.5 + 2.0, abs=1e-6)
+  # The flattened term of level a: cos(1111, (2,2,1,-1)) = 4/(2·sqrt(10)).
+  got = float(losses.reconstruction_loss(t, r, ("a",), flat_weight=1.0))
+  assert got == pytest.approx(0.5 + 1 - 4 / (2 * np.sqrt(10)), abs=1e-6)
+
+
+def test_compactness_and_entropy_hand_values():
+  q = jnp.array([[1.0, 0.0], [0.0, 3.0]])
+  items = jnp.array([[2.0, 0.0], [1.0, 1.0]])
+  # Query 0 → item 0 (distance 0), query 1 → item 1 (2 − 2·cos45°).
+  got = float(losses.compactness_loss(q, items, jnp.array([0, 1])))
+  assert got == pytest.approx((0 + 2 - np.sqrt(2)) / 2, abs=1e-6)
+  w = jnp.array([[0.5, 0.5], [1.0, 0.0]])
+  assert float(losses.entropy_loss(w)) == pytest.approx(np.log(2) / 2,
+                                                        abs=1e-6)
+
+
+# --- memory ------------------------------------------------------------------
+
+
+def _memory(items, z, temperature=0.1):
+  mem = model_lib.DynamicMemory(items.shape[0], temperature)
+  return mem.apply({"params": {"items": items}}, z)
+
+
+def test_addressing_sums_to_one_and_gate_in_unit_interval():
+  items = jax.random.normal(jax.random.PRNGKey(0), (6, 5))
+  z = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 3, 5))
+  out, aux = _memory(items, z)
+  assert out.shape == z.shape
+  np.testing.assert_allclose(np.asarray(aux["weights"]).sum(-1), 1.0,
+                             atol=1e-5)
+  g = np.asarray(aux["gate"])
+  assert (g >= 0).all() and (g <= 1).all()
+  # The hard shrinkage removed weights below λ = 1/N.
+  w = np.asarray(aux["weights"])
+  assert ((w == 0) | (w > 1e-3)).all()
+
+
+def test_gate_larger_far_from_items():
+  items = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+  near = jnp.array([[[[1.0, 0.05, 0.0]]]])
+  far = jnp.array([[[[0.0, 0.0, 1.0]]]])
+  out_near, aux_near = _memory(items, near)
+  out_far, aux_far = _memory(items, far)
+  assert float(aux_far["gate"][0, 0, 0]) > float(aux_near["gate"][0, 0, 0])
+  assert float(aux_far["gate"][0, 0, 0]) == pytest.approx(1.0)
+  assert float(aux_near["gate"][0, 0, 0]) < 0.01
+  # A far feature is replaced by memory content: z' = ẑ.
+  zhat = np.asarray(aux_far["weights"][0, 0, 0]) @ np.asarray(items)
+  np.testing.assert_allclose(np.asarray(out_far[0, 0, 0]), zhat, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(out_near), np.asarray(near), atol=0.01)
+
+
+def test_memory_size_zero_is_identity():
+  mem = model_lib.DynamicMemory(0)
+  z = jnp.ones((1, 2, 2, 4))
+  out, _ = mem.apply({}, z)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(z))
+
+
+def test_momentum_update_moves_toward_assigned_queries():
+  items = jnp.array([[0.0, 0.0], [5.0, 5.0], [9.0, 9.0]])
+  queries = jnp.array([[1.0, 0.0], [3.0, 0.0], [5.0, 7.0]])
+  top1 = jnp.array([0, 0, 1])
+  new = np.asarray(model_lib.momentum_update(items, queries, top1,
+                                             momentum=0.9))
+  np.testing.assert_allclose(new[0], 0.9 * 0 + 0.1 * np.array([2.0, 0.0]))
+  np.testing.assert_allclose(new[1], 0.9 * 5 + 0.1 * np.array([5.0, 7.0]))
+  np.testing.assert_array_equal(new[2], [9.0, 9.0])  # No queries: unchanged.
+  assert np.linalg.norm(new[0] - [2, 0]) < np.linalg.norm([2, 0])
+
+
+# --- scoring -----------------------------------------------------------------
+
+
+def test_adaptive_score_selects_pixels_above_threshold():
+  a = np.zeros((1, 20, 20), np.float32)
+  a[0, :2, :2] = 10.0  # 4 of 400 pixels (1%): exactly k = 4 qualify.
+  a[0, 5, 5] = 4.0
+  flat = a.reshape(-1)
+  thr = flat.mean() + 3 * flat.std()
+  expected = flat[flat >= thr].mean()
+  assert (flat >= thr).sum() >= 4
+  got = float(scoring.image_scores(jnp.asarray(a), mode="adaptive")[0])
+  assert got == pytest.approx(expected, rel=1e-5)
+  assert float(scoring.image_scores(jnp.asarray(a), mode="max")[0]) == 10.0
+  assert float(scoring.image_scores(jnp.asarray(a), mode="topk_mean")[0]) == (
+      pytest.approx(10.0))
+
+
+def test_adaptive_score_falls_back_to_top_one_percent():
+  # A ramp: nothing reaches μ + 3σ, so the mean of the top 1% (4 px) is used.
+  a = np.arange(400, dtype=np.float32).reshape(1, 20, 20)
+  flat = a.reshape(-1)
+  assert (flat >= flat.mean() + 3 * flat.std()).sum() == 0
+  got = float(scoring.image_scores(jnp.asarray(a), mode="adaptive")[0])
+  assert got == pytest.approx(np.mean([399, 398, 397, 396]))
+  # Fewer than 1% qualify (one spike among 400): fall back too.
+  b = np.zeros((1, 20, 20), np.float32)
+  b[0, 0, 0] = 8.0
+  b[0, 1, 1:4] = [3.0, 2.0, 1.0]
+  got = float(scoring.image_scores(jnp.asarray(b), mode="adaptive")[0])
+  assert got == pytest.approx((8 + 3 + 2 + 1) / 4)
+
+
+def test_blur_matches_scipy():
+  x = np.random.default_rng(0).normal(size=(2, 12, 9)).astype(np.float32)
+  for blur in (scoring.gaussian_blur, scoring.separable_blur):
+    got = np.asarray(blur(jnp.asarray(x), 2.0))
+    want = np.stack([ndimage.gaussian_filter(m, 2.0, mode="reflect")
+                     for m in x])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_anomaly_map_is_zero_for_perfect_reconstruction():
+  t = {"stride4": jnp.ones((1, 2, 2, 3)), "stride8": jnp.ones((1, 1, 1, 3))}
+  a = scoring.anomaly_map(t, t, ("stride4", "stride8"), size=(8, 8), sigma=1.0)
+  assert a.shape == (1, 8, 8)
+  np.testing.assert_allclose(np.asarray(a), 0.0, atol=1e-6)
+
+
+# --- train step and end to end ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data():
+  rng = np.random.default_rng(0)
+  train = textures(rng, 32)
+  good = textures(rng, 12)
+  bad = with_bright_squares(rng, textures(rng, 12))
+  test = np.concatenate([good, bad])
+  labels = np.r_[np.zeros(12), np.ones(12)]
+  return train, test, labels
+
+
+def test_end_to_end_training_beats_untrained(data):
+  """Trains with the one jitted step (compiled once) and beats a fixed bar."""
+  train, test, labels = data
+  enc = tiny_encoder()
+  cfg = small_config(epochs=6)
+  bs = 8
+
+  def epoch_batches(epoch):
+    order = np.random.default_rng(epoch).permutation(len(train))
+    for b in range(len(train) // bs):
+      yield train[order[b * bs:(b + 1) * bs]]
+
+  net = dico.build_net(cfg, enc.channels)
+  score = step_lib.make_score_fn(net, enc, dico.step_config(cfg))
+  variables, info = dico.train(cfg, encoder=enc, epoch_batches=epoch_batches,
+                               first_batch=train[:bs], seed=0)
+  assert info["compilations"] == 1
+  assert info["losses"][-1]["rec"] < info["losses"][0]["rec"]
+  trained_auc = roc_auc_score(labels, np.asarray(score(variables, test)[0]))
+  k_init = jax.random.split(jax.random.PRNGKey(0))[0]
+  st = step_lib.init_state(net, enc, step_lib.make_optimizer(), k_init,
+                           train[:bs])
+  untrained = {"params": st["params"], "batch_stats": st["batch_stats"]}
+  # Items start as (non-negative) bottleneck queries and then move.
+  items0 = np.asarray(st["params"]["memory"]["items"])
+  assert items0.shape == (8, 16) and (items0 >= 0).all()
+  assert not np.allclose(variables["params"]["memory"]["items"], items0)
+  untrained_auc = roc_auc_score(labels,
+                                np.asarray(score(untrained, test)[0]))
+  bar = 0.8
+  assert trained_auc >= bar, trained_auc
+  assert untrained_auc < bar, untrained_auc
+  # predict() reproduces the scores of the same variables.
+  s, maps = dico.predict_images(_predict_config(cfg), variables, test,
+                                encoder=enc)
+  assert maps.shape == (24, 32, 32)
+  np.testing.assert_allclose(s, np.asarray(score(variables, test)[0]),
+                             rtol=1e-5, atol=1e-6)
+
+
+def _predict_config(cfg):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict({"dico": cfg, "backbone": {"name": "x"}})
