@@ -1,0 +1,161 @@
+r"""Benchmark: exact kNN of dicofun.ops.knn vs faiss and scikit-learn.
+
+Each method runs in its own child process (so its peak RSS can be measured
+in isolation) on the same random data (seeded, float32, N(0, 1)). Reported:
+median wall time of ``--runs`` runs (ours: after one warm-up call that
+compiles), queries/s, peak RSS of the child and its growth over the data
+alone, and the fraction of queries whose k neighbour indices are identical to
+faiss IndexFlatL2 (exact ties and float rounding may differ rarely).
+
+Usage:
+  python benchmarks/knn.py --case small            # 5,000 × 20,000, d=512
+  python benchmarks/knn.py --case big              # 50,000 × 200,000
+  python benchmarks/knn.py --case small --sharded8 # + bank on 8 fake devices
+
+Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+CASES = {"small": (5_000, 20_000, 512), "big": (50_000, 200_000, 512)}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _data(n_q: int, m: int, d: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  bank = rng.standard_normal((m, d), dtype=np.float32)
+  queries = rng.standard_normal((n_q, d), dtype=np.float32)
+  return queries, bank
+
+
+def _rss_mb() -> float:
+  # ru_maxrss is in KiB on Linux.
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _child(args) -> None:
+  """Runs one method and writes times, RSS and neighbours to ``args.out``."""
+  n_q, m, d = args.n_q, args.m, args.d
+  queries, bank = _data(n_q, m, d)
+  base_rss = _rss_mb()
+  method, k = args.child, args.k
+  if method.startswith("ours"):
+    import jax  # pylint: disable=g-import-not-at-top
+    from dicofun import parallel  # pylint: disable=g-import-not-at-top
+    from dicofun.ops import knn  # pylint: disable=g-import-not-at-top
+    mesh = parallel.make_mesh() if method == "ours_sharded8" else None
+    if mesh is not None:
+      assert jax.device_count() == 8, jax.devices()
+
+    def run():
+      return knn.knn(queries, bank, k=k, mesh=mesh)
+    run()  # warm-up: compilation
+  elif method == "faiss":
+    import faiss  # pylint: disable=g-import-not-at-top
+
+    def run():
+      index = faiss.IndexFlatL2(d)
+      index.add(bank)
+      dist, idx = index.search(queries, k)
+      return dist, idx
+  elif method == "sklearn":
+    from sklearn.neighbors import NearestNeighbors  # pylint: disable=g-import-not-at-top
+
+    def run():
+      nn = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(bank)
+      dist, idx = nn.kneighbors(queries)
+      return dist ** 2, idx
+  else:
+    raise ValueError(method)
+  times = []
+  for _ in range(args.runs):
+    t0 = time.perf_counter()
+    dist, idx = run()
+    times.append(time.perf_counter() - t0)
+  np.save(args.out + ".idx.npy", np.asarray(idx, np.int64))
+  with open(args.out, "w") as f:
+    json.dump({"times": times, "rss_mb": _rss_mb(), "base_rss_mb": base_rss},
+              f)
+
+
+def _run_child(method: str, n_q: int, m: int, d: int, k: int, runs: int,
+               tmp: str) -> dict:
+  out = os.path.join(tmp, f"{method}_k{k}.json")
+  env = dict(os.environ)
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  if method == "ours_sharded8":
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        " --xla_force_host_platform_device_count=8")
+  cmd = [sys.executable, os.path.abspath(__file__), "--child", method,
+         "--n_q", str(n_q), "--m", str(m), "--d", str(d), "--k", str(k),
+         "--runs", str(runs), "--out", out]
+  subprocess.run(cmd, env=env, check=True)
+  with open(out) as f:
+    res = json.load(f)
+  res["idx"] = np.load(out + ".idx.npy")
+  return res
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--case", choices=sorted(CASES), default="small")
+  p.add_argument("--ks", default=None,
+                 help="comma-separated k values (default: small 1,5; big 1)")
+  p.add_argument("--runs", type=int, default=3)
+  p.add_argument("--methods", default="ours,faiss,sklearn")
+  p.add_argument("--sharded8", action="store_true",
+                 help="also run ours with the bank on 8 fake CPU devices")
+  # Internal: child-process mode.
+  p.add_argument("--child", default=None)
+  p.add_argument("--n_q", type=int)
+  p.add_argument("--m", type=int)
+  p.add_argument("--d", type=int)
+  p.add_argument("--k", type=int)
+  p.add_argument("--out")
+  args = p.parse_args()
+  if args.child:
+    _child(args)
+    return
+  n_q, m, d = CASES[args.case]
+  ks = [int(v) for v in (args.ks or ("1,5" if args.case == "small" else "1")
+                         ).split(",")]
+  methods = args.methods.split(",")
+  if args.sharded8 and "ours_sharded8" not in methods:
+    methods.append("ours_sharded8")
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for k in ks:
+      res = {mth: _run_child(mth, n_q, m, d, k, args.runs, tmp)
+             for mth in methods}
+      ref_name = "faiss" if "faiss" in res else methods[0]
+      ref = res[ref_name]["idx"]
+      for mth in methods:
+        r = res[mth]
+        med = float(np.median(r["times"]))
+        same = float(np.mean(np.all(r["idx"] == ref, axis=1)))
+        rows.append((mth, k, med, n_q / med, r["rss_mb"],
+                     r["rss_mb"] - r["base_rss_mb"], same))
+  print(f"\n### Exact kNN: {n_q:,} queries × {m:,} bank rows, d={d} "
+        f"(median of {args.runs} runs; identical = fraction of queries whose "
+        f"k indices equal {ref_name}'s)\n")
+  print("| method | k | median s | queries/s | peak RSS MB | RSS over data MB "
+        "| identical |")
+  print("|---|---|---|---|---|---|---|")
+  for mth, k, med, qps, rss, extra, same in rows:
+    print(f"| {mth} | {k} | {med:.3f} | {qps:,.0f} | {rss:,.0f} | "
+          f"{extra:,.0f} | {same:.4f} |")
+
+
+if __name__ == "__main__":
+  main()

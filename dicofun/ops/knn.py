@@ -1,0 +1,438 @@
+"""Exact k-nearest-neighbour search as chunked matrix products.
+
+Every nearest-neighbour question in dicofun (PatchCore/SoftPatch scoring,
+FUN-AD's memory-bank distances and mutual pairs) goes through this module.
+
+Design:
+
+* Distances are computed block by block: a (query_chunk, bank_chunk) tile
+  of the distance matrix at a time, so peak memory is
+  O(query_chunk × bank_chunk) whatever the bank size. A ``lax.scan`` walks
+  the bank chunks and keeps a running top-k per query (merge of the current
+  best with the chunk's own top-k).
+* Shapes are fixed: queries and bank are zero-padded to multiples of the
+  chunk sizes and padded bank rows get distance +inf, so one compilation
+  serves every query count for a given padded bank. Chunk sizes are reduced
+  for small inputs but only to a small set of sizes (powers of two for
+  queries; 3-significant-bit sizes for the bank, ≤ 12.5% padding), which
+  bounds the number of compilations. The compiled block depends on the
+  padded bank shape, so a fixed bank serves any number of queries with one
+  compilation.
+* Metrics: squared L2, ``||q||² − 2 q·b + ||b||²`` clamped at 0, or cosine
+  distance ``1 − cos(q, b)`` (clamped at 0). The matmul runs at
+  ``Precision.HIGHEST`` so GPUs/TPUs do not silently drop to TF32/bf16.
+* Ties: among exactly equal computed distances the lower bank index comes
+  first (``lax.top_k`` is stable, the merge puts earlier chunks first and
+  the sharded merge puts lower shards first). Note that the expanded L2
+  formula can give slightly different values for mathematically equal
+  distances, so "equal" means equal after float32 rounding.
+* Multi-device: with ``mesh=...`` the bank is split by rows over the mesh's
+  first axis (``data``); each device finds its local top-k with global
+  indices, the candidates are all-gathered and merged. Indices are the same
+  as on one device.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Optional, Union
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+Array = Union[np.ndarray, jax.Array]
+P = jax.sharding.PartitionSpec
+
+_METRICS = ("l2", "cosine")
+_MIN_CHUNK = 8
+_EPS = 1e-12
+
+
+def _pow2_at_least(n: int) -> int:
+  return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _pick_chunk(n: int, cap: int) -> int:
+  """Smallest power of two ≥ ``n``, capped at ``cap`` (≥ ``_MIN_CHUNK``)."""
+  return int(max(_MIN_CHUNK, min(int(cap), _pow2_at_least(max(n, 1)))))
+
+
+def _round_up_coarse(n: int) -> int:
+  """``n`` rounded up to 3 significant bits (8, 9, ..., 15 × 2^e).
+
+  Bank chunk sizes come from this small set (8 per octave) so compilations
+  stay few, while padding wastes at most 12.5% of the work (powers of two
+  could waste almost half).
+  """
+  n = max(int(n), _MIN_CHUNK)
+  shift = max(0, n.bit_length() - 4)
+  return -(-n >> shift) << shift
+
+
+def _check_metric(metric: str) -> None:
+  if metric not in _METRICS:
+    raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+
+
+def _normalize(x: jax.Array) -> jax.Array:
+  n = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+  return x / jnp.maximum(n, _EPS)
+
+
+def _bank_bias(bank: jax.Array, valid: jax.Array, metric: str) -> jax.Array:
+  """Per-row additive term of the distance; +inf masks a row out."""
+  if metric == "l2":
+    bias = jnp.sum(bank * bank, axis=-1)
+  else:
+    bias = jnp.ones(bank.shape[:-1], jnp.float32)
+  return jnp.where(valid, bias, jnp.inf)
+
+
+def _scale(metric: str) -> float:
+  return 2.0 if metric == "l2" else 1.0
+
+
+def _finalize(d: jax.Array, q: jax.Array, metric: str) -> jax.Array:
+  """Adds the query term to partial distances and clamps rounding noise."""
+  if metric == "l2":
+    d = d + jnp.sum(q * q, axis=-1, keepdims=True)
+  return jnp.maximum(d, 0.0)
+
+
+def _merge(best_d, best_i, cand_d, cand_i, k):
+  """Top-k (smallest) of the union; earlier columns win ties."""
+  d = jnp.concatenate([best_d, cand_d], axis=1)
+  i = jnp.concatenate([best_i, cand_i], axis=1)
+  neg, pos = lax.top_k(-d, k)
+  return -neg, jnp.take_along_axis(i, pos, axis=1)
+
+
+def _scan_bank(q, bank_c, bias_c, *, k, scale, precision, offset):
+  """Running top-k of partial distances of ``q`` over bank chunks.
+
+  Args:
+    q: (qc, D) queries (already normalised for cosine).
+    bank_c: (nc, bc, D) bank chunks.
+    bias_c: (nc, bc) per-row bias (+inf for masked rows).
+    k: neighbours.
+    scale: 2 for L2, 1 for cosine.
+    precision: matmul precision.
+    offset: global index of ``bank_c[0, 0]`` (scalar, may be traced).
+
+  Returns:
+    (qc, k) partial distances (without the query term) and int32 indices;
+    -1 where fewer than k rows are valid.
+  """
+  qc = q.shape[0]
+  bc = bank_c.shape[1]
+  kk = min(k, bc)
+  offset = jnp.asarray(offset, jnp.int32)
+
+  def body(carry, xs):
+    best_d, best_i = carry
+    c, b, bias = xs
+    d = bias[None, :] - scale * jnp.dot(q, b.T, precision=precision)
+    base = offset + c * bc
+    if k == 1:
+      # argmin returns the first minimum; strict < keeps earlier chunks on
+      # ties. Cheaper than top_k for the common k = 1 case.
+      j = jnp.argmin(d, axis=1).astype(jnp.int32)
+      m = jnp.take_along_axis(d, j[:, None], axis=1)
+      better = m < best_d
+      return (jnp.where(better, m, best_d),
+              jnp.where(better, (j + base)[:, None], best_i)), None
+    neg, pos = lax.top_k(-d, kk)
+    return _merge(best_d, best_i, -neg, pos.astype(jnp.int32) + base, k), None
+
+  init = (jnp.full((qc, k), jnp.inf, jnp.float32),
+          jnp.full((qc, k), -1, jnp.int32))
+  nc = bank_c.shape[0]
+  (best_d, best_i), _ = lax.scan(
+      body, init, (jnp.arange(nc, dtype=jnp.int32), bank_c, bias_c))
+  return best_d, best_i
+
+
+def _query_block(q, bank_c, bias_c, *, k, metric, precision):
+  """One query chunk against the whole (chunked) bank on one device."""
+  if metric == "cosine":
+    q = _normalize(q)
+  d, i = _scan_bank(q, bank_c, bias_c, k=k, scale=_scale(metric),
+                    precision=precision, offset=0)
+  return _finalize(d, q, metric), i
+
+
+def _query_block_sharded(q, bank_c, bias_c, *, k, metric, precision, axis):
+  """Per-device body of the sharded search (inside ``shard_map``)."""
+  if metric == "cosine":
+    q = _normalize(q)
+  nc_local, bc = bank_c.shape[0], bank_c.shape[1]
+  offset = lax.axis_index(axis) * (nc_local * bc)
+  d, i = _scan_bank(q, bank_c, bias_c, k=k, scale=_scale(metric),
+                    precision=precision, offset=offset)
+  # (ndev, qc, k) in shard order; shard s holds lower indices than s + 1, so
+  # flattening in that order keeps the lower-index-first tie rule.
+  all_d = lax.all_gather(d, axis)
+  all_i = lax.all_gather(i, axis)
+  ndev, qc = all_d.shape[0], all_d.shape[1]
+  all_d = jnp.transpose(all_d, (1, 0, 2)).reshape(qc, ndev * k)
+  all_i = jnp.transpose(all_i, (1, 0, 2)).reshape(qc, ndev * k)
+  neg, pos = lax.top_k(-all_d, k)
+  d = -neg
+  i = jnp.take_along_axis(all_i, pos, axis=1)
+  return _finalize(d, q, metric), i
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_block(k: int, metric: str, precision: Any, mesh: Any):
+  """Jitted query-chunk function (cached per static settings)."""
+  if mesh is None:
+    return jax.jit(functools.partial(_query_block, k=k, metric=metric,
+                                     precision=precision))
+  axis = mesh.axis_names[0]
+  fn = functools.partial(_query_block_sharded, k=k, metric=metric,
+                         precision=precision, axis=axis)
+  sm = jax.shard_map(fn, mesh=mesh,
+                     in_specs=(P(), P(axis), P(axis)),
+                     out_specs=(P(), P()), check_vma=False)
+  return jax.jit(sm)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_bias(metric: str):
+  return jax.jit(functools.partial(_bank_prep, metric=metric))
+
+
+def _bank_prep(bank_c, valid_c, *, metric):
+  if metric == "cosine":
+    bank_c = _normalize(bank_c)
+  return bank_c, _bank_bias(bank_c, valid_c, metric)
+
+
+def _put(x: np.ndarray, sharding) -> jax.Array:
+  """Places a host array (same on every process) with ``sharding``."""
+  if sharding is None:
+    return jax.device_put(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  """Host copy of a replicated result (works across processes too)."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(x.addressable_data(0))
+
+
+def knn(queries: Array, bank: Array, *, k: int = 1, metric: str = "l2",
+        query_chunk: int = 1024, bank_chunk: int = 16384,
+        mesh: Optional[jax.sharding.Mesh] = None,
+        precision: Any = lax.Precision.HIGHEST
+        ) -> tuple[np.ndarray, np.ndarray]:
+  """Exact k nearest bank rows of every query.
+
+  Args:
+    queries: (Q, D) float array (numpy or jax).
+    bank: (M, D) float array, M ≥ k.
+    k: number of neighbours.
+    metric: ``"l2"`` (squared Euclidean) or ``"cosine"`` (1 − cosine).
+    query_chunk: maximum queries per compiled block (reduced to a power of
+      two ≥ Q for small Q).
+    bank_chunk: maximum bank rows per distance tile (per device); the bank
+      is split into equal tiles of a 3-significant-bit size ≤ this.
+    mesh: optional mesh; the bank is then split by rows over its first
+      axis and results are identical to the single-device search. In a
+      multi-process run every process passes the same queries and bank.
+    precision: matmul precision (default HIGHEST: exact float32).
+
+  Returns:
+    ``(dists, idx)``: (Q, k) float32 distances, ascending, and (Q, k) int32
+    bank row indices (numpy). Equal distances: lower index first.
+
+  Raises:
+    ValueError: empty bank, k < 1, k > M, mismatched dims, unknown metric.
+  """
+  _check_metric(metric)
+  if bank.ndim != 2 or queries.ndim != 2:
+    raise ValueError(f"queries and bank must be 2-D, got {queries.shape} "
+                     f"and {bank.shape}")
+  m, dim = bank.shape
+  if m == 0:
+    raise ValueError("knn: the bank is empty")
+  if k < 1 or k > m:
+    raise ValueError(f"knn: k={k} must be in [1, bank size={m}]")
+  if queries.shape[1] != dim:
+    raise ValueError(f"dims differ: queries {queries.shape}, bank {bank.shape}")
+  n_q = queries.shape[0]
+  if n_q == 0:
+    return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
+
+  ndev = 1 if mesh is None else int(mesh.devices.size)
+  # Number of chunks per device first, then the smallest allowed chunk size
+  # that holds the device's rows.
+  per_dev = math.ceil(m / ndev)
+  nc_local = math.ceil(per_dev / max(int(bank_chunk), 1))
+  bc = min(_round_up_coarse(math.ceil(per_dev / nc_local)),
+           max(int(bank_chunk), _MIN_CHUNK))
+  nc_local = math.ceil(per_dev / bc)
+  nc = nc_local * ndev
+  qc = _pick_chunk(n_q, query_chunk)
+
+  bank_np = np.asarray(bank, dtype=np.float32)
+  pad = nc * bc - m
+  valid = np.ones((nc * bc,), bool)
+  if pad:
+    bank_np = np.concatenate([bank_np, np.zeros((pad, dim), np.float32)])
+    valid[m:] = False
+  bank_np = bank_np.reshape(nc, bc, dim)
+  valid = valid.reshape(nc, bc)
+
+  if mesh is None:
+    bank_sh = valid_sh = q_sh = None
+  else:
+    axis = mesh.axis_names[0]
+    bank_sh = jax.sharding.NamedSharding(mesh, P(axis))
+    valid_sh = bank_sh
+    q_sh = jax.sharding.NamedSharding(mesh, P())
+  bank_c, bias_c = _compiled_bias(metric)(_put(bank_np, bank_sh),
+                                          _put(valid, valid_sh))
+  del bank_np
+  block = _compiled_block(int(k), metric, precision, mesh)
+
+  on_device = isinstance(queries, jax.Array)
+  outs = []
+  for start in range(0, n_q, qc):
+    q = queries[start:start + qc]
+    if on_device and mesh is None:
+      q = q.astype(jnp.float32)
+      if q.shape[0] < qc:
+        q = jnp.pad(q, ((0, qc - q.shape[0]), (0, 0)))
+    else:
+      q = np.asarray(q, np.float32)
+      if q.shape[0] < qc:
+        q = np.pad(q, ((0, qc - q.shape[0]), (0, 0)))
+      q = _put(q, q_sh)
+    outs.append(block(q, bank_c, bias_c))  # dispatch is asynchronous
+  dists = np.concatenate([_to_host(d) for d, _ in outs])[:n_q]
+  idx = np.concatenate([_to_host(i) for _, i in outs])[:n_q]
+  return dists.astype(np.float32), idx.astype(np.int32)
+
+
+def knn_sharded(queries: Array, bank: Array, *,
+                mesh: Optional[jax.sharding.Mesh] = None,
+                **kwargs) -> tuple[np.ndarray, np.ndarray]:
+  """``knn`` with the bank split over ``mesh`` (default: all devices)."""
+  if mesh is None:
+    from dicofun import parallel  # pylint: disable=g-import-not-at-top
+    mesh = parallel.make_mesh()
+  return knn(queries, bank, mesh=mesh, **kwargs)
+
+
+def knn_padded(queries: jax.Array, bank: jax.Array, bank_valid: jax.Array,
+               *, k: int, metric: str = "l2", query_chunk: int = 1024,
+               bank_chunk: int = 16384,
+               precision: Any = lax.Precision.HIGHEST
+               ) -> tuple[jax.Array, jax.Array]:
+  """Pure, jittable kNN against a fixed-size bank with a validity mask.
+
+  For use inside other jitted steps (e.g. FUN-AD's bank of a varying number
+  of rows kept in a fixed-size buffer). Shapes are static, so chunking is
+  done with ``lax.map`` over query chunks and ``lax.scan`` over bank chunks.
+
+  Args:
+    queries: (Q, D).
+    bank: (M, D).
+    bank_valid: (M,) bool; False rows are never returned.
+    k: neighbours (static).
+    metric: ``"l2"`` or ``"cosine"``.
+    query_chunk: queries per block (capped at Q).
+    bank_chunk: bank rows per tile (capped at M).
+    precision: matmul precision.
+
+  Returns:
+    (Q, k) float32 distances and int32 indices; if fewer than k rows are
+    valid the missing neighbours are ``(inf, -1)``.
+  """
+  _check_metric(metric)
+  n_q, dim = queries.shape
+  m = bank.shape[0]
+  if m == 0:
+    raise ValueError("knn_padded: the bank is empty")
+  qc = max(1, min(int(query_chunk), n_q))
+  bc = max(1, min(int(bank_chunk), m))
+  nq_chunks = math.ceil(n_q / qc)
+  nb_chunks = math.ceil(m / bc)
+  queries = jnp.asarray(queries, jnp.float32)
+  bank = jnp.asarray(bank, jnp.float32)
+  valid = jnp.asarray(bank_valid, bool)
+  if nb_chunks * bc != m:
+    extra = nb_chunks * bc - m
+    bank = jnp.pad(bank, ((0, extra), (0, 0)))
+    valid = jnp.pad(valid, (0, extra))
+  bank_c, bias_c = _bank_prep(bank.reshape(nb_chunks, bc, dim),
+                              valid.reshape(nb_chunks, bc), metric=metric)
+  if nq_chunks * qc != n_q:
+    queries = jnp.pad(queries, ((0, nq_chunks * qc - n_q), (0, 0)))
+
+  def one(q):
+    return _query_block(q, bank_c, bias_c, k=k, metric=metric,
+                        precision=precision)
+
+  d, i = lax.map(one, queries.reshape(nq_chunks, qc, dim))
+  d = d.reshape(nq_chunks * qc, k)[:n_q]
+  i = i.reshape(nq_chunks * qc, k)[:n_q]
+  # Rows with no valid neighbour: keep +inf (``_finalize`` adds finite terms).
+  d = jnp.where(i < 0, jnp.inf, d)
+  return d, i
+
+
+def mutual_nn_pairs(x: jax.Array, *, valid: Optional[jax.Array] = None,
+                    metric: str = "l2", query_chunk: int = 1024,
+                    bank_chunk: int = 16384
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Mutual nearest-neighbour pairs among the rows of ``x`` (jittable).
+
+  nn(i) is the nearest other row (self excluded; a duplicate of i counts as
+  another row). (i, nn(i)) is a pair when nn(nn(i)) = i; it is reported once,
+  at the row i < nn(i).
+
+  Args:
+    x: (n, D) features.
+    valid: optional (n,) bool; invalid rows are neither queries nor
+      neighbours.
+    metric: ``"l2"`` or ``"cosine"``.
+    query_chunk: see ``knn_padded``.
+    bank_chunk: see ``knn_padded``.
+
+  Returns:
+    ``(pairs_i, pairs_j, pair_valid)``, each (n,): ``pairs_i = arange(n)``,
+    ``pairs_j = nn(i)`` (0 where undefined) and the mask of real pairs.
+  """
+  n = x.shape[0]
+  if valid is None:
+    valid = jnp.ones((n,), bool)
+  valid = jnp.asarray(valid, bool)
+  if n < 2:
+    z = jnp.zeros((n,), jnp.int32)
+    return z, z, jnp.zeros((n,), bool)
+  _, idx = knn_padded(x, x, valid, k=2, metric=metric,
+                      query_chunk=query_chunk, bank_chunk=bank_chunk)
+  ar = jnp.arange(n, dtype=jnp.int32)
+  # Self is normally first; if a duplicate ties and wins, self is second.
+  nn = jnp.where(idx[:, 0] == ar, idx[:, 1], idx[:, 0])
+  has = valid & (nn >= 0)
+  nn_safe = jnp.where(has, nn, 0)
+  back = nn_safe[nn_safe]
+  pair_valid = has & (ar < nn_safe) & (back == ar) & valid[nn_safe]
+  return ar, nn_safe, pair_valid
+
+
+def mutual_nn_pairs_np(x: Array, *, valid: Optional[Array] = None,
+                       metric: str = "l2") -> list[tuple[int, int]]:
+  """``mutual_nn_pairs`` as a sorted list of ``(i, j)`` with i < j."""
+  i, j, ok = jax.jit(functools.partial(mutual_nn_pairs, metric=metric))(
+      jnp.asarray(x, jnp.float32),
+      valid=None if valid is None else jnp.asarray(valid, bool))
+  i, j, ok = np.asarray(i), np.asarray(j), np.asarray(ok)
+  return [(int(a), int(b)) for a, b in zip(i[ok], j[ok])]
