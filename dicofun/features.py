@@ -15,8 +15,9 @@ The batch axis is sharded over the ``data`` axis of the device mesh (one
 compiled function, padded fixed-size batches); in a multi-process run each
 process decodes only its slice of every batch and the features are gathered on
 every host. Results are cached on disk under ``$DICOFUN_CACHE/features``
-(default ``~/.cache/dicofun/features``), keyed by backbone, weights checksum,
-layer, layout, preprocessing and the list of image files (path, size, mtime).
+(default ``~/.cache/dicofun/features``): one folder per backbone, weights
+checksum, layer, layout and preprocessing, one file per image keyed by its
+path, size and modification time.
 """
 
 from __future__ import annotations
@@ -78,17 +79,19 @@ def _file_signature(path: str) -> list:
 
 
 def cache_key(*, backbone_name: str, weights_sha256: str, layer: Any,
-              layout: str, preprocess_key: str,
-              image_paths: Sequence[str]) -> str:
-  """A hash of everything the cached features depend on."""
+              layout: str, preprocess_key: str) -> str:
+  """A hash of everything but the image that a cached feature depends on."""
   payload = {
       "backbone": backbone_name, "weights": weights_sha256, "layer": layer,
-      "layout": layout, "preprocess": preprocess_key,
-      "images": [_file_signature(p) for p in image_paths],
-      "version": 1,
+      "layout": layout, "preprocess": preprocess_key, "version": 2,
   }
   blob = json.dumps(payload, sort_keys=True).encode()
   return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def _image_key(path: str) -> str:
+  blob = json.dumps(_file_signature(os.path.abspath(path))).encode()
+  return hashlib.sha256(blob).hexdigest()[:40]
 
 
 _COMPILED: dict[tuple, Callable] = {}
@@ -179,23 +182,51 @@ def extract_records(backbone, records, pre, *, layout: str,
     (N, h, w, C) float32 features, in record order.
   """
   from dicofun.data import pipeline  # pylint: disable=g-import-not-at-top
-  path = None
+  files = [None] * len(records)
+  todo = list(range(len(records)))
+  cached = {}
   if use_cache:
-    key = cache_key(backbone_name=backbone.name,
-                    weights_sha256=backbone.weights_sha256,
-                    layer=backbone.layer, layout=layout,
-                    preprocess_key=pre.key(),
-                    image_paths=[r.image_path for r in records])
-    path = os.path.join(cache_dir(), "features", f"{key}.npy")
-    if os.path.exists(path):
+    # One file per image, so any subset (a contamination ratio, a predict
+    # folder) reuses what an earlier run extracted.
+    folder = os.path.join(cache_dir(), "features", cache_key(
+        backbone_name=backbone.name, weights_sha256=backbone.weights_sha256,
+        layer=backbone.layer, layout=layout, preprocess_key=pre.key()))
+    files = [os.path.join(folder, _image_key(r.image_path) + ".npy")
+             for r in records]
+    todo = []
+    for i, f in enumerate(files):
       try:
-        feats = np.load(path)
-        if feats.shape[0] == len(records):
-          logging.info("%s: loaded from cache %s", desc, path)
-          return feats
-      except (OSError, ValueError) as e:
-        logging.warning("Ignoring unreadable feature cache %s (%s)", path, e)
+        cached[i] = np.load(f)
+      except (OSError, ValueError):
+        todo.append(i)
+    if cached:
+      logging.info("%s: %d of %d images from the cache %s", desc, len(cached),
+                   len(records), folder)
+  fresh = None
+  if todo:
+    fresh = _extract_uncached(backbone, [records[i] for i in todo], pre,
+                              layout=layout, batch_size=batch_size,
+                              num_workers=num_workers, mesh=mesh, desc=desc)
+    if use_cache and jax.process_index() == 0:
+      os.makedirs(os.path.dirname(files[0]), exist_ok=True)
+      for row, i in enumerate(todo):
+        tmp = f"{files[i]}.tmp{os.getpid()}.npy"
+        np.save(tmp, fresh[row])
+        os.replace(tmp, files[i])
+  if not cached:
+    return fresh
+  some = next(iter(cached.values()))
+  out = np.empty((len(records),) + some.shape, np.float32)
+  for i, v in cached.items():
+    out[i] = v
+  if fresh is not None:
+    out[todo] = fresh
+  return out
 
+
+def _extract_uncached(backbone, records, pre, *, layout: str, batch_size: int,
+                      num_workers: int, mesh, desc: str) -> np.ndarray:
+  from dicofun.data import pipeline  # pylint: disable=g-import-not-at-top
   gbs, per_proc, mesh = _batch_geometry(batch_size, mesh)
   pindex = jax.process_index()
 
@@ -210,14 +241,8 @@ def extract_records(backbone, records, pre, *, layout: str,
                                  allow_missing_mask=True, desc=None,
                                  with_masks=False)["image"]
 
-  feats = _run(backbone, batches(), len(records), layout=layout, gbs=gbs,
-               per_proc=per_proc, mesh=mesh, desc=desc)
-  if path is not None and jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, feats)
-    os.replace(tmp, path)
-  return feats
+  return _run(backbone, batches(), len(records), layout=layout, gbs=gbs,
+              per_proc=per_proc, mesh=mesh, desc=desc)
 
 
 def backbone_for(config) -> Any:
