@@ -70,6 +70,8 @@ def maybe_initialize_distributed(
     process_id = int(env["DICOFUN_PROCESS_ID"])
   auto = env.get("DICOFUN_DISTRIBUTED", "").strip().lower() in (
       "1", "true", "yes")
+  if coordinator_address or auto:
+    _enable_cpu_collectives()
   if coordinator_address:
     if num_processes is None or process_id is None:
       raise ValueError(
@@ -90,6 +92,18 @@ def maybe_initialize_distributed(
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
   return True
+
+
+def _enable_cpu_collectives() -> None:
+  """Cross-process collectives on CPU devices go through gloo.
+
+  Without it a multi-process CPU run (tests, a CPU cluster) fails on the
+  first all-gather; GPU/TPU backends ignore the setting.
+  """
+  try:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except (AttributeError, ValueError) as e:  # Older/newer jax without it.
+    logging.warning("Could not select gloo CPU collectives: %s", e)
 
 
 def _jax_distributed_initialized() -> bool:

@@ -378,6 +378,11 @@ def write_figures(workdir: str, config: ml_collections.ConfigDict,
   return written
 
 
+def jax_process_index() -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Runs ``config.method`` on ``config.dataset`` and writes the results.
@@ -443,4 +448,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     # Written last and atomically: its presence marks a finished run (sweeps
     # skip such cells).
     _write_json_atomic(os.path.join(workdir, "results.json"), results)
+    logging.info("Process %d wrote results to %s", jax_process_index(),
+                 workdir)
   return metrics
