@@ -64,7 +64,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Optional
+from typing import Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -532,3 +532,27 @@ def generate(root: str, *, category: str = "texture", num_train: int = 60,
   logging.info("Wrote synthetic %s data (%d files) to %s", category,
                len(files), category_dir)
   return category_dir
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """``python -m dicofun.data.synthetic --root=DIR [--category=texture]``."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--root", required=True)
+  parser.add_argument("--category", default="texture", choices=CATEGORIES)
+  parser.add_argument("--num_train", type=int, default=60)
+  parser.add_argument("--num_test_good", type=int, default=20)
+  parser.add_argument("--num_test_anomalous", type=int, default=20)
+  parser.add_argument("--image_size", type=int, default=128)
+  parser.add_argument("--seed", type=int, default=0)
+  a = parser.parse_args(argv)
+  out = generate(a.root, category=a.category, num_train=a.num_train,
+                 num_test_good=a.num_test_good,
+                 num_test_anomalous=a.num_test_anomalous,
+                 image_size=a.image_size, seed=a.seed)
+  logging.info("Synthetic dataset written to %s", out)
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.INFO)
+  main()

@@ -75,16 +75,21 @@ def score(state: Bank, features: np.ndarray, *,
   Returns:
     (N, h, w) float32 patch scores.
   """
+  import jax  # pylint: disable=g-import-not-at-top
+  from dicofun import parallel  # pylint: disable=g-import-not-at-top
   from dicofun.ops import knn  # pylint: disable=g-import-not-at-top
+  # With several devices the bank is split by rows across them (same answers
+  # as one device, 1/n of the bank per device).
+  mesh = parallel.make_mesh() if jax.device_count() > 1 else None
   n, h, w, c = features.shape
   q = features.reshape(n * h * w, c).astype(np.float32)
   bank = state["bank"]
   if exclude_source is None:
-    d, _ = knn.knn(q, bank, k=1)
+    d, _ = knn.knn(q, bank, k=1, mesh=mesh)
     d = np.asarray(d)[:, 0]
   else:
     k = min(search_k, bank.shape[0])
-    d, idx = knn.knn(q, bank, k=k)
+    d, idx = knn.knn(q, bank, k=k, mesh=mesh)
     d, idx = np.asarray(d), np.asarray(idx)
     own = np.repeat(np.asarray(exclude_source), h * w)
     other = state["source"][idx] != own[:, None]
