@@ -298,17 +298,22 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
     perm = np.random.default_rng([int(config.seed), epoch]).permutation(n)
     ekey = jax.random.fold_in(jax.random.fold_in(base_key, 1), epoch)
     t0 = time.time()
+    timed_from = 0
     sums: dict[str, Any] = {}
-    for it in range(iters):
+    for it in _progress(range(iters), total=iters,
+                        desc=f"FUN-AD epoch {epoch + 1} iterations"):
       idx = _place(perm[it * b:(it + 1) * b].astype(np.int32), mesh,
                    shard=False)
       state, m = step(state, idx, jax.random.fold_in(ekey, it), feats, valid)
       sums = m if not sums else jax.tree_util.tree_map(jnp.add, sums, m)
+      if epoch == start_epoch and it == 0:
+        # The first iteration includes compilation: time from the second.
+        jax.block_until_ready(state)
+        t0, timed_from = time.time(), 1
     sums = {k: float(v) / max(iters, 1) for k, v in
             jax.device_get(sums).items()}
-    if epoch > start_epoch:  # The first epoch includes compilation.
-      t_train += time.time() - t0
-      n_timed += iters
+    t_train += time.time() - t0
+    n_timed += iters - timed_from
     last = epoch + 1 == epochs
     if (epoch + 1) % int(cfg.eval_every) == 0 or last:
       entry: dict[str, Any] = {"epoch": epoch + 1, **sums}
