@@ -3,7 +3,7 @@
 Each setting runs in a child process (the device count is fixed when JAX
 starts): ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` versus one
 device, same configs and seed, on a small synthetic dataset. Tolerances:
-PatchCore is exact up to float summation order (1e-6 on metrics); FUN-AD's and
+PatchCore is exact up to float summation order (1e-5 relative on scores, 1e-4 on metrics); FUN-AD's and
 DiCo's data-parallel gradients are summed in a different order, which after a
 few optimiser steps moves scores slightly, so their image scores must agree to
 2e-2 relative and the metrics to 0.06 (one rank swap among 8 test images moves
@@ -75,7 +75,7 @@ def results(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method,score_rtol,metric_atol", [
-    ("patchcore", 1e-5, 1e-6), ("funad", 2e-2, 0.06), ("dico", 2e-2, 0.06)])
+    ("patchcore", 1e-5, 1e-4), ("funad", 2e-2, 0.06), ("dico", 2e-2, 0.06)])
 def test_eight_devices_match_one(results, method, score_rtol, metric_atol):
   one, eight = results[0][method], results[1][method]
   assert one["devices"] == 1 and eight["devices"] == 8
