@@ -22,6 +22,7 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dicofun import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dicofun.data import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/<method>_<dataset>.py[:args]).",
@@ -49,7 +50,12 @@ def main(argv):
   workdir = _WORKDIR.value or _default_workdir(flags.FLAGS["config"].serialize()
                                                .split("=", 1)[1])
   logging.info("Workdir: %s", workdir)
-  metrics = train.train_and_evaluate(config, workdir)
+  try:
+    metrics = train.train_and_evaluate(config, workdir)
+  except (errors.DatasetError, train.UnknownMethodError) as e:
+    # Bad input, not a bug: say what is wrong without a traceback.
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
   # The table is the run's headline output; a person reads it on stdout.
   print(train.metrics_table(metrics, title=f"{config.method} — {workdir}"))
 

@@ -34,3 +34,17 @@ def test_main_refuses_unknown_config_arg(tmp_path):
       capture_output=True, text=True, timeout=300, cwd=REPO)
   assert proc.returncode != 0
   assert "unknown config arg 'colour'" in proc.stderr
+
+
+def test_headline_command_says_where_visa_must_be(tmp_path):
+  # The mission's headline command on a machine without VisA.
+  env = dict(os.environ, DICOFUN_DATA=str(tmp_path / "nothing_here"))
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "main.py"),
+       "--config=" + os.path.join(REPO, "configs", "funad_visa.py"),
+       f"--workdir={tmp_path / 'run'}"],
+      capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+  assert proc.returncode != 0
+  assert str(tmp_path / "nothing_here" / "visa") in proc.stderr
+  assert "https://github.com/amazon-science/spot-diff" in proc.stderr
+  assert "Traceback" not in proc.stderr
