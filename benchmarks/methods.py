@@ -75,8 +75,9 @@ def main(argv):
       for view in ("test", "test_overlap", "transductive"):
         for k in _COLS:
           row[f"{view}.{k}"] = m.get(view, {}).get(k)
-      for k in ("fit_seconds", "inference_images_per_s", "seconds_per_epoch",
-                "train_images_per_s", "epochs"):
+      for k in ("fit_seconds", "inference_images_per_s", "seconds_per_iteration",
+                "train_seconds", "train_images_per_s", "last_epoch",
+                "result_epoch"):
         if k in extra:
           row[k] = extra[k]
       oracle = extra.get("oracle") or {}
@@ -87,7 +88,8 @@ def main(argv):
   cols = ["method", "args", "contamination", "test.image_auroc",
           "test.pixel_auroc", "test.aupro", "test_overlap.image_auroc",
           "transductive.image_auroc", "oracle.image_auroc", "fit_seconds",
-          "seconds_per_epoch", "inference_images_per_s", "seconds"]
+          "seconds_per_iteration", "train_seconds", "inference_images_per_s",
+          "seconds"]
   lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
   for r in rows:
     lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")

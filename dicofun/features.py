@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 from absl import logging
 import jax
@@ -181,7 +181,6 @@ def extract_records(backbone, records, pre, *, layout: str,
   Returns:
     (N, h, w, C) float32 features, in record order.
   """
-  from dicofun.data import pipeline  # pylint: disable=g-import-not-at-top
   files = [None] * len(records)
   todo = list(range(len(records)))
   cached = {}

@@ -22,7 +22,6 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dicofun.methods.dico import losses
 
@@ -31,57 +30,10 @@ Array = jax.Array
 SCORE_MODES = ("adaptive", "max", "topk_mean")
 
 
-def gaussian_kernel(sigma: float, *, truncate: float = 4.0) -> np.ndarray:
-  """1-D normalised Gaussian, radius ``int(truncate·σ + 0.5)`` (as scipy)."""
-  radius = int(truncate * float(sigma) + 0.5)
-  x = np.arange(-radius, radius + 1, dtype=np.float64)
-  k = np.exp(-0.5 * (x / float(sigma)) ** 2)
-  return (k / k.sum()).astype(np.float32)
-
-
 def gaussian_blur(maps: Array, sigma: float) -> Array:
-  """Gaussian blur of (B, H, W) maps: ``dicofun.ops.maps.gaussian_blur``.
-
-  Falls back to ``separable_blur`` when the shared op is unavailable.
-  """
-  try:
-    from dicofun.ops import maps as maps_lib  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return separable_blur(maps, sigma)
+  """Gaussian blur of (B, H, W) maps (``dicofun.ops.maps.gaussian_blur``)."""
+  from dicofun.ops import maps as maps_lib  # pylint: disable=g-import-not-at-top
   return maps_lib.gaussian_blur(maps, sigma)
-
-
-def separable_blur(maps: Array, sigma: float) -> Array:
-  """Separable Gaussian blur of (B, H, W) maps, jittable.
-
-  Matches ``scipy.ndimage.gaussian_filter(m, sigma, mode="reflect")`` per
-  map (edge pixels mirrored including the edge, truncation 4σ).
-
-  Args:
-    maps: (B, H, W).
-    sigma: standard deviation in pixels (≤ 0 returns the input).
-
-  Returns:
-    (B, H, W) float32.
-  """
-  maps = maps.astype(jnp.float32)
-  if sigma <= 0:
-    return maps
-  k = jnp.asarray(gaussian_kernel(sigma))
-  r = (k.shape[0] - 1) // 2
-
-  def blur_axis(x, axis):
-    n = x.shape[axis]
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (r, r)
-    # jnp.pad reflects repeatedly when r exceeds the axis, as scipy does.
-    xp = jnp.pad(x, pad, mode="symmetric")
-    out = 0.0
-    for i in range(k.shape[0]):
-      out = out + k[i] * jax.lax.slice_in_dim(xp, i, i + n, axis=axis)
-    return out
-
-  return blur_axis(blur_axis(maps, 1), 2)
 
 
 def anomaly_map(targets: dict[str, Array], recons: dict[str, Array],

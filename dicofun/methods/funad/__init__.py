@@ -119,24 +119,10 @@ def _flat_tokens(features: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
 
 def patch_scores_to_map(scores: np.ndarray, *, size: int,
                         sigma: float) -> np.ndarray:
-  """(N, h, w) patch scores → (N, size, size) maps (bilinear + Gaussian blur).
-
-  Uses ``dicofun.ops.maps.patch_scores_to_map`` when present; the local
-  fallback does the same (bilinear resize, Gaussian σ in pixels).
-  """
-  try:
-    from dicofun.ops import maps  # pylint: disable=g-import-not-at-top
-    return np.asarray(maps.patch_scores_to_map(scores, size=size, sigma=sigma),
-                      np.float32)
-  except (ImportError, AttributeError):
-    pass
-  from scipy import ndimage  # pylint: disable=g-import-not-at-top
-  scores = np.asarray(scores, np.float32)
-  up = np.asarray(jax.image.resize(
-      jnp.asarray(scores), (scores.shape[0], size, size), "bilinear"))
-  if sigma > 0:
-    up = np.stack([ndimage.gaussian_filter(m, sigma=sigma) for m in up])
-  return up.astype(np.float32)
+  """(N, h, w) patch scores → (N, size, size) maps (bilinear + Gaussian blur)."""
+  from dicofun.ops import maps  # pylint: disable=g-import-not-at-top
+  return np.asarray(maps.patch_scores_to_map(scores, size=size, sigma=sigma),
+                    np.float32)
 
 
 def _progress(iterable, *, total: int, desc: str):
