@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -79,11 +80,20 @@ def read_dataset(ds: ml_collections.ConfigDict,
   if name == "synthetic":
     root = ds.root or os.path.join(workdir, "data")
     s = ds.synthetic
-    category_dir = synthetic.generate(
-        root, category=ds.category or "texture", num_train=s.num_train,
-        num_test_good=s.num_test_good,
+    gen = functools.partial(
+        synthetic.generate, root, category=ds.category or "texture",
+        num_train=s.num_train, num_test_good=s.num_test_good,
         num_test_anomalous=s.num_test_anomalous, image_size=s.image_size,
         seed=s.seed)
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_count() > 1:
+      # Process 0 writes first; the others then find its manifest on a shared
+      # filesystem (or, without one, write their own identical copy).
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      if jax.process_index() == 0:
+        gen()
+      multihost_utils.sync_global_devices("dicofun_synthetic_data")
+    category_dir = gen()
     return mvtec.read_mvtec(category_dir, category=ds.category or "texture")
   if name == "mvtec":
     if not ds.category:
