@@ -14,7 +14,8 @@ def funad_config(dataset: str, arg: Optional[str]) -> ml_collections.ConfigDict:
 
   Args (in ``arg``): category, contamination, overlap, rho, epochs, backbone
   (dinov2_vits14), layer (8), image_size (224), crop, seed, root,
-  refresh_every, runlocal (a small CPU budget).
+  refresh_every, lr, eval_every (0: the default), runlocal (a small CPU
+  budget).
 
   Returns:
     The run config with ``config.funad``.
@@ -24,7 +25,7 @@ def funad_config(dataset: str, arg: Optional[str]) -> ml_collections.ConfigDict:
       arg, category=d["category"], contamination=0.0, overlap=False, rho=0.5,
       epochs=1500, backbone="dinov2_vits14", layer=8, image_size=224,
       crop=d["crop_fraction"], seed=0, root="", refresh_every=1,
-      runlocal=False)
+      lr=2e-5, eval_every=0, runlocal=False)
   image_size = a.image_size
   if a.runlocal and dataset == "synthetic" and image_size == 224:
     image_size = 112  # 8×8 ViT-S/14 patches: a CPU-sized run.
@@ -41,6 +42,9 @@ def funad_config(dataset: str, arg: Optional[str]) -> ml_collections.ConfigDict:
   sub.rho = a.rho
   sub.epochs = a.epochs
   sub.refresh_every = a.refresh_every
+  sub.lr = a.lr
+  if a.eval_every:
+    sub.eval_every = a.eval_every
   if a.runlocal:
     sub.epochs = min(a.epochs, 3)
     sub.batch_size = 8
