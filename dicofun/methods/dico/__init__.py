@@ -328,12 +328,16 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
   score_fn = step_lib.make_score_fn(net, encoder, step_config(cfg), mesh=mesh)
   ebs = int(cfg.eval_batch_size)
 
+  # The history (and its labelled oracle) uses the no-overlap view only.
+  keep = (np.ones(len(data.test), bool) if data.test_is_moved is None
+          else ~np.asarray(data.test_is_moved, bool))
+
   def evaluate(variables, epoch):
     del epoch
     s, m = step_lib.score_in_batches(
-        score_fn, variables, test["image"], batch_size=ebs, multiple=ndev,
-        desc="DiCo test scoring")
-    return _history_metrics(s, m, test["label"], test["mask"])
+        score_fn, variables, test["image"][keep], batch_size=ebs,
+        multiple=ndev, desc="DiCo test scoring")
+    return _history_metrics(s, m, test["label"][keep], test["mask"][keep])
 
   variables, info = train(cfg, encoder=encoder, epoch_batches=epoch_batches,
                           first_batch=first, seed=int(config.seed),

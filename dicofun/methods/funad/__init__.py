@@ -344,10 +344,13 @@ def run(config: ml_collections.ConfigDict, data: api.RunData,
   test_feats = train.load_features(config, data.test, layout="tokens")
   t_feat = time.time() - t0
   # Test labels feed the per-eval history only (and the labelled oracle).
-  test_labels = np.array([r.label for r in data.test])
+  # Only the no-overlap view (moved anomalies excluded), as reported.
+  keep = (np.ones(len(data.test), bool) if data.test_is_moved is None
+          else ~np.asarray(data.test_is_moved, bool))
+  test_labels = np.array([r.label for r in data.test])[keep]
   t1 = time.time()
-  out = fit(config, train_feats, workdir=workdir, eval_features=test_feats,
-            eval_labels=test_labels)
+  out = fit(config, train_feats, workdir=workdir,
+            eval_features=test_feats[keep], eval_labels=test_labels)
   fit_s = time.time() - t1
   state = {"params": out["params"]}
   t2 = time.time()
