@@ -35,13 +35,17 @@ flags.DEFINE_integer("size", 224, "Input side.")
 flags.DEFINE_integer("repeats", 5, "Timed batches (median reported).")
 flags.DEFINE_string("one", "", "Internal: run one measurement and print JSON.")
 
-# (row label, backbone name or "onnxruntime", ViT layer)
+# (row label, backbone name or "onnxruntime", ViT layer, DICOFUN_CPU_DEVICES)
+# "" = dicofun's default (one CPU device per core, batch split over them,
+# dicofun/cpu.py); "1" = JAX's default single CPU device.
 _RUNS = (
-    ("efficientnet_lite0", "efficientnet_lite0", None),
-    ("efficientnet_lite2", "efficientnet_lite2", None),
-    ("dinov2_vits14 layer 8", "dinov2_vits14", 8),
-    ("dinov2_vits14 layer 12", "dinov2_vits14", 12),
-    ("onnxruntime dinov2 (to final LN)", "onnxruntime", 12),
+    ("efficientnet_lite0", "efficientnet_lite0", None, ""),
+    ("efficientnet_lite0, 1 CPU device", "efficientnet_lite0", None, "1"),
+    ("efficientnet_lite2", "efficientnet_lite2", None, ""),
+    ("dinov2_vits14 layer 8", "dinov2_vits14", 8, ""),
+    ("dinov2_vits14 layer 12", "dinov2_vits14", 12, ""),
+    ("dinov2_vits14 layer 12, 1 CPU device", "dinov2_vits14", 12, "1"),
+    ("onnxruntime dinov2 (to final LN)", "onnxruntime", 12, ""),
 )
 
 
@@ -79,14 +83,21 @@ def _run_one(spec: str) -> dict:
     ips = _measure(lambda a: sess.run(None, {"input_image": a}), x,
                    FLAGS.repeats)
   else:
+    from dicofun import cpu  # pylint: disable=g-import-not-at-top
+    cpu.configure_cpu_devices()  # Before jax is imported.
     import jax  # pylint: disable=g-import-not-at-top
+    from dicofun import parallel  # pylint: disable=g-import-not-at-top
     from dicofun.models import registry  # pylint: disable=g-import-not-at-top
     bb = registry.get_backbone(name, layer=layer)
+    mesh = parallel.make_mesh()
     fn = jax.jit(bb.apply_features)
-    variables = jax.device_put(bb.variables)
+    variables = jax.device_put(bb.variables, parallel.replicated(mesh))
     x = rng.normal(size=(b, s, s, 3)).astype(np.float32)
-    ips = _measure(lambda a: jax.block_until_ready(fn(variables, a)), x,
-                   FLAGS.repeats)
+    # The batch split over the mesh's data axis, as features.py does it.
+    ips = _measure(lambda a: jax.block_until_ready(
+        fn(variables, parallel.shard_batch(mesh, a))), x, FLAGS.repeats)
+    return {"images_per_s": ips, "peak_rss_mib": _peak_mib(),
+            "devices": jax.device_count()}
   return {"images_per_s": ips, "peak_rss_mib": _peak_mib()}
 
 
@@ -96,11 +107,17 @@ def main(argv):
     print(json.dumps(_run_one(FLAGS.one)))
     return
   rows = []
-  for label, name, layer in _RUNS:
+  for label, name, layer, devices in _RUNS:
     cmd = [sys.executable, os.path.abspath(__file__), f"--one={name}:{layer}",
            f"--batch={FLAGS.batch}", f"--size={FLAGS.size}",
            f"--repeats={FLAGS.repeats}"]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    if devices:
+      env["DICOFUN_CPU_DEVICES"] = devices
+    else:
+      env.pop("DICOFUN_CPU_DEVICES", None)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
       raise RuntimeError(f"{label} failed:\n{out.stderr[-3000:]}")
     rows.append((label, name, layer, json.loads(out.stdout.splitlines()[-1])))
@@ -108,12 +125,13 @@ def main(argv):
   lines = [f"batch {FLAGS.batch}, {FLAGS.size}×{FLAGS.size}, median of "
            f"{FLAGS.repeats} batches after warm-up; peak RSS per child process",
            "",
-           "| backbone | images/s | vs onnxruntime (DINOv2) | peak RSS (MiB) |",
-           "|---|---|---|---|"]
+           "| backbone | JAX devices | images/s | vs onnxruntime (DINOv2) | peak RSS (MiB) |",
+           "|---|---|---|---|---|"]
   for label, name, _, r in rows:
     ratio = (f"{r['images_per_s'] / ort_ips:.2f}"
              if name in ("dinov2_vits14", "onnxruntime") else "")
-    lines.append(f"| {label} | {r['images_per_s']:.1f} | {ratio} | "
+    lines.append(f"| {label} | {r.get('devices', '—')} | "
+                 f"{r['images_per_s']:.1f} | {ratio} | "
                  f"{r['peak_rss_mib']:.0f} |")
   sys.stdout.write("\n".join(lines) + "\n")
 

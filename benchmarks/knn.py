@@ -6,6 +6,9 @@ median wall time of ``--runs`` runs (ours: after one warm-up call that
 compiles), queries/s, peak RSS of the child and its growth over the data
 alone, and the fraction of queries whose k neighbour indices are identical to
 faiss IndexFlatL2 (exact ties and float rounding may differ rarely).
+``ours`` is dicofun's default on CPU (one JAX device per core, bank split by
+rows over them, ``dicofun/cpu.py``); ``ours_1device`` is JAX's default single
+CPU device; ``ours_sharded8`` forces 8 host devices.
 
 Usage:
   python benchmarks/knn.py --case small            # 5,000 × 20,000, d=512
@@ -51,12 +54,18 @@ def _child(args) -> None:
   base_rss = _rss_mb()
   method, k = args.child, args.k
   if method.startswith("ours"):
+    if method == "ours":
+      from dicofun import cpu  # pylint: disable=g-import-not-at-top
+      cpu.configure_cpu_devices()  # dicofun's default: a device per core.
     import jax  # pylint: disable=g-import-not-at-top
     from dicofun import parallel  # pylint: disable=g-import-not-at-top
     from dicofun.ops import knn  # pylint: disable=g-import-not-at-top
-    mesh = parallel.make_mesh() if method == "ours_sharded8" else None
-    if mesh is not None:
+    # The bank is split by rows over the devices whenever there are several.
+    mesh = parallel.make_mesh() if jax.device_count() > 1 else None
+    if method == "ours_sharded8":
       assert jax.device_count() == 8, jax.devices()
+    if method == "ours_1device":
+      assert jax.device_count() == 1, jax.devices()
 
     def run():
       return knn.knn(queries, bank, k=k, mesh=mesh)
@@ -94,6 +103,8 @@ def _run_child(method: str, n_q: int, m: int, d: int, k: int, runs: int,
   out = os.path.join(tmp, f"{method}_k{k}.json")
   env = dict(os.environ)
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env.pop("XLA_FLAGS", None)
+  env.pop("DICOFUN_CPU_DEVICES", None)
   if method == "ours_sharded8":
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                         " --xla_force_host_platform_device_count=8")
@@ -113,7 +124,7 @@ def main() -> None:
   p.add_argument("--ks", default=None,
                  help="comma-separated k values (default: small 1,5; big 1)")
   p.add_argument("--runs", type=int, default=3)
-  p.add_argument("--methods", default="ours,faiss,sklearn")
+  p.add_argument("--methods", default="ours,ours_1device,faiss,sklearn")
   p.add_argument("--sharded8", action="store_true",
                  help="also run ours with the bank on 8 fake CPU devices")
   # Internal: child-process mode.

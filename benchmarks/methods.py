@@ -24,6 +24,9 @@ from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dicofun import cpu  # pylint: disable=g-import-not-at-top,wrong-import-position
+cpu.configure_cpu_devices()  # Before anything imports jax.
+
 from dicofun import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DATASET = flags.DEFINE_string("dataset", "magnetic_tile", "Dataset config suffix.")

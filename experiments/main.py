@@ -21,6 +21,9 @@ from ml_collections import config_flags
 # Allow running from a source checkout without installing.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dicofun import cpu  # pylint: disable=g-import-not-at-top,wrong-import-position
+cpu.configure_cpu_devices()  # Before anything imports jax.
+
 from dicofun import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dicofun.data import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 

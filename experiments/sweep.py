@@ -23,6 +23,9 @@ from absl import logging
 # Allow running from a source checkout without installing.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dicofun import cpu  # pylint: disable=g-import-not-at-top,wrong-import-position
+cpu.configure_cpu_devices()  # Before anything imports jax.
+
 from dicofun import sweep as sweep_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _SWEEP = flags.DEFINE_string(

@@ -37,8 +37,10 @@ def _command(data_root: str, workdir: str) -> list[str]:
 
 
 def _env(cache: str, **extra) -> dict[str, str]:
-  env = dict(os.environ, DICOFUN_CACHE=cache, **extra)
-  env.pop("XLA_FLAGS", None)  # One CPU device per process.
+  # One CPU device per process (dicofun's entry points would otherwise give
+  # each process a device per core).
+  env = dict(os.environ, DICOFUN_CACHE=cache, DICOFUN_CPU_DEVICES="1", **extra)
+  env.pop("XLA_FLAGS", None)
   return env
 
 

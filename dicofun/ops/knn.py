@@ -314,6 +314,12 @@ def knn(queries: Array, bank: Array, *, k: int = 1, metric: str = "l2",
         q = np.pad(q, ((0, qc - q.shape[0]), (0, 0)))
       q = _put(q, q_sh)
     outs.append(block(q, bank_c, bias_c))  # dispatch is asynchronous
+    if mesh is not None:
+      # A sharded block ends in an all-gather. On CPU host devices, many
+      # in-flight collective programs can starve the shared thread pool and
+      # deadlock XLA's rendezvous (seen with 2 devices on 2 cores), so
+      # collective blocks run one at a time.
+      jax.block_until_ready(outs[-1])
   dists = np.concatenate([_to_host(d) for d, _ in outs])[:n_q]
   idx = np.concatenate([_to_host(i) for _, i in outs])[:n_q]
   return dists.astype(np.float32), idx.astype(np.int32)
