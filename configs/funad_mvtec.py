@@ -7,7 +7,8 @@ Run::
 
 Args after the colon: category, contamination, overlap, rho, epochs (1500 =
 paper), backbone (dinov2_vits14), layer (8), image_size (224), crop, seed,
-root, refresh_every (1 = faithful), runlocal (3 epochs, batch 8, a CPU budget).
+root, refresh_every (1 = faithful), lr (2e-5), eval_every (0 = config default),
+runlocal (3 epochs, batch 8, a CPU budget).
 The result is the last epoch; ``extra.oracle`` in results.json is the
 test-selected epoch, labelled as such.
 """
