@@ -27,7 +27,6 @@ from absl import app
 from absl import flags
 
 # Runnable from a source checkout without installing the package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 16, "Images per batch.")

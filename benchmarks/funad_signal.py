@@ -21,10 +21,10 @@ from absl import flags
 import numpy as np
 from sklearn import metrics
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dicofun import train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from dicofun.methods import patchcore  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dicofun import features  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dicofun import protocol  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dicofun.methods.patchcore import method as patchcore  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DATASET = flags.DEFINE_string("dataset", "magnetic_tile", "Dataset.")
 _CONT = flags.DEFINE_float("contamination", 0.1, "Contamination ratio.")
@@ -51,15 +51,15 @@ def _transductive_auroc(feats: np.ndarray, labels: np.ndarray) -> float:
 def main(argv):
   del argv
   config = _config()
-  data = train.prepare_data(config, "/tmp/dicofun_signal")
+  data = protocol.prepare_data(config, "/tmp/dicofun_signal")
   labels = np.array([r.label for r in data.train])
-  tokens = train.load_features(config, data.train, layout="tokens")
+  tokens = features.load_features(config, data.train, layout="tokens")
   d = tokens.shape[-1] // 2
   rows = [
       ("[CLS ‖ patch] (FUN-AD input)", tokens),
       ("patch token only", tokens[..., d:]),
       ("PatchCore layout (3×3 averaged patch tokens)",
-       train.load_features(config, data.train, layout="patchcore")),
+       features.load_features(config, data.train, layout="patchcore")),
   ]
   print(f"Training set: {len(labels)} images, {labels.sum()} anomalous "
         f"(contamination {_CONT.value}), input {_SIZE.value}, "

@@ -1,6 +1,6 @@
 r"""Method comparison on one dataset: every method on the same features, one run.
 
-Each cell is an ordinary run (``train.train_and_evaluate``) in its own workdir
+Each cell is an ordinary run (``runner.train_and_evaluate``) in its own workdir
 under ``--workdir``; features are cached on disk, so the methods that share a
 backbone and layout extract them once. Prints a markdown table and writes
 ``<workdir>/table.md`` and ``<workdir>/rows.json``.
@@ -22,12 +22,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dicofun import cpu  # pylint: disable=g-import-not-at-top,wrong-import-position
 cpu.configure_cpu_devices()  # Before anything imports jax.
 
-from dicofun import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dicofun import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DATASET = flags.DEFINE_string("dataset", "magnetic_tile", "Dataset config suffix.")
 _RUNS = flags.DEFINE_multi_string(
@@ -66,7 +65,7 @@ def main(argv):
       results_path = os.path.join(cell, "results.json")
       if not os.path.exists(results_path):
         t0 = time.time()
-        train.train_and_evaluate(config, cell)
+        runner.train_and_evaluate(config, cell)
         logging.info("%s done in %.0fs", cell, time.time() - t0)
       with open(results_path) as f:
         res = json.load(f)

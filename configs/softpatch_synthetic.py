@@ -9,8 +9,8 @@ backbone (efficientnet_lite0|1|2, dinov2_vits14), layer (ViT block), image_size,
 crop, coreset, seed, root, runlocal. Results of measured runs: BENCHMARKS.md.
 """
 
-from dicofun import configlib
+from dicofun.methods.softpatch import config as softpatch_config
 
 
 def get_config(arg=None):
-  return configlib.bank_method_config("softpatch", "synthetic", arg)
+  return softpatch_config.softpatch_config("synthetic", arg)

@@ -13,9 +13,7 @@ from typing import Any, Optional
 
 import ml_collections
 
-# Datasets known to the runner (dicofun.train). The category default is the
-# dataset's own when the dataset has a single category.
-DATASETS = ("synthetic", "mvtec", "visa", "magnetic_tile", "folder")
+from dicofun import data as data_lib
 
 
 class ConfigArgError(ValueError):
@@ -110,8 +108,8 @@ def dataset_config(*, name: str, category: str = "", root: str = "",
   Returns:
     A ConfigDict.
   """
-  if name not in DATASETS:
-    raise ConfigArgError(f"dataset {name!r} not in {DATASETS}")
+  if name not in data_lib.DATASETS:
+    raise ConfigArgError(f"dataset {name!r} not in {sorted(data_lib.DATASETS)}")
   return ml_collections.ConfigDict(dict(
       name=name,
       category=category,
@@ -159,44 +157,7 @@ def base_config(*, method: str, dataset: ml_collections.ConfigDict,
   return cfg
 
 
-# Per-dataset defaults shared by every method's config files.
-DATASET_DEFAULTS = {
-    "synthetic": dict(category="texture", crop_fraction=1.0),
-    "mvtec": dict(category="bottle", crop_fraction=0.875),
-    "visa": dict(category="candle", crop_fraction=0.875),
-    # Magnetic tile images are elongated with defects near the edges: the
-    # 0.875 centre crop would cut whole defects out (METHODS §1).
-    "magnetic_tile": dict(category="magnetic_tile", crop_fraction=1.0),
-    "folder": dict(category="custom", crop_fraction=1.0),
-}
-
-
-def bank_method_config(method: str, dataset: str,
-                       arg: Optional[str]) -> ml_collections.ConfigDict:
-  """Config of PatchCore / SoftPatch on ``dataset`` from the arg string.
-
-  Args (in ``arg``): category, contamination, overlap, backbone, layer,
-  image_size, crop, coreset, seed, root, runlocal.
-  """
-  d = DATASET_DEFAULTS[dataset]
-  a = parse_arg(arg, category=d["category"], contamination=0.0, overlap=False,
-                backbone="efficientnet_lite0", layer=8, image_size=224,
-                crop=d["crop_fraction"], coreset=0.1, seed=0, root="",
-                runlocal=False)
-  cfg = base_config(
-      method=method,
-      dataset=dataset_config(name=dataset, category=a.category, root=a.root,
-                             contamination=a.contamination, overlap=a.overlap,
-                             image_size=a.image_size, crop_fraction=a.crop),
-      backbone=a.backbone, seed=a.seed)
-  cfg.backbone.layer = a.layer
-  # Imported lazily: configs must stay loadable without building methods.
-  from dicofun.methods import patchcore, softpatch  # pylint: disable=g-import-not-at-top
-  sub = (patchcore if method == "patchcore" else softpatch).default_config()
-  sub.coreset_fraction = a.coreset
-  if a.runlocal:
-    cfg.dataset.synthetic.num_train = 30
-    cfg.dataset.synthetic.num_test_good = 10
-    cfg.dataset.synthetic.num_test_anomalous = 10
-  cfg[method] = sub
-  return cfg
+def dataset_defaults(dataset: str) -> dict[str, Any]:
+  """The config-file defaults (category, crop_fraction) of a dataset."""
+  spec = data_lib.get_dataset(dataset)
+  return dict(category=spec.category, crop_fraction=spec.crop_fraction)

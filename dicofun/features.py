@@ -33,6 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dicofun import parallel
+from dicofun import progress as progress_lib
+from dicofun.data import pipeline
+from dicofun.models import registry
+from dicofun.ops import maps
+
 LAYOUTS = ("patchcore", "tokens")
 _CACHE_ENV = "DICOFUN_CACHE"
 
@@ -52,7 +58,6 @@ def layout_fn(backbone, layout: str) -> Callable[[Any, jax.Array], jax.Array]:
   """A pure ``fn(variables, images NHWC) -> (B, h, w, C)`` for ``layout``."""
   if layout not in LAYOUTS:
     raise ValueError(f"feature layout {layout!r} is not one of {LAYOUTS}")
-  from dicofun.ops import maps  # pylint: disable=g-import-not-at-top
 
   def fn(variables, images):
     feats = backbone.apply_features(variables, images)
@@ -124,7 +129,6 @@ def extract_arrays(backbone, images: np.ndarray, *, layout: str,
 
 def _batch_geometry(batch_size: int, mesh):
   """(global batch, rows per process, mesh): a multiple of the device count."""
-  from dicofun import parallel  # pylint: disable=g-import-not-at-top
   mesh = mesh or parallel.make_mesh()
   ndev = mesh.devices.size
   gbs = int(np.ceil(batch_size / ndev) * ndev)
@@ -134,14 +138,12 @@ def _batch_geometry(batch_size: int, mesh):
 def _run(backbone, batch_iter, n: int, *, layout: str, gbs: int,
          per_proc: int, mesh, desc: str) -> np.ndarray:
   """Runs the jitted layout function over host-local slices of each batch."""
-  from dicofun import parallel  # pylint: disable=g-import-not-at-top
-  from dicofun.progress import progress  # pylint: disable=g-import-not-at-top
   fn = _compiled(backbone, layout)
   variables = jax.device_put(backbone.variables, parallel.replicated(mesh))
   out = None
   t0 = time.time()
   for start, local in zip(range(0, n, gbs),
-                          progress(batch_iter, total=-(-n // gbs), desc=desc)):
+                          progress_lib.progress(batch_iter, total=-(-n // gbs), desc=desc)):
     valid = min(gbs, n - start)
     if len(local) < per_proc:
       # Fixed shapes: the last batch is padded, its padding rows dropped.
@@ -225,7 +227,6 @@ def extract_records(backbone, records, pre, *, layout: str,
 
 def _extract_uncached(backbone, records, pre, *, layout: str, batch_size: int,
                       num_workers: int, mesh, desc: str) -> np.ndarray:
-  from dicofun.data import pipeline  # pylint: disable=g-import-not-at-top
   gbs, per_proc, mesh = _batch_geometry(batch_size, mesh)
   pindex = jax.process_index()
 
@@ -246,7 +247,6 @@ def _extract_uncached(backbone, records, pre, *, layout: str, batch_size: int,
 
 def backbone_for(config) -> Any:
   """The backbone named by ``config.backbone`` (weights loaded)."""
-  from dicofun.models import registry  # pylint: disable=g-import-not-at-top
   bb = config.backbone
   return registry.get_backbone(bb.name, weights=bb.weights, layer=bb.layer)
 
@@ -264,10 +264,9 @@ def load_features(config, records, *, layout: str,
                   backbone: Optional[Any] = None,
                   desc: str = "features") -> np.ndarray:
   """Features of ``records`` for the run ``config`` (cached)."""
-  from dicofun import train  # pylint: disable=g-import-not-at-top
   backbone = backbone or backbone_for(config)
   check_input_size(backbone, config.dataset.image_size)
-  pre = train.preprocess_for(config, mean=backbone.mean, std=backbone.std)
+  pre = pipeline.preprocess_for(config, mean=backbone.mean, std=backbone.std)
   return extract_records(backbone, records, pre, layout=layout,
                          batch_size=config.backbone.batch_size,
                          num_workers=config.dataset.num_workers,

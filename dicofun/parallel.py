@@ -22,7 +22,7 @@ run is single-process.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 from absl import logging
 import jax
@@ -34,6 +34,7 @@ NamedSharding = jax.sharding.NamedSharding
 P = jax.sharding.PartitionSpec
 
 DATA_AXIS = "data"
+T = TypeVar("T")
 
 _initialized = False
 
@@ -114,9 +115,32 @@ def _jax_distributed_initialized() -> bool:
     return False
 
 
+def process_index() -> int:
+  """This process's index (0 on a single machine)."""
+  return jax.process_index()
+
+
 def is_main_process() -> bool:
   """True on process 0 (the one that writes files and logs results)."""
   return jax.process_index() == 0
+
+
+def main_process_first(fn: Callable[[], T], *, name: str) -> T:
+  """Runs ``fn`` on process 0 first, then on the others.
+
+  For work that writes files every process then reads (generating the
+  synthetic dataset): process 0 writes, the others wait at a barrier and then
+  find its output on a shared filesystem (or, without one, write their own
+  identical copy). With one process this is just ``fn()``.
+  """
+  if jax.process_count() == 1:
+    return fn()
+  if jax.process_index() == 0:
+    out = fn()
+    multihost_utils.sync_global_devices(name)
+    return out
+  multihost_utils.sync_global_devices(name)
+  return fn()
 
 
 def make_mesh(axis: str = DATA_AXIS,

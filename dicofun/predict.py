@@ -31,6 +31,12 @@ from typing import Optional, Sequence
 from absl import logging
 import numpy as np
 
+from dicofun import checkpoint
+from dicofun import methods
+from dicofun import progress
+from dicofun import viz
+from dicofun.data import images
+from dicofun.data import pipeline
 from dicofun.data import records as records_lib
 
 
@@ -61,7 +67,6 @@ def list_images(directory: str) -> list[str]:
   Raises:
     FileNotFoundError: ``directory`` does not exist or holds no image.
   """
-  from dicofun.data import images  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"--images={directory!r} is not a directory")
   found = []
@@ -87,10 +92,8 @@ def records_for(paths: Sequence[str], *, category: str = ""
 
 def overlay_image(config, path: str) -> np.ndarray:
   """The image as the model saw it (resize + crop), uint8 (S, S, 3)."""
-  from dicofun import train  # pylint: disable=g-import-not-at-top
-  from dicofun.data import images  # pylint: disable=g-import-not-at-top
   # Identity normalisation: the same geometry, pixel values kept in [0, 1].
-  pre = train.preprocess_for(config, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+  pre = pipeline.preprocess_for(config, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
   img = pre.image(images.load_image(path))
   return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
 
@@ -139,11 +142,8 @@ def predict_folder(run_dir: str, images_dir: str, *,
     FileNotFoundError: no checkpoint in ``run_dir`` or no image found.
     ValueError: the run stored no threshold and none is given.
   """
-  from dicofun import checkpoint  # pylint: disable=g-import-not-at-top
-  from dicofun import progress  # pylint: disable=g-import-not-at-top
-  from dicofun import train  # pylint: disable=g-import-not-at-top
   state, config, meta = checkpoint.load_inference(run_dir)
-  method = train.get_method(config.method)
+  method = methods.get_method(config.method)
   if threshold is None:
     if meta.get("threshold") is None:
       raise ValueError(f"the run in {run_dir} stored no decision threshold "
@@ -193,7 +193,6 @@ def predict_folder(run_dir: str, images_dir: str, *,
   if maps_file is not None:
     maps_file.flush()
     if overlays:
-      from dicofun import viz  # pylint: disable=g-import-not-at-top
       scale = color_scale(map_min, threshold)
       for i in progress.progress(range(len(paths)), desc="overlays"):
         out = _overlay_path(out_dir, images_dir, paths[i])

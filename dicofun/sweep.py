@@ -17,7 +17,7 @@ Every cell of the grid is the base argument string with the cell's values
 merged in (``key=value``), so it goes through the same strict
 ``get_config(arg)`` parsing as a hand-typed run: all cells are validated before
 the first one runs, and a typo fails the sweep at once. A cell runs as
-``python experiments/main.py --config=<file>:<arg> --workdir=<cell dir>`` in
+``python -m dicofun run --config=<file>:<arg> --workdir=<cell dir>`` in
 its own process (**ours**: a crash or an out-of-memory in one cell does not
 end the sweep), in ``<sweep workdir>/<axis1=v1,axis2=v2>``. A cell whose
 ``results.json`` exists is finished and skipped; a cell with a partial workdir
@@ -48,7 +48,8 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from dicofun import viz
+
 CONFIG_AXIS = "config"
 RESULTS = "results.json"
 CELL_INFO = "sweep_cell.json"
@@ -118,15 +119,27 @@ class SweepOutcome:
 # Loading configs.
 
 
+# Directories (besides the cwd) where relative config paths are looked up:
+# a sweep file's own folder and its parents, so ``configs/x.py`` named in
+# ``configs/sweeps/y.py`` is found from any working directory.
+_SEARCH_DIRS: list[str] = []
+
+
 def resolve_path(path: str) -> str:
-  """``path`` as given (absolute or from the cwd), else from the repo root."""
+  """``path`` as given (absolute or from the cwd), else from a sweep's folder.
+
+  Relative paths are tried from the cwd, then from the folder of the sweep
+  file being loaded and its two parents (``configs/sweeps/x.py`` names base
+  configs as ``configs/<name>.py``).
+  """
   if os.path.isabs(path) or os.path.exists(path):
     return os.path.abspath(path)
-  in_repo = os.path.join(REPO, path)
-  if os.path.exists(in_repo):
-    return in_repo
+  for d in _SEARCH_DIRS:
+    candidate = os.path.join(d, path)
+    if os.path.exists(candidate):
+      return os.path.abspath(candidate)
   raise FileNotFoundError(f"no such config file: {path!r} (looked in the "
-                          f"current directory and in {REPO})")
+                          f"current directory and in {_SEARCH_DIRS})")
 
 
 def _import_file(path: str):
@@ -149,6 +162,10 @@ def load_config(path: str, arg: str = "") -> ml_collections.ConfigDict:
 def load_sweep(spec: str) -> ml_collections.ConfigDict:
   """Loads ``configs/sweeps/<x>.py[:arg]`` and checks its fields."""
   path, _, arg = spec.partition(":")
+  here = os.path.dirname(resolve_path(path))
+  for d in (here, os.path.dirname(here), os.path.dirname(os.path.dirname(here))):
+    if d not in _SEARCH_DIRS:
+      _SEARCH_DIRS.append(d)
   module = _import_file(path)
   if not hasattr(module, "get_sweep"):
     raise SweepError(f"{path} defines no get_sweep(arg)")
@@ -334,7 +351,7 @@ def _write_cell_info(workdir: str, cell: Cell, **extra: Any) -> None:
 
 def cell_command(cell: Cell, workdir: str) -> list[str]:
   """The command line that runs one cell as an ordinary run."""
-  return [sys.executable, os.path.join(REPO, "experiments", "main.py"),
+  return [sys.executable, "-m", "dicofun", "run",
           f"--config={resolve_path(cell.config_path)}"
           + (f":{cell.arg}" if cell.arg else ""),
           f"--workdir={cell_dir(workdir, cell)}"]
@@ -606,7 +623,6 @@ def write_aggregates(sweep: Any, rows: Sequence[dict[str, Any]], workdir: str,
     f.write("\n".join(md))
   written.append(md_path)
   # Heat maps last: the tables above are already on disk if plotting fails.
-  from dicofun import viz  # pylint: disable=g-import-not-at-top
   for metric, items in grids.items():
     for suffix, matrix, r_labels, c_labels in items:
       stem = "heatmap_" + metric.replace(".", "_")

@@ -16,9 +16,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from dicofun import metrics
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from dicofun.constants import IMAGENET_MEAN
+from dicofun.constants import IMAGENET_STD
 
 
 def _pyplot():

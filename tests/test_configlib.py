@@ -7,6 +7,7 @@ import os
 import pytest
 
 from dicofun import configlib
+from dicofun import data as data_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,7 +55,7 @@ def test_every_config_file_loads(path):
   spec.loader.exec_module(mod)
   cfg = mod.get_config()
   assert cfg.method in path
-  assert cfg.dataset.name in configlib.DATASETS
+  assert cfg.dataset.name in data_lib.DATASETS
   assert mod.__doc__ and "experiments/main.py" in mod.__doc__
   with pytest.raises(configlib.ConfigArgError):
     mod.get_config("no_such_key=1")

@@ -7,7 +7,8 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from dicofun.methods import dico
+from dicofun.methods.dico import config as dico_config
+from dicofun.methods.dico import method as dico
 from dicofun.methods.dico import losses
 from dicofun.methods.dico import masking
 from dicofun.methods.dico import model as model_lib
@@ -61,7 +62,7 @@ def with_bright_squares(rng, imgs, side=8):
 
 
 def small_config(**kw):
-  cfg = dico.default_config()
+  cfg = dico_config.default_config()
   cfg.bottleneck_channels = 16
   cfg.memory_size = 8
   cfg.mask_patch = 8

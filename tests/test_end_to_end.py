@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from dicofun import train
+from dicofun import runner
 from configs import patchcore_synthetic
 
 
@@ -23,7 +23,7 @@ def run_dir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("e2e"))
   config = patchcore_synthetic.get_config("runlocal,image_size=128")
   config.features_cache = False
-  metrics = train.train_and_evaluate(config, workdir)
+  metrics = runner.train_and_evaluate(config, workdir)
   return workdir, metrics
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dicofun import features
-from dicofun import train
+from dicofun import features
 from dicofun.data import mvtec
 from dicofun.data import synthetic
 from configs import funad_synthetic
@@ -32,11 +32,11 @@ def test_cache_serves_subsets_and_equals_fresh_extraction(records, tmp_path,
     return real(backbone, recs, *args, **kwargs)
 
   monkeypatch.setattr(features, "_extract_uncached", counting)
-  first = train.load_features(cfg, records[:5], layout="patchcore")
-  second = train.load_features(cfg, records[3:8], layout="patchcore")
+  first = features.load_features(cfg, records[:5], layout="patchcore")
+  second = features.load_features(cfg, records[3:8], layout="patchcore")
   assert calls == [5, 3]  # Only the three new images were extracted.
   cfg.features_cache = False
-  fresh = train.load_features(cfg, records[:8], layout="patchcore")
+  fresh = features.load_features(cfg, records[:8], layout="patchcore")
   # lite0 at 64 px: stride-8 grid 8×8, 40 + 112 channels.
   assert fresh.shape == (8, 8, 8, 152)
   np.testing.assert_allclose(first, fresh[:5], atol=1e-5)
@@ -47,7 +47,7 @@ def test_tokens_layout_is_cls_then_patch(records, tmp_path, monkeypatch):
   monkeypatch.setenv("DICOFUN_CACHE", str(tmp_path))
   cfg = funad_synthetic.get_config("image_size=56")
   cfg.features_cache = False
-  feats = train.load_features(cfg, records[:2], layout="tokens")
+  feats = features.load_features(cfg, records[:2], layout="tokens")
   assert feats.shape == (2, 4, 4, 768)
   # The CLS half is the same at every patch position of an image.
   np.testing.assert_array_equal(feats[:, :1, :1, :384].repeat(4, 1).repeat(4, 2),
@@ -58,4 +58,4 @@ def test_tokens_layout_is_cls_then_patch(records, tmp_path, monkeypatch):
 def test_vit_input_size_must_be_a_patch_multiple(records):
   cfg = funad_synthetic.get_config("image_size=60")
   with pytest.raises(ValueError, match="multiple of the dinov2_vits14 patch"):
-    train.load_features(cfg, records[:1], layout="tokens")
+    features.load_features(cfg, records[:1], layout="tokens")

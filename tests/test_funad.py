@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
-from dicofun.methods import funad
+from dicofun.methods.funad import config as funad_config
+from dicofun.methods.funad import method as funad
 from dicofun.methods.funad import irmb
 from dicofun.methods.funad import losses
 from dicofun.methods.funad import model as model_lib
-from dicofun.methods.funad import train as train_lib
+from dicofun.methods.funad import step as step_lib
 
 
 def _gaussian_patches(seed, n=200, p=16, d=32, frac=0.1):
@@ -179,11 +180,19 @@ def test_mutual_smoothness_hand_values():
 # -------------------------------------------------------------- optimiser
 
 
+def _step_config(*, dim, num_images, **overrides):
+  """A StepConfig from the FUN-AD defaults with some fields replaced."""
+  cfg = funad_config.default_config()
+  for k, v in overrides.items():
+    cfg[k] = v
+  return funad.step_config(cfg, dim=dim, num_images=num_images)
+
+
 def test_rmsprop_matches_torch_semantics():
   """5 steps against a numpy transcription of torch.optim.RMSprop."""
-  cfg = train_lib.StepConfig(dim=2, num_images=1, lr=0.01, decay=0.99,
-                             eps=1e-8, momentum=0.2)
-  opt = train_lib.make_optimizer(cfg)
+  cfg = _step_config(dim=2, num_images=1, lr=0.01, decay=0.99, eps=1e-8,
+                     momentum=0.2)
+  opt = step_lib.make_optimizer(cfg)
   rng = np.random.default_rng(0)
   p = rng.normal(size=6).astype(np.float32)
   grads = rng.normal(size=(5, 6)).astype(np.float32)
@@ -207,11 +216,11 @@ def _small_setup(n=24, p=9, d=8, **kw):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(n, p, d)).astype(np.float32)
   x[:3, :2] += 4.0
-  cfg = train_lib.StepConfig(dim=d, num_images=n, hidden=(16, 8),
-                             score_chunk=5, knn_chunk=32, lr=1e-3, **kw)
-  rows, chunk = train_lib.padded_size(n, cfg.score_chunk)
-  cfg = train_lib.StepConfig(**{**cfg.__dict__, "score_chunk": chunk})
-  feats = jnp.asarray(train_lib.pad_images(x, rows))
+  cfg = _step_config(dim=d, num_images=n, hidden=(16, 8), score_chunk=5,
+                     knn_chunk=32, lr=1e-3, **kw)
+  rows, chunk = step_lib.padded_size(n, cfg.score_chunk)
+  cfg = step_lib.StepConfig(**{**cfg.__dict__, "score_chunk": chunk})
+  feats = jnp.asarray(step_lib.pad_images(x, rows))
   valid = jnp.arange(rows) < n
   return cfg, feats, valid, rows
 
@@ -223,10 +232,10 @@ def test_train_step_compiles_once_and_learns_shapes():
 
   def counted(*a):
     traces.append(1)
-    return train_lib.train_step_fn(cfg, *a)
+    return step_lib.train_step_fn(cfg, *a)
 
   step = jax.jit(counted)
-  state = train_lib.init_state(cfg, jax.random.key(0), rows)
+  state = step_lib.init_state(cfg, jax.random.key(0), rows)
   for i in range(3):
     idx = jnp.asarray(np.arange(6) + 3 * i, jnp.int32)
     state, m = step(state, idx, jax.random.key(i), feats, valid)
@@ -236,8 +245,8 @@ def test_train_step_compiles_once_and_learns_shapes():
   assert int(m["bank_images"]) == int(np.floor(0.5 * int(m["num_candidates"])))
   # The padding row is never a candidate, the real ones are scored.
   assert float(state["scores"][-1]) == 0.0 and float(state["scores"][0]) > 0
-  jitted = train_lib.make_train_step(cfg)
-  state2 = train_lib.init_state(cfg, jax.random.key(0), rows)
+  jitted = step_lib.make_train_step(cfg)
+  state2 = step_lib.init_state(cfg, jax.random.key(0), rows)
   for i in range(2):
     state2, _ = jitted(state2, jnp.arange(6, dtype=jnp.int32),
                        jax.random.key(i), feats, valid)
@@ -246,8 +255,8 @@ def test_train_step_compiles_once_and_learns_shapes():
 
 def test_refresh_every_reuses_scores():
   cfg, feats, valid, rows = _small_setup(refresh_every=3)
-  step = train_lib.make_train_step(cfg, donate=False)
-  state = train_lib.init_state(cfg, jax.random.key(0), rows)
+  step = step_lib.make_train_step(cfg, donate=False)
+  state = step_lib.init_state(cfg, jax.random.key(0), rows)
   seen = []
   for i in range(4):
     state, _ = step(state, jnp.arange(6, dtype=jnp.int32), jax.random.key(i),
@@ -281,7 +290,7 @@ def _e2e_config(epochs):
   cfg = ml_collections.ConfigDict()
   cfg.seed = 0
   cfg.dataset = ml_collections.ConfigDict(dict(image_size=16))
-  cfg.funad = funad.default_config()
+  cfg.funad = funad_config.default_config()
   cfg.funad.update(dict(epochs=epochs, batch_size=8, eval_every=2,
                         checkpoint_every=2, hidden=(64, 16), lr=2e-3,
                         score_chunk=8, knn_chunk=256))

@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-from dicofun import train
+from dicofun import methods
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_unknown_method_is_refused_by_name():
-  with pytest.raises(train.UnknownMethodError, match="nope"):
-    train.get_method("nope")
+  with pytest.raises(methods.UnknownMethodError, match="nope"):
+    methods.get_method("nope")
 
 
 def test_main_refuses_unknown_method(tmp_path):

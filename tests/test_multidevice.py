@@ -32,7 +32,7 @@ _CHILD = r"""
 import json, os, sys
 sys.path.insert(0, {repo!r})
 import jax
-from dicofun import train
+from dicofun import runner
 from ml_collections import config_flags
 import importlib.util
 out = {{}}
@@ -47,7 +47,7 @@ for method, spec in {runs!r}.items():
     cfg.dataset.synthetic[k] = v
   cfg.eval.num_figures = 0
   wd = os.path.join({work!r}, method)
-  metrics = train.train_and_evaluate(cfg, wd)
+  metrics = runner.train_and_evaluate(cfg, wd)
   scores = [float(l.split(",")[-1]) for l in open(os.path.join(wd, "test_scores.csv")).read().splitlines()[1:]]
   out[method] = dict(metrics=metrics["test"], scores=scores, devices=jax.device_count())
 print("RESULT" + json.dumps(out))

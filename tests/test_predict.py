@@ -14,7 +14,7 @@ import pytest
 import dicofun
 from dicofun import checkpoint
 from dicofun import predict
-from dicofun import train
+from dicofun import methods
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S = 16
@@ -42,7 +42,7 @@ def run_dir(tmp_path, monkeypatch):
   """A fake method registered with the runner and its saved model."""
   calls = []
   monkeypatch.setitem(sys.modules, "fake_predict_method", _fake_method(calls))
-  monkeypatch.setitem(train.METHODS, "fake", "fake_predict_method")
+  monkeypatch.setitem(methods.METHODS, "fake", "fake_predict_method")
   cfg = ml_collections.ConfigDict(dict(
       method="fake", dataset=dict(image_size=S, crop_fraction=1.0,
                                   category="widget")))
@@ -164,7 +164,7 @@ def test_threshold_override_and_out_dir(run_dir, overlays, tmp_path):
 
 def test_run_without_threshold_needs_one(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "fake_predict_method", _fake_method([]))
-  monkeypatch.setitem(train.METHODS, "fake", "fake_predict_method")
+  monkeypatch.setitem(methods.METHODS, "fake", "fake_predict_method")
   run = str(tmp_path / "run")
   checkpoint.save_inference(
       run, state={"offset": np.float32(0.0)}, threshold=1.0,

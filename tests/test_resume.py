@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from dicofun import checkpoint
-from dicofun import train
+from dicofun import runner
 from dicofun.data import synthetic
 from configs import dico_synthetic
 from configs import funad_synthetic
@@ -57,7 +57,7 @@ def test_interrupted_run_resumes_to_the_same_result(method, data, tmp_path,
                                                     monkeypatch):
   monkeypatch.setenv("DICOFUN_CACHE", str(tmp_path / "cache"))
   full = str(tmp_path / "full")
-  ref_metrics = train.train_and_evaluate(_config(method, data), full)
+  ref_metrics = runner.train_and_evaluate(_config(method, data), full)
 
   resumed = str(tmp_path / "resumed")
   original = checkpoint.TrainCheckpointer.maybe_save
@@ -73,7 +73,7 @@ def test_interrupted_run_resumes_to_the_same_result(method, data, tmp_path,
   with monkeypatch.context() as m:
     m.setattr(checkpoint.TrainCheckpointer, "maybe_save", save_then_die)
     with pytest.raises(_Interrupted):
-      train.train_and_evaluate(_config(method, data), resumed)
+      runner.train_and_evaluate(_config(method, data), resumed)
   assert saved_epochs == [1]
   assert not os.path.exists(os.path.join(resumed, "results.json"))
 
@@ -82,7 +82,7 @@ def test_interrupted_run_resumes_to_the_same_result(method, data, tmp_path,
     seen.append(epoch)
     return original(self, epoch, state, *args, **kwargs)
   monkeypatch.setattr(checkpoint.TrainCheckpointer, "maybe_save", record)
-  metrics = train.train_and_evaluate(_config(method, data), resumed)
+  metrics = runner.train_and_evaluate(_config(method, data), resumed)
   assert seen == [2, 3]  # Resumed after epoch 1, did not start over.
 
   np.testing.assert_allclose(_scores(resumed), _scores(full), rtol=1e-6,

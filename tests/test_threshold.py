@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from dicofun import api
-from dicofun import train
+from dicofun import protocol
+from dicofun import runner
 from dicofun.data import records as records_lib
 from configs import patchcore_synthetic
 
@@ -21,13 +22,13 @@ def test_validation_split_is_stratified_seeded_and_disjoint():
   test = _records(20, 10)
   moved = np.zeros(len(test), bool)
   moved[-2:] = True  # Moved anomalies never enter the validation split.
-  kept, kept_moved, val = train.split_validation(test, moved, fraction=0.2,
+  kept, kept_moved, val = protocol.split_validation(test, moved, fraction=0.2,
                                                  seed=0)
   assert sum(r.label == 0 for r in val) == 4
   assert sum(r.label == 1 for r in val) == 2  # 20 % of 8 non-moved → 2.
   assert not {r.image_path for r in val} & {r.image_path for r in kept}
   assert len(kept) + len(val) == len(test) and kept_moved.sum() == 2
-  _, _, again = train.split_validation(test, moved, fraction=0.2, seed=0)
+  _, _, again = protocol.split_validation(test, moved, fraction=0.2, seed=0)
   assert again == val
 
 
@@ -48,8 +49,8 @@ def test_threshold_is_f1_optimal_on_validation_else_train_percentile():
   preds = api.Predictions(test_scores=np.zeros(0), test_maps=None,
                           train_scores=np.linspace(0, 1, 101),
                           state={"w": np.zeros(1)})
-  thr, how = train.choose_threshold(config, _FakeMethod, data, preds)
+  thr, how = runner.choose_threshold(config, _FakeMethod, data, preds)
   assert 0.2 < thr <= 1.0 and "F1-optimal" in how
   data.validation = []
-  thr, how = train.choose_threshold(config, _FakeMethod, data, preds)
+  thr, how = runner.choose_threshold(config, _FakeMethod, data, preds)
   assert thr == pytest.approx(0.99) and "percentile" in how

@@ -64,7 +64,7 @@ def test_save_overlay(tmp_path):
 def test_save_best_worst_grid(tmp_path, batch):
   images, masks, maps, scores, labels = batch
   path = tmp_path / "best_worst.png"
-  # Positional order as in dicofun.train.write_figures.
+  # Positional order as in dicofun.results.write_figures.
   viz.save_best_worst_grid(str(path), images, masks, maps, scores, labels,
                            k=4)
   _check_png(path)

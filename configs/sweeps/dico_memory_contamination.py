@@ -21,7 +21,7 @@ from dicofun import configlib
 def get_sweep(arg=None):
   a = configlib.parse_arg(arg, dataset="synthetic", category="",
                           runlocal=False)
-  category = a.category or configlib.DATASET_DEFAULTS[a.dataset]["category"]
+  category = a.category or configlib.dataset_defaults(a.dataset)["category"]
   base_arg = f"category={category}" + (",runlocal" if a.runlocal else "")
   return ml_collections.ConfigDict(dict(
       base=f"configs/dico_{a.dataset}.py:{base_arg}",

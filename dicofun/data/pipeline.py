@@ -26,14 +26,15 @@ import numpy as np
 from PIL import Image
 
 from dicofun import progress as progress_lib
+from dicofun.constants import IMAGENET_MEAN
+from dicofun.constants import IMAGENET_STD
 from dicofun.data import errors
 from dicofun.data import images
+from dicofun.data import mvtec
 from dicofun.data import records as records_lib
 
 Record = records_lib.Record
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR,
              "bicubic": Image.Resampling.BICUBIC}
 # Image and mask whose aspect ratios differ by more than this cannot be
@@ -121,8 +122,23 @@ class Preprocess:
             f"mean{fmt(self.mean)}-std{fmt(self.std)}")
 
 
+def preprocess_for(config, *, mean: Optional[Sequence[float]] = None,
+                   std: Optional[Sequence[float]] = None) -> Preprocess:
+  """The preprocessing of a run config's ``config.dataset`` block.
+
+  Args:
+    config: a run config (reads ``dataset.image_size``, ``dataset.crop_fraction``).
+    mean: optional normalisation mean (a backbone's); default ImageNet's.
+    std: the matching std.
+  """
+  kw = {}
+  if mean is not None:
+    kw.update(mean=tuple(mean), std=tuple(std))
+  return Preprocess(image_size=config.dataset.image_size,
+                    crop_fraction=config.dataset.crop_fraction, **kw)
+
+
 def _expected_mask(record: Record) -> Optional[str]:
-  from dicofun.data import mvtec  # pylint: disable=g-import-not-at-top
   return mvtec.expected_mask_path(record.image_path)
 
 

@@ -1,0 +1,44 @@
+"""The methods: one folder each, one registry.
+
+``METHODS`` maps a ``config.method`` name to the module that implements it.
+Every such module exposes::
+
+    def run(config, data: api.RunData, workdir: str) -> api.Predictions
+    def predict(config, state, records) -> (scores, maps)
+
+(see ``dicofun.api``). Modules are imported when first asked for, so that
+loading a config (``methods/<name>/config.py``) never builds JAX programs.
+To add a method: a folder ``methods/<name>/`` with ``config.py`` (its
+``default_config()``) and ``method.py`` (``run``/``predict``), and one line
+here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+
+METHODS: dict[str, str] = {
+    "patchcore": "dicofun.methods.patchcore.method",
+    "softpatch": "dicofun.methods.softpatch.method",
+    "funad": "dicofun.methods.funad.method",
+    "dico": "dicofun.methods.dico.method",
+}
+
+
+class UnknownMethodError(ValueError):
+  """``config.method`` names no registered method."""
+
+
+def check_method(name: str) -> None:
+  """Raises ``UnknownMethodError`` naming the known methods."""
+  if name not in METHODS:
+    raise UnknownMethodError(
+        f"config.method={name!r} is not a dicofun method; known methods: "
+        f"{sorted(METHODS)}")
+
+
+def get_method(name: str) -> types.ModuleType:
+  """The method module registered under ``name``."""
+  check_method(name)
+  return importlib.import_module(METHODS[name])

@@ -34,12 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dicofun.constants import IMAGENET_MEAN
+from dicofun.constants import IMAGENET_STD
 from dicofun.models import efficientnet_lite
 from dicofun.models import vit
 from dicofun.models import weights as weights_lib
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _HALF = (0.5, 0.5, 0.5)
 DEFAULT_VIT_LAYER = 8
 

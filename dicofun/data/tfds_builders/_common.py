@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from dicofun.data import images
 from dicofun.data import records as records_lib
 
 LABEL_NAMES = ("normal", "anomalous")
@@ -91,7 +92,6 @@ def encode_image(path: str, *,
   Returns:
     (bytes, (height, width)).
   """
-  from dicofun.data import images  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as im:  # Reads the header only.
       fmt, mode, (w, h) = im.format, im.mode, im.size
@@ -111,7 +111,6 @@ def encode_mask(mask_path: Optional[str], size: tuple[int, int], *,
   Raises:
     ValueError: the mask's size differs from the image's.
   """
-  from dicofun.data import images  # pylint: disable=g-import-not-at-top
   if mask_path is None:
     mask = np.zeros(size, np.uint8)
   else:

@@ -22,6 +22,7 @@ import os
 
 import tensorflow_datasets as tfds
 
+from dicofun.data import mvtec
 from dicofun.data import synthetic
 from dicofun.data.tfds_builders import _common
 
@@ -92,7 +93,6 @@ class MvtecAd(_common.ArrayRecordByDefault,
     return candidate  # read_mvtec raises a helpful error for it.
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    from dicofun.data import mvtec  # pylint: disable=g-import-not-at-top
     category_dir = self._category_dir(os.fspath(dl_manager.manual_dir))
     records = mvtec.read_mvtec(category_dir,
                                category=self.builder_config.name)

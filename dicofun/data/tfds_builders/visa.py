@@ -17,6 +17,7 @@ import os
 
 import tensorflow_datasets as tfds
 
+from dicofun.data import visa
 from dicofun.data.tfds_builders import _common
 
 CATEGORIES = ("candle", "capsules", "cashew", "chewinggum", "fryum",
@@ -66,7 +67,6 @@ class Visa(_common.ArrayRecordByDefault,
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    from dicofun.data import visa  # pylint: disable=g-import-not-at-top
     root = os.path.abspath(os.fspath(dl_manager.manual_dir))
     records = visa.read_visa(root, self.builder_config.name)
     return {split: self._generate_examples(rs, root)

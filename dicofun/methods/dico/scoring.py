@@ -23,16 +23,17 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from dicofun.methods.dico import config as dico_config
 from dicofun.methods.dico import losses
+from dicofun.ops import maps as maps_lib
 
 Array = jax.Array
 
-SCORE_MODES = ("adaptive", "max", "topk_mean")
+SCORE_MODES = dico_config.SCORE_MODES
 
 
 def gaussian_blur(maps: Array, sigma: float) -> Array:
   """Gaussian blur of (B, H, W) maps (``dicofun.ops.maps.gaussian_blur``)."""
-  from dicofun.ops import maps as maps_lib  # pylint: disable=g-import-not-at-top
   return maps_lib.gaussian_blur(maps, sigma)
 
 

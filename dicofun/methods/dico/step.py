@@ -28,10 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dicofun import parallel
+from dicofun import progress as progress_lib
 from dicofun.methods.dico import losses
 from dicofun.methods.dico import masking
 from dicofun.methods.dico import model as model_lib
 from dicofun.methods.dico import scoring
+from dicofun.models import registry
 
 Array = jax.Array
 State = dict[str, Any]
@@ -73,7 +76,6 @@ def encoder_from_backbone(name: str, *, levels: Sequence[str],
   Returns:
     ``(encoder, backbone)``; the backbone carries ``mean`` / ``std``.
   """
-  from dicofun.models import registry  # pylint: disable=g-import-not-at-top
   bb = registry.get_backbone(name, weights=weights)
   apply_features = bb.apply_features
 
@@ -211,10 +213,13 @@ def make_train_step(net: model_lib.DiCoNet, encoder: Encoder,
   Returns:
     ``train_step(state, images, rng) -> (state, metrics)``; its compiled
     function is ``train_step.jitted`` (called with the encoder variables as
-    second argument).
+    second argument) and ``train_step.traces`` counts how often it was traced
+    (compiled), so a test can see it stays 1.
   """
+  traces = []
 
   def step(state, enc_vars, images, rng):
+    traces.append(1)  # Runs at trace time only.
     k_mask, k_fill = jax.random.split(rng)
     images = images.astype(jnp.float32)
     targets = _features(encoder, enc_vars, images)
@@ -245,7 +250,6 @@ def make_train_step(net: model_lib.DiCoNet, encoder: Encoder,
     return new_state, parts
 
   if mesh is not None:
-    from dicofun import parallel  # pylint: disable=g-import-not-at-top
     rep = parallel.replicated(mesh)
     jitted = jax.jit(
         step, in_shardings=(rep, rep, parallel.data_sharding(mesh, 4), rep),
@@ -257,6 +261,7 @@ def make_train_step(net: model_lib.DiCoNet, encoder: Encoder,
     return jitted(state, encoder.variables, images, rng)
 
   train_step.jitted = jitted
+  train_step.traces = traces
   return train_step
 
 
@@ -304,7 +309,6 @@ def make_score_fn(net: model_lib.DiCoNet, encoder: Encoder, cfg: StepConfig, *,
     return scores, amap
 
   if mesh is not None:
-    from dicofun import parallel  # pylint: disable=g-import-not-at-top
     rep = parallel.replicated(mesh)
     jitted = jax.jit(fn, in_shardings=(rep, rep, parallel.data_sharding(mesh, 4)),
                      out_shardings=(parallel.data_sharding(mesh, 1),
@@ -340,12 +344,8 @@ def score_in_batches(score: Callable[[Any, Array], tuple[Array, Array]],
   bs = max(multiple, -(-min(batch_size, max(n, 1)) // multiple) * multiple)
   scores, maps = [], []
   starts = range(0, n, bs)
-  try:
-    from dicofun import progress as progress_lib  # pylint: disable=g-import-not-at-top
-    starts = progress_lib.progress(starts, total=len(starts), desc=desc or
-                                   "DiCo scoring")
-  except ImportError:
-    pass
+  starts = progress_lib.progress(starts, total=len(starts),
+                                 desc=desc or "DiCo scoring")
   for s in starts:
     x = np.asarray(images[s:s + bs], np.float32)
     m = len(x)

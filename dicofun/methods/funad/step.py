@@ -32,6 +32,9 @@ State = dict[str, Any]
 class StepConfig:
   """Static settings of the train step (hashable).
 
+  Built from ``config.funad`` by ``method.step_config``; the defaults live in
+  ``config.default_config`` only.
+
   Attributes:
     dim: feature dimension D.
     hidden: discriminator hidden widths.
@@ -54,22 +57,22 @@ class StepConfig:
 
   dim: int
   num_images: int
-  hidden: tuple[int, ...] = (1024, 128)
-  rho: float = 0.5
-  tau_n: float = 0.5
-  tau_c: float = 0.9
-  lam: float = 2.5
-  smoothness: str = "mae"
-  smoothness_on_noised: bool = False
-  refresh_every: int = 1
-  noise: bool = True
-  noise_ddof: int = 1
-  score_chunk: int = 16
-  knn_chunk: int = 4096
-  lr: float = 2e-5
-  decay: float = 0.99
-  eps: float = 1e-8
-  momentum: float = 0.2
+  hidden: tuple[int, ...]
+  rho: float
+  tau_n: float
+  tau_c: float
+  lam: float
+  smoothness: str
+  smoothness_on_noised: bool
+  refresh_every: int
+  noise: bool
+  noise_ddof: int
+  score_chunk: int
+  knn_chunk: int
+  lr: float
+  decay: float
+  eps: float
+  momentum: float
 
   @property
   def max_bank_images(self) -> int:
@@ -236,14 +239,15 @@ def train_step_fn(cfg: StepConfig, state: State, batch_idx: jax.Array,
   return new_state, metrics
 
 
-def make_train_step(cfg: StepConfig, *, mesh=None, donate: bool = True):
+def make_train_step(cfg: StepConfig, *, donate: bool = True):
   """Jitted ``train_step(state, batch_idx, rng, features, image_valid)``.
+
+  Inputs arrive already placed by the caller (on a ``data`` mesh: features
+  and cached scores sharded on rows, the rest replicated); jit propagates
+  those shardings, and the state stays replicated except the cached scores.
 
   Args:
     cfg: static settings.
-    mesh: optional ``jax.sharding.Mesh`` with a ``data`` axis. Inputs arrive
-      already placed (features/scores sharded on rows, the rest replicated);
-      the outputs keep the state replicated except the cached scores.
     donate: donate the state buffers.
 
   Returns:

@@ -1,0 +1,145 @@
+r"""The ``dicofun`` command: ``run``, ``predict`` and ``sweep``.
+
+Usage::
+
+  dicofun run --config=configs/patchcore_synthetic.py --workdir=runs/quick
+  dicofun predict --workdir=runs/quick --images=/path/to/new/images
+  dicofun sweep --sweep=configs/sweeps/tiny_synthetic.py --workdir=runs/sw
+
+``python -m dicofun`` is the same command; ``experiments/*.py`` are thin
+shells over the functions here. JAX's CPU device count must be set before JAX
+starts, so the entry points (``dicofun/__main__.py``, ``experiments/*.py``)
+call ``dicofun.cpu.configure_cpu_devices()`` before importing this module.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from dicofun import methods
+from dicofun import predict as predict_lib
+from dicofun import results as results_lib
+from dicofun import runner
+from dicofun import sweep as sweep_lib
+from dicofun.data import errors
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "run: config file (configs/<method>_<dataset>.py[:args]).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None,
+    "run: output directory (default runs/<config name>[_<args>]); predict: a "
+    "finished run's workdir; sweep: the sweep directory (default "
+    "runs/sweeps/<name>[_<args>]).")
+_IMAGES = flags.DEFINE_string(
+    "images", None, "predict: folder of images to score (searched recursively).")
+_OUT = flags.DEFINE_string(
+    "out", None, "predict: output folder (default <workdir>/predictions).")
+_THRESHOLD = flags.DEFINE_float(
+    "threshold", None, "predict: decision threshold (default: the run's own).")
+_OVERLAYS = flags.DEFINE_bool(
+    "overlays", True, "predict: write one overlay PNG per image.")
+_SAVE_MAPS = flags.DEFINE_bool(
+    "save_maps", False, "predict: keep maps.npy, the (n, S, S) float32 maps.")
+_SWEEP = flags.DEFINE_string(
+    "sweep", None, "sweep: sweep config configs/sweeps/<name>.py[:args].")
+_ONLY_CELLS = flags.DEFINE_integer(
+    "only_cells", None, "sweep: run at most this many pending cells, then stop.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "sweep: validate the cells and list their commands only.")
+
+
+def _name_of(spec: str) -> str:
+  path, _, arg = spec.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  if arg:
+    name += "_" + arg.replace(",", "_").replace("=", "-").replace("/", "-")
+  return name
+
+
+def _no_positional(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
+
+
+def run_command(argv: Sequence[str]) -> None:
+  """``dicofun run``: trains and evaluates one config."""
+  _no_positional(argv)
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. "
+                         "--config=configs/patchcore_synthetic.py")
+  spec = flags.FLAGS["config"].serialize().split("=", 1)[1]
+  workdir = _WORKDIR.value or os.path.join("runs", _name_of(spec))
+  logging.info("Workdir: %s", workdir)
+  try:
+    metrics = runner.train_and_evaluate(config, workdir)
+  except (errors.DatasetError, methods.UnknownMethodError) as e:
+    # Bad input, not a bug: say what is wrong without a traceback.
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
+  # The table is the run's headline output; a person reads it on stdout.
+  print(results_lib.metrics_table(metrics,
+                                  title=f"{config.method} — {workdir}"))
+
+
+def predict_command(argv: Sequence[str]) -> None:
+  """``dicofun predict``: scores a folder with a trained run's model."""
+  _no_positional(argv)
+  if not _WORKDIR.value or not _IMAGES.value:
+    raise app.UsageError("predict needs --workdir=RUN_DIR and --images=DIR")
+  outcome = predict_lib.predict_folder(
+      _WORKDIR.value, _IMAGES.value, out_dir=_OUT.value,
+      threshold=_THRESHOLD.value, overlays=_OVERLAYS.value,
+      keep_maps=_SAVE_MAPS.value)
+  print(f"{int(outcome.decisions.sum())}/{len(outcome.files)} images above "
+        f"threshold {outcome.threshold:.6g}; scores in {outcome.csv_path}")
+
+
+def sweep_command(argv: Sequence[str]) -> int:
+  """``dicofun sweep``: one run per grid cell, then the summary."""
+  _no_positional(argv)
+  spec = _SWEEP.value
+  if not spec:
+    raise app.UsageError("sweep needs --sweep=configs/sweeps/<name>.py[:args]")
+  workdir = _WORKDIR.value or os.path.join("runs", "sweeps", _name_of(spec))
+  name = os.path.basename(os.path.normpath(workdir))
+  logging.info("Sweep %s → %s", spec, workdir)
+  sweep = sweep_lib.load_sweep(spec)
+  outcome = sweep_lib.run_sweep(sweep, workdir, only_cells=_ONLY_CELLS.value,
+                                dry_run=_DRY_RUN.value, name=name)
+  if _DRY_RUN.value:  # run_sweep has logged the plan.
+    return 0
+  with open(os.path.join(workdir, sweep_lib.MD_NAME)) as f:
+    print(f.read())
+  print(f"ran {len(outcome.ran)}, skipped {len(outcome.skipped)} finished, "
+        f"failed {len(outcome.failed)}, pending {len(outcome.pending)}")
+  if outcome.failed:
+    print("failed cells (see <cell>/sweep_cell.log): "
+          + "; ".join(outcome.failed), file=sys.stderr)
+    return 1
+  return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], object]] = {
+    "run": run_command,
+    "predict": predict_command,
+    "sweep": sweep_command,
+}
+
+
+def main(argv: Sequence[str] = None) -> None:
+  """``dicofun <command> [--flags]``."""
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    sys.exit(f"usage: dicofun {{{'|'.join(COMMANDS)}}} [--flags]  "
+             f"(dicofun <command> --help lists the flags)")
+  command = argv.pop(1)
+  app.run(COMMANDS[command], argv=[f"{argv[0]} {command}"] + argv[1:])

@@ -1,0 +1,399 @@
+"""DiCo: discrepancy constraint learning (METHODS §2).
+
+A frozen pretrained encoder gives multi-level targets T_k of the clean image;
+the masked image goes through the same encoder, a trainable bottleneck, a
+dynamic memory and a decoder that reconstructs R_k. Training minimises the
+hierarchical cosine discrepancy plus the memory losses; at test time the
+discrepancy map of the unmasked image is the anomaly map and the adaptive
+score (mean of the pixels above μ + κσ) the image score.
+
+Modules: ``model`` (networks, momentum update), ``masking``, ``losses``,
+``scoring`` (maps, adaptive score), ``step`` (state, jitted train step and
+scoring), ``config`` (config files' helper).
+
+Entry points for the runner: ``default_config()``, ``run(config, data,
+workdir)`` and ``predict(config, state, records)``.
+
+Run (see configs/dico_*.py)::
+
+  python experiments/main.py --config=configs/dico_synthetic.py:runlocal \
+      --workdir=runs/dico_synthetic
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable, Iterator, Optional
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+from sklearn import metrics as sk_metrics
+
+from dicofun import api
+from dicofun import checkpoint
+from dicofun import parallel
+from dicofun import progress as progress_lib
+from dicofun.data import pipeline
+from dicofun.methods.dico import model as model_lib
+from dicofun.methods.dico import scoring
+from dicofun.methods.dico import step as step_lib
+
+HISTORY_FILE = "dico_history.json"
+
+
+def step_config(cfg: ml_collections.ConfigDict) -> step_lib.StepConfig:
+  """The static ``StepConfig`` of ``config.dico``."""
+  return step_lib.StepConfig(
+      levels=tuple(cfg.levels), masking=bool(cfg.masking),
+      mask_ratio=float(cfg.mask_ratio), mask_patch=int(cfg.mask_patch),
+      mask_fill=str(cfg.mask_fill), compact_weight=float(cfg.compact_weight),
+      entropy_weight=float(cfg.entropy_weight),
+      flat_weight=float(cfg.flat_weight), momentum=float(cfg.momentum),
+      blur_sigma=float(cfg.blur_sigma), score_mode=str(cfg.score_mode),
+      kappa=float(cfg.kappa), topk_fraction=float(cfg.topk_fraction),
+      k_masks=int(cfg.k_masks))
+
+
+def build_net(cfg: ml_collections.ConfigDict,
+              channels: dict[str, int]) -> model_lib.DiCoNet:
+  """The trainable network of ``config.dico`` for an encoder's channels."""
+  levels = tuple(cfg.levels)
+  return model_lib.DiCoNet(
+      levels=levels, enc_channels={k: int(channels[k]) for k in levels},
+      bottleneck_channels=int(cfg.bottleneck_channels),
+      memory_size=int(cfg.memory_size), temperature=float(cfg.temperature),
+      shrink=float(cfg.shrink) if cfg.shrink else None)
+
+
+def _mesh():
+  return parallel.make_mesh()
+
+
+def _place_global(mesh, x: np.ndarray):
+  """Puts a global batch (the same on every process) on the data axis."""
+  return jax.device_put(x, parallel.data_sharding(mesh, x.ndim))
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+  """Pytree → {"00000": leaf, ...}: a structure orbax restores exactly."""
+  return {f"{i:05d}": x for i, x in enumerate(jax.tree_util.tree_leaves(tree))}
+
+
+def _unflat(template: Any, flat: dict[str, Any]) -> Any:
+  leaves = [flat[k] for k in sorted(flat)]
+  return jax.tree_util.tree_unflatten(
+      jax.tree_util.tree_structure(template), leaves)
+
+
+def _to_host(tree: Any) -> Any:
+  return jax.tree_util.tree_map(parallel.gather_to_host, tree)
+
+
+def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
+          epoch_batches: Callable[[int], Iterator[np.ndarray]],
+          first_batch: np.ndarray, seed: int = 0,
+          workdir: Optional[str] = None,
+          evaluate: Optional[Callable[[Any, int], dict[str, float]]] = None,
+          mesh: Optional[jax.sharding.Mesh] = None,
+          place: Optional[Callable[[np.ndarray], Any]] = None
+          ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Trains DiCo; resumes from ``<workdir>/train_ckpt`` when present.
+
+  Args:
+    cfg: ``config.dico``.
+    encoder: the frozen encoder.
+    epoch_batches: ``epoch -> iterator`` of (B, H, W, 3) normalised batches
+      of a fixed size (the global batch, or this process's part when
+      ``place`` assembles global arrays).
+    first_batch: a batch used to initialise the parameters and memory items.
+    seed: PRNG seed.
+    workdir: checkpoint / history directory (None: no checkpoints).
+    evaluate: optional ``(variables, epoch) -> metrics`` run every
+      ``cfg.eval_every`` epochs and after the last one.
+    mesh: optional ``data`` mesh.
+    place: puts a batch on devices (default: as is / on the mesh).
+
+  Returns:
+    ``(variables, info)``: ``{"params", "batch_stats"}`` on the host and a
+    dict with ``history``, ``epochs``, ``losses``, ``train_seconds``,
+    ``compilations``.
+  """
+  net = build_net(cfg, encoder.channels)
+  tx = step_lib.make_optimizer(lr=cfg.lr, b1=cfg.b1, b2=cfg.b2)
+  scfg = step_config(cfg)
+  key = jax.random.PRNGKey(seed)
+  k_init, k_steps = jax.random.split(key)
+  state = step_lib.init_state(net, encoder, tx, k_init,
+                              np.asarray(first_batch, np.float32))
+  if place is None:
+    place = ((lambda x: _place_global(mesh, x)) if mesh is not None
+             else (lambda x: x))
+  if mesh is not None:
+    state = jax.device_put(state, parallel.replicated(mesh))
+  ckpt = None
+  start = 0
+  history: list[dict[str, Any]] = []
+  losses: list[dict[str, float]] = []
+  if workdir is not None:
+    ckpt = checkpoint.TrainCheckpointer(
+        workdir, every=int(cfg.checkpoint_every), keep_best=False)
+    template = jax.tree_util.tree_map(np.asarray, _to_host(state))
+    restored, start = ckpt.restore_or(_flat(template))
+    if start:
+      state = _unflat(template, restored)
+      if mesh is not None:
+        state = jax.device_put(state, parallel.replicated(mesh))
+      hpath = os.path.join(workdir, HISTORY_FILE)
+      if os.path.exists(hpath):
+        with open(hpath) as f:
+          saved = json.load(f)
+        history, losses = saved.get("history", []), saved.get("losses", [])
+  train_step = step_lib.make_train_step(net, encoder, tx, scfg, mesh=mesh)
+  epochs = int(cfg.epochs)
+  t0 = time.time()
+  epoch_iter = progress_lib.progress(range(start, epochs),
+                                     total=epochs - start, desc="DiCo epochs")
+  for epoch in epoch_iter:
+    sums: dict[str, float] = {}
+    count = 0
+    step_metrics = []
+    for batch in epoch_batches(epoch):
+      # A pure function of (epoch, batch): resumed runs see the same masks.
+      rng = jax.random.fold_in(k_steps, epoch * 1_000_003 + count)
+      state, m = train_step(state, place(np.asarray(batch, np.float32)), rng)
+      step_metrics.append(m)
+      count += 1
+    for m in jax.device_get(step_metrics):
+      for k, v in m.items():
+        sums[k] = sums.get(k, 0.0) + float(v)
+    mean = {k: v / max(count, 1) for k, v in sums.items()}
+    mean["epoch"] = epoch + 1
+    losses.append(mean)
+    logging.info("DiCo epoch %d/%d: %s", epoch + 1, epochs,
+                 {k: round(v, 5) for k, v in mean.items()})
+    last = epoch + 1 == epochs
+    every = int(cfg.eval_every)
+    if evaluate is not None and (last or (every and (epoch + 1) % every == 0)):
+      variables = {"params": state["params"],
+                   "batch_stats": state["batch_stats"]}
+      entry = {"epoch": epoch + 1}
+      entry.update(evaluate(variables, epoch + 1))
+      history.append(entry)
+      logging.info("DiCo evaluation (test set, history only): %s", entry)
+    if ckpt is not None and (last or (epoch + 1) % ckpt.every == 0):
+      saved = ckpt.maybe_save(epoch + 1, _flat(_to_host(state)), force=True)
+      if saved and jax.process_index() == 0:
+        with open(os.path.join(workdir, HISTORY_FILE), "w") as f:
+          json.dump({"history": history, "losses": losses}, f)
+  if ckpt is not None:
+    ckpt.close()
+  variables = _to_host({"params": state["params"],
+                        "batch_stats": state["batch_stats"]})
+  info = {"history": history, "losses": losses, "epochs": epochs,
+          "resumed_from_epoch": start, "train_seconds": time.time() - t0,
+          "compilations": len(train_step.traces),
+          "num_parameters": model_lib.tree_size(variables["params"])}
+  return variables, info
+
+
+def _history_metrics(scores: np.ndarray, maps: np.ndarray, labels: np.ndarray,
+                     masks: np.ndarray) -> dict[str, float]:
+  """Image AUROC and (every 4th pixel per axis) pixel AUROC, for history."""
+  out = {}
+  if len(np.unique(labels)) == 2:
+    out["image_auroc"] = float(sk_metrics.roc_auc_score(labels, scores))
+  # Subsampled pixels bound the cost of this intermediate evaluation
+  # **(ours)**; the reported pixel metrics are the runner's, on all pixels.
+  m = (masks[:, ::4, ::4] > 0.5).reshape(-1)
+  if m.any() and not m.all():
+    out["pixel_auroc"] = float(sk_metrics.roc_auc_score(
+        m, maps[:, ::4, ::4].reshape(-1)))
+  return out
+
+
+def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
+        encoder: Optional[step_lib.Encoder] = None,
+        mean: Optional[tuple] = None, std: Optional[tuple] = None
+        ) -> api.Predictions:
+  """DiCo on ``data`` (the runner's entry point).
+
+  Args:
+    config: run config with ``config.dico``.
+    data: the run's records.
+    workdir: checkpoints and the loss / evaluation history go here.
+    encoder: optional encoder override (tests); default: the backbone named
+      by ``config.backbone.name``.
+    mean: normalisation mean with ``encoder`` (default the backbone's).
+    std: normalisation std with ``encoder``.
+
+  Returns:
+    Predictions; ``extra`` holds the last epoch, the loss history, the
+    test-set history and the test-selected *oracle* epoch (labelled as such,
+    not the reported result).
+  """
+  cfg = config.dico
+  size = int(config.dataset.image_size)
+  if encoder is None:
+    encoder, bb = step_lib.encoder_from_backbone(
+        config.backbone.name, weights=config.backbone.weights,
+        levels=tuple(cfg.levels), image_size=size)
+    mean, std = bb.mean, bb.std
+  pre = pipeline.preprocess_for(config, mean=mean, std=std)
+  mesh = _mesh()
+  ndev = mesh.size
+  n = len(data.train)
+  if n < ndev:
+    raise ValueError(f"DiCo needs at least {ndev} training images (one per "
+                     f"device), got {n}")
+  bs = max(ndev, (min(int(cfg.batch_size), n) // ndev) * ndev)
+  workers = int(config.dataset.num_workers)
+  in_memory = n * size * size * 3 * 4 <= float(cfg.max_in_memory_gb) * 2**30
+  train_images = None
+  if in_memory:
+    train_images = pipeline.load_arrays(
+        data.train, pre, num_workers=workers, allow_missing_mask=True,
+        desc="DiCo train images")["image"]
+    nb = n // bs
+
+    def epoch_batches(epoch):
+      order = np.random.default_rng(config.seed + epoch).permutation(n)
+      for b in range(nb):
+        yield train_images[np.sort(order[b * bs:(b + 1) * bs])]
+
+    first = train_images[:bs]
+    place = None
+  else:
+    pc = jax.process_count()
+    local_bs = bs // pc if bs % pc == 0 else bs
+
+    def epoch_batches(epoch):
+      for batch in pipeline.iterate_batches(
+          data.train, pre, batch_size=local_bs, shuffle=True,
+          seed=config.seed + epoch, drop_last=True, num_workers=workers):
+        yield batch["image"]
+
+    first = next(iter(epoch_batches(0)))
+    place = lambda x: parallel.shard_batch(mesh, x)  # pylint: disable=unnecessary-lambda-assignment
+  test = pipeline.load_arrays(data.test, pre, num_workers=workers,
+                              allow_missing_mask=True,
+                              desc="DiCo test images")
+  net = build_net(cfg, encoder.channels)
+  score_fn = step_lib.make_score_fn(net, encoder, step_config(cfg), mesh=mesh)
+  ebs = int(cfg.eval_batch_size)
+
+  # The history (and its labelled oracle) uses the no-overlap view only.
+  keep = (np.ones(len(data.test), bool) if data.test_is_moved is None
+          else ~np.asarray(data.test_is_moved, bool))
+
+  def evaluate(variables, epoch):
+    del epoch
+    s, m = step_lib.score_in_batches(
+        score_fn, variables, test["image"][keep], batch_size=ebs,
+        multiple=ndev, desc="DiCo test scoring")
+    return _history_metrics(s, m, test["label"][keep], test["mask"][keep])
+
+  variables, info = train(cfg, encoder=encoder, epoch_batches=epoch_batches,
+                          first_batch=first, seed=int(config.seed),
+                          workdir=workdir, evaluate=evaluate, mesh=mesh,
+                          place=place)
+  t1 = time.time()
+  test_scores, test_maps = step_lib.score_in_batches(
+      score_fn, variables, test["image"], batch_size=ebs, multiple=ndev,
+      desc="DiCo test scoring")
+  infer_s = time.time() - t1
+  train_scores = None
+  if cfg.transductive:
+    if train_images is None:
+      # Large sets: score the training set in a stream of fixed batches.
+      parts = []
+      for batch in pipeline.iterate_batches(
+          data.train, pre, batch_size=ebs, shuffle=False, drop_last=False,
+          process_index=0, process_count=1, num_workers=workers):
+        parts.append(step_lib.score_in_batches(
+            score_fn, variables, batch["image"], batch_size=ebs,
+            multiple=ndev)[0])
+      train_scores = np.concatenate(parts)
+    else:
+      train_scores = step_lib.score_in_batches(
+          score_fn, variables, train_images, batch_size=ebs, multiple=ndev,
+          desc="DiCo train scoring")[0]
+  extra: dict[str, Any] = {
+      "last_epoch": info["epochs"],
+      "resumed_from_epoch": info["resumed_from_epoch"],
+      "losses": info["losses"],
+      "test_history": info["history"],
+      "train_seconds": info["train_seconds"],
+      "train_step_compilations": info["compilations"],
+      "num_parameters": info["num_parameters"],
+      "batch_size": bs,
+      "devices": ndev,
+      "inference_images_per_s": len(data.test) / max(infer_s, 1e-9),
+  }
+  scored = [h for h in info["history"] if "image_auroc" in h]
+  if scored:
+    def key(h):
+      return (h["image_auroc"] + h.get("pixel_auroc", h["image_auroc"])) / 2
+    best = max(scored, key=key)
+    extra["oracle"] = dict(
+        best, note="ORACLE: epoch selected on the test set; not the "
+        "reported result (the last epoch is)")
+  return api.Predictions(test_scores=test_scores, test_maps=test_maps,
+                         train_scores=train_scores, extra=extra,
+                         state={"params": variables["params"],
+                                "batch_stats": variables["batch_stats"]})
+
+
+def predict(config: ml_collections.ConfigDict, state: dict[str, Any],
+            records: list) -> tuple[np.ndarray, np.ndarray]:
+  """Scores new images from the inference state alone (api contract).
+
+  The images are loaded with the same preprocessing ``run`` used for the
+  test set, so the scores are the same for the same images.
+  """
+  cfg = config.dico
+  encoder, bb = step_lib.encoder_from_backbone(
+      config.backbone.name, weights=config.backbone.weights,
+      levels=tuple(cfg.levels), image_size=int(config.dataset.image_size))
+  pre = pipeline.preprocess_for(config, mean=bb.mean, std=bb.std)
+  images = pipeline.load_arrays(records, pre,
+                                num_workers=int(config.dataset.num_workers),
+                                allow_missing_mask=True, with_masks=False,
+                                desc="DiCo predict images")["image"]
+  return predict_images(config, state, images, encoder=encoder)
+
+
+def predict_images(config: ml_collections.ConfigDict, state: dict[str, Any],
+                   images: np.ndarray, *,
+                   encoder: Optional[step_lib.Encoder] = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """Scores preprocessed images with a trained DiCo state.
+
+  Args:
+    config: the run config (``config.dico``, ``config.backbone``).
+    state: ``Predictions.state`` (params with the memory items, batch_stats).
+    images: (N, S, S, 3) preprocessed images.
+    encoder: optional encoder override (default: rebuilt from
+      ``config.backbone.name``).
+
+  Returns:
+    ``(scores (N,), maps (N, S, S))`` as ``run`` computed them.
+  """
+  cfg = config.dico
+  images = np.asarray(images, np.float32)
+  if encoder is None:
+    encoder, _ = step_lib.encoder_from_backbone(
+        config.backbone.name, weights=config.backbone.weights,
+        levels=tuple(cfg.levels),
+        image_size=int(images.shape[1]))
+  net = build_net(cfg, encoder.channels)
+  mesh = _mesh()
+  score_fn = step_lib.make_score_fn(net, encoder, step_config(cfg), mesh=mesh)
+  variables = {"params": state["params"],
+               "batch_stats": state.get("batch_stats", {})}
+  return step_lib.score_in_batches(score_fn, variables, images,
+                                   batch_size=int(cfg.eval_batch_size),
+                                   multiple=mesh.size, desc="DiCo predict")

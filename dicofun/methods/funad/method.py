@@ -1,0 +1,328 @@
+"""FUN-AD (Im, Son, Hong, WACV 2025): fully unsupervised AD on noisy data.
+
+METHODS §1. A per-patch network (``model.LocalNet``) is trained on cached
+frozen-backbone [CLS ‖ patch] tokens with pseudo-labels from an iteratively
+reconstructed memory bank (``irmb``), Gaussian anomaly synthesis and a mutual
+smoothness loss (``losses``). The whole iteration is one jitted function
+(``step.make_train_step``). Inference needs no bank: the patch scores are the
+anomaly map, their max the image score.
+
+``run`` reports the LAST epoch as the result. The epoch selected on the test
+set (what the reference code reports) is kept in ``extra["oracle"]`` and is
+labelled as test-selected: it is not a valid result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from sklearn import metrics as sk_metrics
+
+from dicofun import api
+from dicofun import checkpoint
+from dicofun import features as features_lib
+from dicofun import parallel
+from dicofun import progress as progress_lib
+from dicofun.methods.funad import step as step_lib
+from dicofun.ops import maps
+
+
+def step_config(cfg: ml_collections.ConfigDict, *, dim: int,
+                num_images: int) -> step_lib.StepConfig:
+  """The static train-step settings from ``config.funad``."""
+  return step_lib.StepConfig(
+      dim=int(dim), num_images=int(num_images),
+      hidden=tuple(int(h) for h in cfg.hidden), rho=float(cfg.rho),
+      tau_n=float(cfg.tau_n), tau_c=float(cfg.tau_c), lam=float(cfg.lam),
+      smoothness=str(cfg.smoothness),
+      smoothness_on_noised=bool(cfg.smoothness_on_noised),
+      refresh_every=int(cfg.refresh_every), noise=bool(cfg.noise),
+      noise_ddof=int(cfg.noise_ddof), score_chunk=int(cfg.score_chunk),
+      knn_chunk=int(cfg.knn_chunk), lr=float(cfg.lr), decay=float(cfg.decay),
+      eps=float(cfg.eps), momentum=float(cfg.momentum))
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _mesh():
+  """The data mesh, or None on a single device."""
+  mesh = parallel.make_mesh()
+  return mesh if mesh is not None and mesh.size > 1 else None
+
+
+def _place(x, mesh, *, shard: bool):
+  """Puts x on the mesh (rows sharded on ``data`` or replicated)."""
+  if mesh is None:
+    return jnp.asarray(x) if isinstance(x, np.ndarray) else x
+  sharding = (parallel.data_sharding(mesh, np.ndim(x)) if shard
+              else parallel.replicated(mesh))
+  return jax.device_put(x, sharding)
+
+
+def _place_state(state, mesh):
+  if mesh is None:
+    return state
+  out = jax.tree_util.tree_map(lambda a: _place(a, mesh, shard=False), state)
+  out["scores"] = _place(state["scores"], mesh, shard=True)
+  return out
+
+
+def _flat_tokens(features: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+  """(N, h, w, D) → (N, h·w, D) float32 and the grid (h, w)."""
+  features = np.asarray(features, np.float32)
+  n, h, w, d = features.shape
+  return features.reshape(n, h * w, d), (h, w)
+
+
+def patch_scores_to_map(scores: np.ndarray, *, size: int,
+                        sigma: float) -> np.ndarray:
+  """(N, h, w) patch scores → (N, size, size) maps (bilinear + Gaussian blur)."""
+  return np.asarray(maps.patch_scores_to_map(scores, size=size, sigma=sigma),
+                    np.float32)
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> Optional[float]:
+  labels = np.asarray(labels)
+  if len(np.unique(labels)) < 2:
+    return None
+  return float(sk_metrics.roc_auc_score(labels, scores))
+
+
+# --------------------------------------------------------------- inference
+
+
+def predict_features(config: ml_collections.ConfigDict, state: dict,
+                     features: np.ndarray, *,
+                     with_maps: bool = True
+                     ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+  """Image scores and anomaly maps from cached (N, h, w, D) token features.
+
+  Args:
+    config: the run config (uses ``config.funad`` and the dataset size).
+    state: ``{"params": ...}``.
+    features: (N, h, w, D) [CLS ‖ patch] features.
+    with_maps: also compute the (N, S, S) maps.
+
+  Returns:
+    ``(scores (N,), maps (N, S, S) or None)``; image score = max patch score.
+  """
+  cfg = config.funad
+  flat, (h, w) = _flat_tokens(features)
+  n, _, d = flat.shape
+  patch = _score_patches(state["params"], flat, dim=d,
+                         hidden=tuple(cfg.hidden), chunk=int(cfg.score_chunk))
+  patch = patch[:n].reshape(n, h, w)
+  scores = patch.reshape(n, -1).max(1)
+  if not with_maps:
+    return scores, None
+  amaps = patch_scores_to_map(patch, size=config.dataset.image_size,
+                              sigma=float(cfg.blur_sigma))
+  return scores, amaps
+
+
+_SCORE_FNS: dict[Any, Any] = {}
+
+
+def _score_patches(params, flat: np.ndarray, *, dim: int,
+                   hidden: tuple[int, ...], chunk: int) -> np.ndarray:
+  """(N, P) patch probabilities with a cached jitted scorer."""
+  n = flat.shape[0]
+  rows, chunk = step_lib.padded_size(n, chunk)
+  key = (dim, hidden, chunk)
+  if key not in _SCORE_FNS:
+    _SCORE_FNS[key] = step_lib.make_score_fn(dim, hidden, chunk=chunk)
+  out = _SCORE_FNS[key](params, jnp.asarray(step_lib.pad_images(flat, rows)))
+  return np.asarray(out)[:n]
+
+
+def predict(config: ml_collections.ConfigDict, state: dict,
+            records: list) -> tuple[np.ndarray, np.ndarray]:
+  """Scores new images from the inference state alone (api contract)."""
+  feats = features_lib.load_features(config, records, layout="tokens",
+                              desc="predict features")
+  return predict_features(config, state, feats)
+
+
+# ----------------------------------------------------------------- training
+
+
+def _ckpt_tree(state) -> dict:
+  """The train state as a dict of arrays (optax namedtuples flattened)."""
+  return {"params": state["params"],
+          "opt": {str(i): leaf for i, leaf in
+                  enumerate(jax.tree_util.tree_leaves(state["opt_state"]))},
+          "scores": state["scores"], "step": state["step"]}
+
+
+def _from_ckpt_tree(tree: dict, template) -> dict:
+  treedef = jax.tree_util.tree_structure(template["opt_state"])
+  leaves = [jnp.asarray(tree["opt"][str(i)]) for i in range(len(tree["opt"]))]
+  return {"params": jax.tree_util.tree_map(jnp.asarray, tree["params"]),
+          "opt_state": jax.tree_util.tree_unflatten(treedef, leaves),
+          "scores": jnp.asarray(tree["scores"]),
+          "step": jnp.asarray(tree["step"], jnp.int32)}
+
+
+def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
+        workdir: Optional[str] = None,
+        eval_features: Optional[np.ndarray] = None,
+        eval_labels: Optional[np.ndarray] = None) -> dict[str, Any]:
+  """Trains FUN-AD on cached features.
+
+  Args:
+    config: run config (``config.funad``, ``config.seed``).
+    train_features: (N, h, w, D) training features (unlabeled).
+    workdir: where training checkpoints go (None: no checkpointing).
+    eval_features: optional (M, h, w, D) features scored every
+      ``eval_every`` epochs for the history.
+    eval_labels: optional (M,) labels of those, for the history AUROC only.
+
+  Returns:
+    ``{"params", "history", "oracle", "seconds_per_iteration"}``; ``oracle``
+    is the evaluated epoch with the best image AUROC on ``eval_*`` (None
+    without labels).
+  """
+  cfg = config.funad
+  flat, _ = _flat_tokens(train_features)
+  n, p, d = flat.shape
+  b = int(cfg.batch_size)
+  if b > n:
+    logging.warning("FUN-AD: batch_size %d > %d training images; using %d",
+                    b, n, n)
+    b = n
+  mesh = _mesh()
+  ndev = 1 if mesh is None else mesh.size
+  rows, chunk = step_lib.padded_size(n, int(cfg.score_chunk), ndev)
+  scfg = step_config(cfg, dim=d, num_images=n)
+  scfg = step_lib.StepConfig(**{**scfg.__dict__, "score_chunk": chunk})
+  feats = _place(step_lib.pad_images(flat, rows), mesh, shard=True)
+  valid = _place(np.arange(rows) < n, mesh, shard=True)
+  base_key = jax.random.key(int(config.seed))
+  state = step_lib.init_state(scfg, jax.random.fold_in(base_key, 0), rows)
+  template = state
+
+  ckpt = None
+  start_epoch = 0
+  history: list[dict[str, Any]] = []
+  hist_path = None
+  if workdir is not None:
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    ckpt = checkpoint.TrainCheckpointer(
+        ckpt_dir, every=int(cfg.checkpoint_every), keep_best=False)
+    tree, start_epoch = ckpt.restore_or(_ckpt_tree(state))
+    if start_epoch:
+      state = _from_ckpt_tree(tree, template)
+    hist_path = os.path.join(ckpt.directory, "history.json")
+    if start_epoch and os.path.exists(hist_path):
+      with open(hist_path) as f:
+        history = [h for h in json.load(f) if h["epoch"] <= start_epoch]
+  state = _place_state(state, mesh)
+
+  step = step_lib.make_train_step(scfg)
+  iters = n // b
+  epochs = int(cfg.epochs)
+  t_train = 0.0
+  n_timed = 0
+  for epoch in progress_lib.progress(range(start_epoch, epochs), total=epochs - start_epoch,
+                         desc="FUN-AD epochs"):
+    perm = np.random.default_rng([int(config.seed), epoch]).permutation(n)
+    ekey = jax.random.fold_in(jax.random.fold_in(base_key, 1), epoch)
+    t0 = time.time()
+    timed_from = 0
+    sums: dict[str, Any] = {}
+    for it in progress_lib.progress(range(iters), total=iters,
+                        desc=f"FUN-AD epoch {epoch + 1} iterations"):
+      idx = _place(perm[it * b:(it + 1) * b].astype(np.int32), mesh,
+                   shard=False)
+      state, m = step(state, idx, jax.random.fold_in(ekey, it), feats, valid)
+      sums = m if not sums else jax.tree_util.tree_map(jnp.add, sums, m)
+      if epoch == start_epoch and it == 0:
+        # The first iteration includes compilation: time from the second.
+        jax.block_until_ready(state)
+        t0, timed_from = time.time(), 1
+    sums = {k: float(v) / max(iters, 1) for k, v in
+            jax.device_get(sums).items()}
+    t_train += time.time() - t0
+    n_timed += iters - timed_from
+    last = epoch + 1 == epochs
+    if (epoch + 1) % int(cfg.eval_every) == 0 or last:
+      entry: dict[str, Any] = {"epoch": epoch + 1, **sums}
+      if eval_features is not None:
+        scores, _ = predict_features(config, {"params": state["params"]},
+                                     eval_features, with_maps=False)
+        if eval_labels is not None:
+          entry["test_image_auroc"] = _auroc(eval_labels, scores)
+        entry["test_scores"] = scores.tolist()
+      history.append(entry)
+      logging.info("FUN-AD epoch %d: %s", epoch + 1,
+                   {k: v for k, v in entry.items() if k != "test_scores"})
+    if ckpt is not None and ckpt.maybe_save(epoch + 1, _ckpt_tree(state),
+                                            force=last):
+      with open(hist_path, "w") as f:
+        json.dump(history, f)
+  if ckpt is not None:
+    ckpt.close()
+
+  oracle = None
+  scored = [h for h in history if h.get("test_image_auroc") is not None]
+  if scored:
+    best = max(scored, key=lambda h: h["test_image_auroc"])
+    oracle = {
+        "note": ("TEST-SELECTED (oracle) epoch, chosen by image AUROC on the "
+                 "test set as the reference code does; not a valid result"),
+        "epoch": best["epoch"],
+        "image_auroc": best["test_image_auroc"],
+        "test_scores": best.get("test_scores"),
+    }
+  return {"params": jax.device_get(state["params"]), "history": history,
+          "oracle": oracle,
+          "seconds_per_iteration": t_train / n_timed if n_timed else None}
+
+
+def run(config: ml_collections.ConfigDict, data: api.RunData,
+        workdir: str) -> api.Predictions:
+  """FUN-AD on ``data`` (the runner's entry point)."""
+  t0 = time.time()
+  train_feats = features_lib.load_features(config, data.train, layout="tokens")
+  test_feats = features_lib.load_features(config, data.test, layout="tokens")
+  t_feat = time.time() - t0
+  # Test labels feed the per-eval history only (and the labelled oracle).
+  # Only the no-overlap view (moved anomalies excluded), as reported.
+  keep = (np.ones(len(data.test), bool) if data.test_is_moved is None
+          else ~np.asarray(data.test_is_moved, bool))
+  test_labels = np.array([r.label for r in data.test])[keep]
+  t1 = time.time()
+  out = fit(config, train_feats, workdir=workdir,
+            eval_features=test_feats[keep], eval_labels=test_labels)
+  fit_s = time.time() - t1
+  state = {"params": out["params"]}
+  t2 = time.time()
+  test_scores, test_maps = predict_features(config, state, test_feats)
+  infer_s = time.time() - t2
+  train_scores = None
+  if config.funad.transductive:
+    train_scores, _ = predict_features(config, state, train_feats,
+                                       with_maps=False)
+  history = [{k: v for k, v in h.items() if k != "test_scores"}
+             for h in out["history"]]
+  extra: dict[str, Any] = {
+      "result_epoch": int(config.funad.epochs),
+      "history": history,
+      "oracle": out["oracle"],
+      "feature_shape": list(np.shape(train_feats)[1:]),
+      "feature_seconds": t_feat,
+      "fit_seconds": fit_s,
+      "seconds_per_iteration": out["seconds_per_iteration"],
+      "inference_images_per_s": len(data.test) / max(infer_s, 1e-9),
+  }
+  return api.Predictions(test_scores=test_scores, test_maps=test_maps,
+                         train_scores=train_scores, extra=extra, state=state)

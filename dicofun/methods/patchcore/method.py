@@ -1,0 +1,171 @@
+"""PatchCore (Roth et al., CVPR 2022): the memory-bank peer of every benchmark.
+
+METHODS §3: locally aware patch features (two middle stages, 3×3 average,
+stride-8 grid, concatenated), a memory bank of all training patches reduced by a
+greedy k-centre coreset on a random projection, nearest-neighbour distance as
+the patch score, max over patches as the image score.
+
+``fit`` is a pure function from features to the bank state; ``score`` is a
+pure function from state and features to patch scores. ``run`` wires them to
+the runner.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from dicofun import api
+from dicofun import features as features_lib
+from dicofun import parallel
+from dicofun.ops import coreset
+from dicofun.ops import knn
+from dicofun.ops import maps
+
+Bank = dict[str, np.ndarray]
+
+
+def fit(train_features: np.ndarray, *, coreset_fraction: float = 0.1,
+        projection_dim: int = 128, seed: int = 0,
+        keep: Optional[np.ndarray] = None) -> Bank:
+  """Builds the memory bank.
+
+  Args:
+    train_features: (N, h, w, C) patch features of the training images.
+    coreset_fraction: fraction of patches kept by the greedy coreset
+      (1.0 keeps all).
+    projection_dim: dimension of the random projection the coreset runs on.
+    seed: seed of the projection and of the first coreset centre.
+    keep: optional (N, h, w) bool; patches with False never enter the bank
+      (SoftPatch's denoising).
+
+  Returns:
+    ``{"bank": (M, C) float32, "source": (M,) int32 image index of each row}``.
+  """
+  n, h, w, c = train_features.shape
+  flat = train_features.reshape(n * h * w, c).astype(np.float32)
+  source = np.repeat(np.arange(n, dtype=np.int32), h * w)
+  if keep is not None:
+    sel = np.asarray(keep).reshape(-1)
+    flat, source = flat[sel], source[sel]
+  if coreset_fraction < 1.0:
+    idx = np.asarray(coreset.greedy_coreset(
+        flat, fraction=coreset_fraction, projection_dim=projection_dim,
+        seed=seed))
+    flat, source = flat[idx], source[idx]
+  return {"bank": flat, "source": source}
+
+
+def score(state: Bank, features: np.ndarray, *,
+          exclude_source: Optional[np.ndarray] = None,
+          search_k: int = 16) -> np.ndarray:
+  """Patch scores: L2 distance to the nearest bank entry.
+
+  Args:
+    state: the bank from ``fit``.
+    features: (N, h, w, C) query features.
+    exclude_source: optional (N,) image indices into the training set; a
+      query image then ignores bank rows that came from itself. Used to score
+      the training set for the transductive view **(ours)**: without it every
+      training patch would find itself. The first of ``search_k`` neighbours
+      from another image is used; if all come from the same image the k-th
+      distance (a lower bound) is used.
+    search_k: neighbours searched when ``exclude_source`` is given.
+
+  Returns:
+    (N, h, w) float32 patch scores.
+  """
+  # With several devices the bank is split by rows across them (same answers
+  # as one device, 1/n of the bank per device).
+  mesh = parallel.make_mesh() if jax.device_count() > 1 else None
+  n, h, w, c = features.shape
+  q = features.reshape(n * h * w, c).astype(np.float32)
+  bank = state["bank"]
+  if exclude_source is None:
+    d, _ = knn.knn(q, bank, k=1, mesh=mesh)
+    d = np.asarray(d)[:, 0]
+  else:
+    k = min(search_k, bank.shape[0])
+    d, idx = knn.knn(q, bank, k=k, mesh=mesh)
+    d, idx = np.asarray(d), np.asarray(idx)
+    own = np.repeat(np.asarray(exclude_source), h * w)
+    other = state["source"][idx] != own[:, None]
+    first = np.where(other.any(1), other.argmax(1), k - 1)
+    d = d[np.arange(len(d)), first]
+  return np.sqrt(np.maximum(d, 0.0)).reshape(n, h, w).astype(np.float32)
+
+
+def maps_and_scores(patch_scores: np.ndarray, *, size: int,
+                    sigma: float) -> tuple[np.ndarray, np.ndarray]:
+  """Image scores (max patch score) and blurred maps at the evaluation size."""
+  image_scores = patch_scores.reshape(len(patch_scores), -1).max(1)
+  amaps = np.asarray(maps.patch_scores_to_map(patch_scores, size=size,
+                                              sigma=sigma))
+  return image_scores, amaps
+
+
+def run_bank_method(config: ml_collections.ConfigDict, data: api.RunData,
+                    workdir: str, *, cfg: ml_collections.ConfigDict,
+                    keep_fn=None) -> api.Predictions:
+  """Shared body of PatchCore and SoftPatch: features → bank → scores."""
+  del workdir
+  t0 = time.time()
+  train_feats = features_lib.load_features(config, data.train, layout="patchcore")
+  test_feats = features_lib.load_features(config, data.test, layout="patchcore")
+  t_feat = time.time() - t0
+  t1 = time.time()
+  keep = keep_fn(train_feats) if keep_fn is not None else None
+  state = fit(train_feats, coreset_fraction=cfg.coreset_fraction,
+              projection_dim=cfg.projection_dim, seed=config.seed, keep=keep)
+  fit_s = time.time() - t1
+  logging.info("Bank: %d rows from %d training images (%.1fs)",
+               state["bank"].shape[0], len(data.train), fit_s)
+  t2 = time.time()
+  test_scores, test_maps = predict_features(config, state, test_feats, cfg=cfg)
+  infer_s = time.time() - t2
+  train_scores = None
+  if cfg.transductive:
+    tr_patch = score(state, train_feats,
+                     exclude_source=np.arange(len(data.train)))
+    train_scores = tr_patch.reshape(len(tr_patch), -1).max(1)
+  extra: dict[str, Any] = {
+      "bank_rows": int(state["bank"].shape[0]),
+      "feature_shape": list(train_feats.shape[1:]),
+      "feature_seconds": t_feat,
+      "fit_seconds": fit_s,
+      "inference_images_per_s": len(data.test) / max(infer_s, 1e-9),
+  }
+  if keep is not None:
+    extra["kept_patch_fraction"] = float(np.mean(keep))
+  return api.Predictions(test_scores=test_scores, test_maps=test_maps,
+                         train_scores=train_scores, extra=extra,
+                         state={"bank": state["bank"]})
+
+
+def predict_features(config: ml_collections.ConfigDict, state: Bank,
+                     features: np.ndarray, *,
+                     cfg: ml_collections.ConfigDict
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Image scores and maps of query features against the bank."""
+  patch = score(state, features)
+  return maps_and_scores(patch, size=config.dataset.image_size,
+                         sigma=cfg.blur_sigma)
+
+
+def predict(config: ml_collections.ConfigDict, state: Bank,
+            records: list) -> tuple[np.ndarray, np.ndarray]:
+  """Scores new images from the inference state alone (api contract)."""
+  feats = features_lib.load_features(config, records, layout="patchcore",
+                              desc="predict features")
+  return predict_features(config, state, feats, cfg=config[config.method])
+
+
+def run(config: ml_collections.ConfigDict, data: api.RunData,
+        workdir: str) -> api.Predictions:
+  """PatchCore on ``data`` (the runner's entry point)."""
+  return run_bank_method(config, data, workdir, cfg=config.patchcore)

@@ -1,0 +1,114 @@
+"""The runner: data → method → metrics → results, for every method.
+
+``train_and_evaluate(config, workdir)`` is what ``dicofun run`` (and
+``experiments/main.py``) calls. It prepares the data (``dicofun.protocol``),
+hands a ``RunData`` to the method registered under ``config.method``
+(``dicofun.methods.METHODS``), evaluates the returned ``Predictions`` in the
+three views of METHODS §4, saves the inference checkpoint and writes the
+run's results (``dicofun.results``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Optional
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from dicofun import api
+from dicofun import checkpoint
+from dicofun import metrics as metrics_lib
+from dicofun import methods
+from dicofun import parallel
+from dicofun import protocol
+from dicofun import results as results_lib
+
+
+def choose_threshold(config: ml_collections.ConfigDict, method, data: api.RunData,
+                     preds: api.Predictions) -> tuple[Optional[float], str]:
+  """The decision threshold stored with the model, and how it was chosen."""
+  if data.validation and preds.state is not None:
+    scores, _ = method.predict(config, preds.state, data.validation)
+    labels = np.array([r.label for r in data.validation])
+    if len(np.unique(labels)) == 2:
+      return (float(metrics_lib.f1_optimal_threshold(np.asarray(scores), labels)),
+              f"F1-optimal on {len(labels)} held-out validation images")
+  if preds.train_scores is not None:
+    q = config.eval.threshold_percentile
+    return (metrics_lib.percentile_threshold(np.asarray(preds.train_scores), q),
+            f"{q}th percentile of the training-image scores")
+  logging.warning("No threshold: neither a validation split nor training "
+                  "scores; predict.py will need --threshold")
+  return None, "none"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Runs ``config.method`` on ``config.dataset`` and writes the results.
+
+  Args:
+    config: a run config (see ``configs/``).
+    workdir: output directory (created); results.json, metrics.md and PNG
+      figures are written there by process 0.
+
+  Returns:
+    The metrics dict (views → metric → value).
+  """
+  method = methods.get_method(config.method)
+  parallel.maybe_initialize_distributed()
+  main_process = parallel.is_main_process()
+  os.makedirs(workdir, exist_ok=True)
+  t0 = time.time()
+  data = parallel.main_process_first(
+      lambda: protocol.prepare_data(config, workdir), name="dicofun_data")
+  preds = method.run(config, data, workdir)
+  eval_arrays = protocol.load_eval_arrays(config, data.test)
+  metrics = protocol.evaluate_predictions(preds, data, eval_arrays)
+  threshold, threshold_how = choose_threshold(config, method, data, preds)
+  if preds.state is not None:
+    checkpoint.save_inference(
+        workdir, state=preds.state, config=config, threshold=threshold,
+        meta={"threshold_rule": threshold_how, "method": config.method})
+  elapsed = time.time() - t0
+  table = results_lib.metrics_table(
+      metrics, title=f"{config.method} on {config.dataset.name}/{data.category}"
+      f" (contamination {config.dataset.contamination})")
+  logging.info("Results:\n%s", table)
+  if main_process:
+    figures = results_lib.write_figures(workdir, config, data, preds, eval_arrays)
+    results = {
+        "method": config.method,
+        "dataset": config.dataset.name,
+        "category": data.category,
+        "seed": config.seed,
+        "commit": results_lib.git_commit(),
+        "config": config.to_dict(),
+        "metrics": metrics,
+        "counts": {
+            "train": len(data.train),
+            "train_anomalous": int(sum(r.label for r in data.train)),
+            "test": int(len(data.test) - len(data.moved)),
+            "moved": len(data.moved),
+        },
+        "moved_files": [r.image_path for r in data.moved],
+        "validation_files": [r.image_path for r in data.validation],
+        "threshold": threshold,
+        "threshold_rule": threshold_how,
+        "figures": figures,
+        "seconds": elapsed,
+        "extra": preds.extra,
+    }
+    with open(os.path.join(workdir, "metrics.md"), "w") as f:
+      f.write(table)
+    results_lib.write_scores_csv(os.path.join(workdir, "test_scores.csv"), data, preds)
+    if config.eval.tensorboard:
+      results_lib.write_summaries(workdir, metrics, preds.extra, enabled=True)
+    # Written last and atomically: its presence marks a finished run (sweeps
+    # skip such cells).
+    results_lib.write_json_atomic(os.path.join(workdir, "results.json"), results)
+    logging.info("Process %d wrote results to %s", parallel.process_index(),
+                 workdir)
+  return metrics
