@@ -14,13 +14,14 @@ image, for the token layouts FUN-AD and PatchCore use.
 
 import importlib.util
 import os
-import sys
 
 from absl import app
 from absl import flags
 import numpy as np
 from sklearn import metrics
 
+import _shared  # pylint: disable=g-import-not-at-top,wrong-import-position
+_shared.use_shared_data()
 
 from dicofun import features  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dicofun import protocol  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -15,13 +15,14 @@ A cell whose results.json exists is not run again (delete it to re-measure).
 
 import json
 import os
-import sys
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
 
+import _shared  # pylint: disable=g-import-not-at-top,wrong-import-position
+_shared.use_shared_data()
 
 from dicofun import cpu  # pylint: disable=g-import-not-at-top,wrong-import-position
 cpu.configure_cpu_devices()  # Before anything imports jax.
