@@ -47,7 +47,7 @@ _SCRIPT = textwrap.dedent("""
     bank = np.tile(base, (40, 1))
     q = rng.integers(-2, 3, size=(16, 3)).astype(np.float32)
     _, i1 = knn.knn(q, bank, k=3, bank_chunk=8)
-    _, i8 = knn.knn_sharded(q, bank, k=3, bank_chunk=8)
+    _, i8 = knn.knn(q, bank, k=3, bank_chunk=8, mesh=mesh)
     np.testing.assert_array_equal(i1, i8)
     assert (i8 < 15).all()
 
