@@ -12,6 +12,8 @@ import textwrap
 
 import pytest
 
+from dicofun import parallel
+
 _SCRIPT = textwrap.dedent("""
     import os
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -88,7 +90,6 @@ def test_sharded_knn_and_shard_batch_on_8_devices():
 
 
 def test_maybe_initialize_distributed_config(monkeypatch):
-  from dicofun import parallel  # pylint: disable=g-import-not-at-top
   for var in ("DICOFUN_COORDINATOR", "DICOFUN_NUM_PROCESSES",
               "DICOFUN_PROCESS_ID", "DICOFUN_DISTRIBUTED"):
     monkeypatch.delenv(var, raising=False)
