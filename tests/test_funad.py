@@ -16,6 +16,7 @@ from dicofun.methods.funad import irmb
 from dicofun.methods.funad import losses
 from dicofun.methods.funad import model as model_lib
 from dicofun.methods.funad import step as step_lib
+from dicofun.ops import knn
 
 
 def _gaussian_patches(seed, n=200, p=16, d=32, frac=0.1):
@@ -86,24 +87,13 @@ def test_mutual_pairs_are_homogeneous_on_gaussians():
   for b0 in range(0, n, 40):
     f = jnp.asarray(x[b0:b0 + 40]).reshape(-1, d)
     yt = np.repeat(labels[b0:b0 + 40], p)
-    partner, valid = irmb.mutual_nn_pairs(f, chunk=128)
+    # As in train.py: all queries in one block.
+    partner, valid = knn.mutual_nn_pairs(f, query_chunk=None, bank_chunk=128)
     partner, valid = np.asarray(partner), np.asarray(valid)
     i = np.flatnonzero(valid)
     assert len(i) > 50
     rates.append(np.mean(yt[i] == yt[partner[i]]))
   assert np.mean(rates) > 0.9, rates
-
-
-def test_mutual_pairs_match_brute_force():
-  rng = np.random.default_rng(0)
-  f = rng.normal(size=(50, 4)).astype(np.float32)
-  partner, valid = irmb.mutual_nn_pairs(jnp.asarray(f), chunk=16)
-  dm = ((f[:, None] - f[None]) ** 2).sum(-1)
-  np.fill_diagonal(dm, np.inf)
-  nn = dm.argmin(1)
-  want = {(i, int(nn[i])) for i in range(50) if nn[nn[i]] == i and i < nn[i]}
-  got = {(int(i), int(partner[i])) for i in np.flatnonzero(np.asarray(valid))}
-  assert got == want and len(want) > 0
 
 
 def test_bank_distances_self_rule_and_chunking():
@@ -114,9 +104,6 @@ def test_bank_distances_self_rule_and_chunking():
   # q0 is in the bank → 2nd neighbour (3,0): 9; q1: nearest (0,0): 1;
   # q2: the identical row is invalid → nearest valid (0,4): 100 + 36.
   np.testing.assert_allclose(np.asarray(d), [9.0, 1.0, 136.0], rtol=1e-6)
-  dist, idx = irmb.chunked_topk(q, bank, valid, k=2, chunk=2)
-  np.testing.assert_array_equal(np.asarray(idx[:2, 0]), [0, 0])
-  np.testing.assert_allclose(np.asarray(dist[1]), [1.0, 4.0], rtol=1e-6)
 
 
 def test_minmax_noise_sigma_and_synthesis():

@@ -12,6 +12,8 @@ import textwrap
 
 import pytest
 
+from dicofun import parallel
+
 _SCRIPT = textwrap.dedent("""
     import os
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -47,7 +49,7 @@ _SCRIPT = textwrap.dedent("""
     bank = np.tile(base, (40, 1))
     q = rng.integers(-2, 3, size=(16, 3)).astype(np.float32)
     _, i1 = knn.knn(q, bank, k=3, bank_chunk=8)
-    _, i8 = knn.knn_sharded(q, bank, k=3, bank_chunk=8)
+    _, i8 = knn.knn(q, bank, k=3, bank_chunk=8, mesh=mesh)
     np.testing.assert_array_equal(i1, i8)
     assert (i8 < 15).all()
 
@@ -88,7 +90,6 @@ def test_sharded_knn_and_shard_batch_on_8_devices():
 
 
 def test_maybe_initialize_distributed_config(monkeypatch):
-  from dicofun import parallel  # pylint: disable=g-import-not-at-top
   for var in ("DICOFUN_COORDINATOR", "DICOFUN_NUM_PROCESSES",
               "DICOFUN_PROCESS_ID", "DICOFUN_DISTRIBUTED"):
     monkeypatch.delenv(var, raising=False)

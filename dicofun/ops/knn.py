@@ -21,6 +21,13 @@ Design:
 * Metrics: squared L2, ``||q||² − 2 q·b + ||b||²`` clamped at 0, or cosine
   distance ``1 − cos(q, b)`` (clamped at 0). The matmul runs at
   ``Precision.HIGHEST`` so GPUs/TPUs do not silently drop to TF32/bf16.
+* Two entry points: ``knn`` (host arrays in, numpy out; optional mesh)
+  ranks the partial distance ``||b||² − 2 q·b`` and adds ``||q||²`` to the
+  k winners only; ``knn_padded`` (pure, jittable, fixed-size bank with a
+  validity mask, optional ``exclude_self``) ranks the complete clamped
+  distance ``max(||q||² − 2 q·b + ||b||², 0)`` in every tile, so callers
+  that compare distances with thresholds get exactly that expression.
+  ``mutual_nn_pairs`` builds on ``knn_padded``.
 * Ties: among exactly equal computed distances the lower bank index comes
   first (``lax.top_k`` is stable, the merge puts earlier chunks first and
   the sharded merge puts lower shards first). Note that the expanded L2
@@ -110,6 +117,47 @@ def _merge(best_d, best_i, cand_d, cand_i, k):
   return -neg, jnp.take_along_axis(i, pos, axis=1)
 
 
+def _running_topk(tile, xs, *, qc, bc, k, offset):
+  """Running top-k (smallest) of ``tile`` distances over bank chunks.
+
+  Args:
+    tile: ``tile(xs_c) -> (qc, bc)`` distances of the query chunk to one
+      bank chunk (+inf for rows that must never be returned).
+    xs: per-chunk inputs of ``tile``, leading axis = chunk; the first entry
+      is the chunk number (int32).
+    qc: queries in the chunk.
+    bc: bank rows per chunk.
+    k: neighbours.
+    offset: global index of the first bank row (scalar, may be traced).
+
+  Returns:
+    (qc, k) distances and int32 indices; -1 where fewer than k rows have a
+    finite distance. Equal distances: lower index first.
+  """
+  kk = min(k, bc)
+  offset = jnp.asarray(offset, jnp.int32)
+
+  def body(carry, xs_c):
+    best_d, best_i = carry
+    d = tile(xs_c)
+    base = offset + xs_c[0] * bc
+    if k == 1:
+      # argmin returns the first minimum; strict < keeps earlier chunks on
+      # ties. Cheaper than top_k for the common k = 1 case.
+      j = jnp.argmin(d, axis=1).astype(jnp.int32)
+      m = jnp.take_along_axis(d, j[:, None], axis=1)
+      better = m < best_d
+      return (jnp.where(better, m, best_d),
+              jnp.where(better, (j + base)[:, None], best_i)), None
+    neg, pos = lax.top_k(-d, kk)
+    return _merge(best_d, best_i, -neg, pos.astype(jnp.int32) + base, k), None
+
+  init = (jnp.full((qc, k), jnp.inf, jnp.float32),
+          jnp.full((qc, k), -1, jnp.int32))
+  (best_d, best_i), _ = lax.scan(body, init, xs)
+  return best_d, best_i
+
+
 def _scan_bank(q, bank_c, bias_c, *, k, scale, precision, offset):
   """Running top-k of partial distances of ``q`` over bank chunks.
 
@@ -126,33 +174,14 @@ def _scan_bank(q, bank_c, bias_c, *, k, scale, precision, offset):
     (qc, k) partial distances (without the query term) and int32 indices;
     -1 where fewer than k rows are valid.
   """
-  qc = q.shape[0]
-  bc = bank_c.shape[1]
-  kk = min(k, bc)
-  offset = jnp.asarray(offset, jnp.int32)
+  def tile(xs_c):
+    _, b, bias = xs_c
+    return bias[None, :] - scale * jnp.dot(q, b.T, precision=precision)
 
-  def body(carry, xs):
-    best_d, best_i = carry
-    c, b, bias = xs
-    d = bias[None, :] - scale * jnp.dot(q, b.T, precision=precision)
-    base = offset + c * bc
-    if k == 1:
-      # argmin returns the first minimum; strict < keeps earlier chunks on
-      # ties. Cheaper than top_k for the common k = 1 case.
-      j = jnp.argmin(d, axis=1).astype(jnp.int32)
-      m = jnp.take_along_axis(d, j[:, None], axis=1)
-      better = m < best_d
-      return (jnp.where(better, m, best_d),
-              jnp.where(better, (j + base)[:, None], best_i)), None
-    neg, pos = lax.top_k(-d, kk)
-    return _merge(best_d, best_i, -neg, pos.astype(jnp.int32) + base, k), None
-
-  init = (jnp.full((qc, k), jnp.inf, jnp.float32),
-          jnp.full((qc, k), -1, jnp.int32))
   nc = bank_c.shape[0]
-  (best_d, best_i), _ = lax.scan(
-      body, init, (jnp.arange(nc, dtype=jnp.int32), bank_c, bias_c))
-  return best_d, best_i
+  return _running_topk(
+      tile, (jnp.arange(nc, dtype=jnp.int32), bank_c, bias_c),
+      qc=q.shape[0], bc=bank_c.shape[1], k=k, offset=offset)
 
 
 def _query_block(q, bank_c, bias_c, *, k, metric, precision):
@@ -325,19 +354,31 @@ def knn(queries: Array, bank: Array, *, k: int = 1, metric: str = "l2",
   return dists.astype(np.float32), idx.astype(np.int32)
 
 
-def knn_sharded(queries: Array, bank: Array, *,
-                mesh: Optional[jax.sharding.Mesh] = None,
-                **kwargs) -> tuple[np.ndarray, np.ndarray]:
-  """``knn`` with the bank split over ``mesh`` (default: all devices)."""
-  if mesh is None:
-    from dicofun import parallel  # pylint: disable=g-import-not-at-top
-    mesh = parallel.make_mesh()
-  return knn(queries, bank, mesh=mesh, **kwargs)
+def _exact_tile(q, q_sq, q_ids, b, valid, ids, *, metric, precision,
+                exclude_self):
+  """Complete distances of one (query chunk, bank chunk) tile.
+
+  L2: ``max(‖q‖² − 2 q·b + ‖b‖², 0)``, evaluated in this order; cosine:
+  ``max(1 − q·b, 0)`` of normalised rows. Invalid bank rows (and the query's
+  own row with ``exclude_self``) get +inf, so ties between equal computed
+  distances (e.g. several clamped to 0) go to the lowest index.
+  """
+  cross = jnp.matmul(q, b.T, precision=precision)
+  if metric == "l2":
+    b_sq = jnp.sum(b * b, axis=-1)
+    d = jnp.maximum(q_sq[:, None] - 2.0 * cross + b_sq[None, :], 0.0)
+  else:
+    d = jnp.maximum(1.0 - cross, 0.0)
+  mask = valid[None, :]
+  if exclude_self:
+    mask = mask & (ids[None, :] != q_ids[:, None])
+  return jnp.where(mask, d, jnp.inf)
 
 
 def knn_padded(queries: jax.Array, bank: jax.Array, bank_valid: jax.Array,
-               *, k: int, metric: str = "l2", query_chunk: int = 1024,
-               bank_chunk: int = 16384,
+               *, k: int, metric: str = "l2",
+               query_chunk: Optional[int] = 1024, bank_chunk: int = 16384,
+               exclude_self: bool = False,
                precision: Any = lax.Precision.HIGHEST
                ) -> tuple[jax.Array, jax.Array]:
   """Pure, jittable kNN against a fixed-size bank with a validity mask.
@@ -346,62 +387,89 @@ def knn_padded(queries: jax.Array, bank: jax.Array, bank_valid: jax.Array,
   of rows kept in a fixed-size buffer). Shapes are static, so chunking is
   done with ``lax.map`` over query chunks and ``lax.scan`` over bank chunks.
 
+  Unlike ``knn`` (which ranks partial distances and adds the query term
+  afterwards), every tile holds complete, clamped distances
+  ``max(‖q‖² − 2 q·b + ‖b‖², 0)``: callers that compare distances with
+  thresholds (FUN-AD's 1e-2 self-match rule) get exactly these numbers, and
+  equal computed distances go to the lowest bank index.
+
   Args:
     queries: (Q, D).
     bank: (M, D).
     bank_valid: (M,) bool; False rows are never returned.
     k: neighbours (static).
     metric: ``"l2"`` or ``"cosine"``.
-    query_chunk: queries per block (capped at Q).
+    query_chunk: queries per block (capped at Q); None: all queries in one
+      block.
     bank_chunk: bank rows per tile (capped at M).
-    precision: matmul precision.
+    exclude_self: queries and bank are the same rows; query i never
+      returns bank row i (an exact duplicate of i still counts).
+    precision: matmul precision (default HIGHEST: exact float32, so
+      GPUs/TPUs do not drop to TF32/bf16).
 
   Returns:
-    (Q, k) float32 distances and int32 indices; if fewer than k rows are
-    valid the missing neighbours are ``(inf, -1)``.
+    (Q, k) float32 distances, ascending, and int32 indices; if fewer than k
+    rows are valid the missing neighbours are ``(inf, -1)``.
   """
   _check_metric(metric)
   n_q, dim = queries.shape
   m = bank.shape[0]
   if m == 0:
     raise ValueError("knn_padded: the bank is empty")
-  qc = max(1, min(int(query_chunk), n_q))
+  qc = n_q if query_chunk is None else int(query_chunk)
+  qc = max(1, min(qc, n_q))
   bc = max(1, min(int(bank_chunk), m))
   nq_chunks = math.ceil(n_q / qc)
   nb_chunks = math.ceil(m / bc)
   queries = jnp.asarray(queries, jnp.float32)
   bank = jnp.asarray(bank, jnp.float32)
   valid = jnp.asarray(bank_valid, bool)
+  if metric == "cosine":
+    queries = _normalize(queries)
+    bank = _normalize(bank)
   if nb_chunks * bc != m:
     extra = nb_chunks * bc - m
     bank = jnp.pad(bank, ((0, extra), (0, 0)))
     valid = jnp.pad(valid, (0, extra))
-  bank_c, bias_c = _bank_prep(bank.reshape(nb_chunks, bc, dim),
-                              valid.reshape(nb_chunks, bc), metric=metric)
+  xs = (jnp.arange(nb_chunks, dtype=jnp.int32),
+        bank.reshape(nb_chunks, bc, dim), valid.reshape(nb_chunks, bc))
   if nq_chunks * qc != n_q:
     queries = jnp.pad(queries, ((0, nq_chunks * qc - n_q), (0, 0)))
 
-  def one(q):
-    return _query_block(q, bank_c, bias_c, k=k, metric=metric,
-                        precision=precision)
+  def one(qi, q):
+    q_sq = jnp.sum(q * q, axis=-1)
+    q_ids = qi * qc + jnp.arange(qc, dtype=jnp.int32)
 
-  d, i = lax.map(one, queries.reshape(nq_chunks, qc, dim))
+    def tile(xs_c):
+      c, b, v = xs_c
+      ids = c * bc + jnp.arange(bc, dtype=jnp.int32)
+      return _exact_tile(q, q_sq, q_ids, b, v, ids, metric=metric,
+                         precision=precision, exclude_self=exclude_self)
+
+    return _running_topk(tile, xs, qc=qc, bc=bc, k=k, offset=0)
+
+  if nq_chunks == 1:
+    d, i = one(0, queries)
+  else:
+    d, i = lax.map(lambda a: one(*a),
+                   (jnp.arange(nq_chunks, dtype=jnp.int32),
+                    queries.reshape(nq_chunks, qc, dim)))
   d = d.reshape(nq_chunks * qc, k)[:n_q]
   i = i.reshape(nq_chunks * qc, k)[:n_q]
-  # Rows with no valid neighbour: keep +inf (``_finalize`` adds finite terms).
-  d = jnp.where(i < 0, jnp.inf, d)
   return d, i
 
 
 def mutual_nn_pairs(x: jax.Array, *, valid: Optional[jax.Array] = None,
-                    metric: str = "l2", query_chunk: int = 1024,
-                    bank_chunk: int = 16384
-                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+                    metric: str = "l2", query_chunk: Optional[int] = 1024,
+                    bank_chunk: int = 16384,
+                    precision: Any = lax.Precision.HIGHEST
+                    ) -> tuple[jax.Array, jax.Array]:
   """Mutual nearest-neighbour pairs among the rows of ``x`` (jittable).
 
-  nn(i) is the nearest other row (self excluded; a duplicate of i counts as
-  another row). (i, nn(i)) is a pair when nn(nn(i)) = i; it is reported once,
-  at the row i < nn(i).
+  nn(i) is the nearest other row (``knn_padded`` with ``exclude_self``; a
+  duplicate of i counts as another row, ties go to the lowest index).
+  (i, nn(i)) is a pair when nn(nn(i)) = i; it is reported once, at the row
+  i < nn(i). Pairs are found among all rows, e.g. across images.
 
   Args:
     x: (n, D) features.
@@ -410,35 +478,24 @@ def mutual_nn_pairs(x: jax.Array, *, valid: Optional[jax.Array] = None,
     metric: ``"l2"`` or ``"cosine"``.
     query_chunk: see ``knn_padded``.
     bank_chunk: see ``knn_padded``.
+    precision: matmul precision.
 
   Returns:
-    ``(pairs_i, pairs_j, pair_valid)``, each (n,): ``pairs_i = arange(n)``,
-    ``pairs_j = nn(i)`` (0 where undefined) and the mask of real pairs.
+    ``(partner, pair_valid)``, each (n,): int32 nn(i) (0 where undefined)
+    and the bool mask of rows i with a mutual pair (i, nn(i)), i < nn(i).
   """
   n = x.shape[0]
   if valid is None:
     valid = jnp.ones((n,), bool)
   valid = jnp.asarray(valid, bool)
   if n < 2:
-    z = jnp.zeros((n,), jnp.int32)
-    return z, z, jnp.zeros((n,), bool)
-  _, idx = knn_padded(x, x, valid, k=2, metric=metric,
-                      query_chunk=query_chunk, bank_chunk=bank_chunk)
+    return jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool)
+  _, idx = knn_padded(x, x, valid, k=1, metric=metric,
+                      query_chunk=query_chunk, bank_chunk=bank_chunk,
+                      exclude_self=True, precision=precision)
   ar = jnp.arange(n, dtype=jnp.int32)
-  # Self is normally first; if a duplicate ties and wins, self is second.
-  nn = jnp.where(idx[:, 0] == ar, idx[:, 1], idx[:, 0])
+  nn = idx[:, 0]
   has = valid & (nn >= 0)
   nn_safe = jnp.where(has, nn, 0)
-  back = nn_safe[nn_safe]
-  pair_valid = has & (ar < nn_safe) & (back == ar) & valid[nn_safe]
-  return ar, nn_safe, pair_valid
-
-
-def mutual_nn_pairs_np(x: Array, *, valid: Optional[Array] = None,
-                       metric: str = "l2") -> list[tuple[int, int]]:
-  """``mutual_nn_pairs`` as a sorted list of ``(i, j)`` with i < j."""
-  i, j, ok = jax.jit(functools.partial(mutual_nn_pairs, metric=metric))(
-      jnp.asarray(x, jnp.float32),
-      valid=None if valid is None else jnp.asarray(valid, bool))
-  i, j, ok = np.asarray(i), np.asarray(j), np.asarray(ok)
-  return [(int(a), int(b)) for a, b in zip(i[ok], j[ok])]
+  pair_valid = has & (ar < nn_safe) & (nn_safe[nn_safe] == ar)
+  return nn_safe, pair_valid

@@ -13,7 +13,10 @@ Steps (per training iteration, without gradients):
    the "1st < 1e-2 → 2nd" rule), min-max over the batch's B·P patches.
 4. ``pseudo_labels``: ``d̃ > τ_n``.
 5. ``gaussian_synthesis``: noise on the input features of τ_n < d̃ < τ_c.
-6. ``mutual_nn_pairs``: mutually nearest adapted features of the batch.
+6. Mutual pairs: ``dicofun.ops.knn.mutual_nn_pairs`` of the batch's adapted
+   features (called from ``train.py``).
+
+All neighbour searches go through ``dicofun.ops.knn.knn_padded``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+
+from dicofun.ops import knn
 
 # Squared distance below which the nearest bank entry is taken to be the
 # query itself (or an exact copy) and the 2nd neighbour is used instead.
@@ -101,74 +106,6 @@ def draw_bank_images(key: jax.Array, candidates: jax.Array, *, rho: float,
   return order, valid
 
 
-def _sq_dists(q: jax.Array, b: jax.Array, q_sq: jax.Array,
-              precision) -> jax.Array:
-  """(Q, C) squared L2 distances via ‖q‖² − 2 q·b + ‖b‖², clamped at 0."""
-  b_sq = jnp.sum(b * b, axis=-1)
-  cross = jnp.matmul(q, b.T, precision=precision)
-  return jnp.maximum(q_sq[:, None] - 2.0 * cross + b_sq[None, :], 0.0)
-
-
-def chunked_topk(queries: jax.Array, bank: jax.Array, bank_valid: jax.Array,
-                 *, k: int, chunk: int = 4096,
-                 exclude_self: bool = False,
-                 precision=jax.lax.Precision.HIGHEST
-                 ) -> tuple[jax.Array, jax.Array]:
-  """k smallest squared-L2 distances from each query to the valid bank rows.
-
-  Memory is bounded by a ``lax.scan`` over bank chunks with a running top-k,
-  so the full (Q, M) distance matrix never exists.
-
-  Args:
-    queries: (Q, D).
-    bank: (M, D).
-    bank_valid: (M,) bool.
-    k: neighbours kept.
-    chunk: bank rows per scan step.
-    exclude_self: queries and bank are the same set; row i ignores bank row i.
-    precision: matmul precision. HIGHEST by default: the self-match rule
-      compares distances with 1e-2, which reduced-precision (TF32) products
-      of large-norm features cannot resolve.
-
-  Returns:
-    ``(dist, idx)``: (Q, k) ascending squared distances (inf where fewer than
-    k valid rows exist) and (Q, k) int32 bank indices.
-  """
-  num_q, dim = queries.shape
-  num_b = bank.shape[0]
-  chunk = max(1, min(chunk, num_b))
-  num_chunks = -(-num_b // chunk)
-  pad = num_chunks * chunk - num_b
-  bank_p = jnp.pad(bank, ((0, pad), (0, 0)))
-  valid_p = jnp.pad(bank_valid, (0, pad))
-  bank_c = bank_p.reshape(num_chunks, chunk, dim)
-  valid_c = valid_p.reshape(num_chunks, chunk)
-  q_sq = jnp.sum(queries * queries, axis=-1)
-  q_ids = jnp.arange(num_q)
-  kk = min(k, chunk)
-
-  def body(carry, xs):
-    best_d, best_i = carry
-    b, v, start = xs
-    d = _sq_dists(queries, b, q_sq, precision)
-    ids = start + jnp.arange(chunk)
-    mask = v[None, :]
-    if exclude_self:
-      mask = mask & (ids[None, :] != q_ids[:, None])
-    d = jnp.where(mask, d, jnp.inf)
-    neg, pos = jax.lax.top_k(-d, kk)
-    cand_d = jnp.concatenate([best_d, -neg], axis=1)
-    cand_i = jnp.concatenate([best_i, ids[pos].astype(jnp.int32)], axis=1)
-    neg2, pos2 = jax.lax.top_k(-cand_d, k)
-    return (-neg2, jnp.take_along_axis(cand_i, pos2, axis=1)), None
-
-  init = (jnp.full((num_q, k), jnp.inf, queries.dtype),
-          jnp.zeros((num_q, k), jnp.int32))
-  starts = jnp.arange(num_chunks, dtype=jnp.int32) * chunk
-  (dist, idx), _ = jax.lax.scan(body, init, (bank_c, valid_c, starts))
-  return dist, idx
-
-
 def bank_distances(queries: jax.Array, bank: jax.Array, bank_valid: jax.Array,
                    *, chunk: int = 4096,
                    self_eps: float = SELF_MATCH_EPS) -> jax.Array:
@@ -182,13 +119,18 @@ def bank_distances(queries: jax.Array, bank: jax.Array, bank_valid: jax.Array,
     queries: (Q, D) adapted batch features.
     bank: (M, D) adapted bank features.
     bank_valid: (M,) bool.
-    chunk: bank rows per scan step.
+    chunk: bank rows per scan step (all queries at once).
     self_eps: self-match threshold on the squared distance.
 
   Returns:
     (Q,) distances.
   """
-  dist, _ = chunked_topk(queries, bank, bank_valid, k=2, chunk=chunk)
+  # All queries in one block, ``chunk`` bank rows per tile; the distances
+  # are max(‖q‖² − 2 q·b + ‖b‖², 0) at HIGHEST precision: the self-match
+  # rule compares them with 1e-2, which reduced-precision (TF32) products of
+  # large-norm features cannot resolve.
+  dist, _ = knn.knn_padded(queries, bank, bank_valid, k=2, query_chunk=None,
+                           bank_chunk=chunk)
   d1, d2 = dist[:, 0], dist[:, 1]
   d = jnp.where(d1 < self_eps, d2, d1)
   # With a 1-row bank the 2nd neighbour does not exist **(ours)**.
@@ -241,30 +183,6 @@ def gaussian_synthesis(key: jax.Array, x: jax.Array, d_norm: jax.Array, *,
   sigma = noise_sigma(x, ddof=ddof)
   eps = jax.random.normal(key, x.shape, x.dtype) * sigma
   return x + jnp.where(noised[..., None], eps, 0.0), noised
-
-
-def mutual_nn_pairs(f: jax.Array, *, chunk: int = 4096
-                    ) -> tuple[jax.Array, jax.Array]:
-  """Mutually nearest pairs among the rows of ``f`` (self excluded).
-
-  Pairs (i, j) with nn(i) = j and nn(j) = i, counted once (i < j); pairs may
-  cross images.
-
-  Args:
-    f: (Q, D) adapted features of the whole batch (B·P rows).
-    chunk: rows per scan step of the neighbour search.
-
-  Returns:
-    ``(partner, valid)``: (Q,) int32 nn(i) and (Q,) bool, True where
-    (i, nn(i)) is a mutual pair with i < nn(i).
-  """
-  q = f.shape[0]
-  _, idx = chunked_topk(f, f, jnp.ones((q,), bool), k=1, chunk=chunk,
-                        exclude_self=True)
-  nn = idx[:, 0]
-  ids = jnp.arange(q, dtype=jnp.int32)
-  valid = (nn[nn] == ids) & (ids < nn)
-  return nn, valid
 
 
 @functools.partial(jax.jit, static_argnames=("tau_n", "chunk"))

@@ -24,6 +24,7 @@ import optax
 from dicofun.methods.funad import irmb
 from dicofun.methods.funad import losses
 from dicofun.methods.funad import model as model_lib
+from dicofun.ops import knn
 
 State = dict[str, Any]
 
@@ -210,7 +211,8 @@ def train_step_fn(cfg: StepConfig, state: State, batch_idx: jax.Array,
     x_noised, noised = x, jnp.zeros((b, p), bool)
 
   # 7. Mutual nearest neighbours among the batch's adapted features.
-  partner, pair_valid = irmb.mutual_nn_pairs(f, chunk=cfg.knn_chunk)
+  partner, pair_valid = knn.mutual_nn_pairs(f, query_chunk=None,
+                                            bank_chunk=cfg.knn_chunk)
 
   def loss_fn(prm):
     z_noised, _ = net.apply({"params": prm}, x_noised, return_logits=True)
