@@ -28,6 +28,8 @@ from dicofun.data import pipeline
 from dicofun.data import synthetic
 from dicofun.data import tfds_builders
 from dicofun.data import tfds_source
+from dicofun.data import visa
+from test_tfds_builders import _write_visa
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small enough for a CPU test; 4 anomalies = one per synthetic defect type.
@@ -109,19 +111,45 @@ def test_missing_mask_is_missing_from_tfds_too(tmp_path):
       r.mask_path is None for r in folder if r.label] == [True, False]
 
 
+def test_visa_records_in_read_visa_order(tmp_path):
+  root = str(tmp_path / "visa")
+  _write_visa(root)
+  tfds_builders.build_and_load("visa", "candle", manual_dir=root,
+                               data_dir=str(tmp_path / "tfds"))
+  folder = visa.read_visa(root, "candle")
+  tf = tfds_source.read_records("visa", "candle",
+                                data_dir=str(tmp_path / "tfds"),
+                                category="candle")
+  assert tfds_source.filenames(tf) == [
+      os.path.relpath(r.image_path, root) for r in folder] == [
+          "candle/Data/Images/Normal/0000.JPG",
+          "candle/Data/Images/Normal/0001.JPG",
+          "candle/Data/Images/Normal/0002.JPG",
+          "candle/Data/Images/Anomaly/000.JPG",
+          "candle/Data/Images/Anomaly/001.JPG"]
+  assert [(r.split, r.label, r.defect) for r in tf] == [
+      (r.split, r.label, r.defect) for r in folder]
+  pre = pipeline.Preprocess(image_size=16, crop_fraction=1.0)
+  a = pipeline.load_arrays(folder, pre, desc=None)
+  b = pipeline.load_arrays(tf, pre, desc=None)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 def test_process_slices_of_each_global_batch(prepared, monkeypatch):
   """Two processes, 13 records, batch 2 per process, shards padded."""
   _, cat_dir, data_dir = prepared
   tf = _tfds_records(data_dir)
   folder = mvtec.read_mvtec(cat_dir, category="texture")
   fetched = []
-  real = tfds_source._Source.example  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  real = tfds_source._Source.example
 
   def spy(self, split, index):
     fetched.append((split, index))
     return real(self, split, index)
 
-  monkeypatch.setattr(tfds_source._Source, "example", spy)  # pylint: disable=protected-access
+  monkeypatch.setattr(tfds_source._Source, "example", spy)
   pre = pipeline.Preprocess(image_size=16, crop_fraction=1.0)
   # ceil(13 / 2) = 7 positions each: process 0 owns 0..6, process 1 owns
   # 7..12 and one padding slot (-1).
@@ -156,11 +184,10 @@ def test_feature_cache_key_of_a_tfds_record(prepared):
   st = [os.stat(f) for f in files]
   sig = [uri, sum(s.st_size for s in st), max(int(s.st_mtime) for s in st)]
   assert tfds_source.signature(uri) == sig
-  assert features._image_key(uri) == hashlib.sha256(  # pylint: disable=protected-access
-      json.dumps(sig).encode()).hexdigest()[:40]
+  key = features._image_key  # pylint: disable=protected-access
+  assert key(uri) == hashlib.sha256(json.dumps(sig).encode()).hexdigest()[:40]
   # Another prepared copy of the same example is another cache entry.
-  other = uri.replace("%2Ftfds", "%2Fcopy")
-  assert features._image_key(other) != features._image_key(uri)  # pylint: disable=protected-access
+  assert key(uri.replace("%2Ftfds", "%2Fcopy")) != key(uri)
 
 
 def test_missing_prepared_dataset_names_dir_and_command(tmp_path):

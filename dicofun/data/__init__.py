@@ -169,6 +169,7 @@ def read_dataset(ds, workdir: str) -> list[records_lib.Record]:
   """All records (both splits) of the dataset described by ``config.dataset``."""
   spec = get_dataset(ds.name)
   if ds.source not in SOURCES:
-    raise errors.DatasetError(f"config.dataset.source={ds.source!r} is not one of "
-                     f"{sorted(SOURCES)}")
+    raise errors.DatasetError(
+        f"config.dataset.source={ds.source!r} is not one of "
+        f"{sorted(SOURCES)}")
   return SOURCES[ds.source](spec, ds, workdir)

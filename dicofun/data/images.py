@@ -1,9 +1,10 @@
-"""Decoding image and mask files (or their encoded bytes) into numpy arrays (PIL).
+"""Decoding images and masks into numpy arrays (PIL), from files or bytes.
 
 ``load_image``/``load_mask`` read files; ``decode_image``/``decode_mask`` do
-the same for bytes already in memory (a TFDS example's encoded ``image`` and
-``mask``), so both sources produce identical pixels. Pixels are used as stored: EXIF orientation tags are ignored, so that an image
-and its mask (often written by different tools) stay aligned **(ours)**.
+the same for encoded bytes already in memory (a TFDS example's ``image`` and
+``mask``), so both sources produce identical pixels. Pixels are used as
+stored: EXIF orientation tags are ignored, so that an image and its mask
+(often written by different tools) stay aligned **(ours)**.
 """
 
 from __future__ import annotations

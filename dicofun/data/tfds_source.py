@@ -121,8 +121,9 @@ class _Source:
     # Encoded bytes come back as they are stored; dicofun decodes them.
     skip = {"image": tfds.decode.SkipDecoding(),
             "mask": tfds.decode.SkipDecoding()}
+    version = os.path.basename(self.version_dir)
     self.splits = tfds.data_source(
-        f"{builder}/{config}", data_dir=data_dir, download=False,
+        f"{builder}/{config}:{version}", data_dir=data_dir, download=False,
         decoders=skip)
     self._lock = threading.Lock()
     self._stats: dict[str, list] = {}
