@@ -90,7 +90,8 @@ def parse_arg(arg: Optional[str], **defaults: Any) -> ml_collections.ConfigDict:
 def dataset_config(*, name: str, category: str = "", root: str = "",
                    contamination: float = 0.0, overlap: bool = False,
                    image_size: int = 224, crop_fraction: float = 0.875,
-                   seed: int = 0) -> ml_collections.ConfigDict:
+                   seed: int = 0, source: str = "folder",
+                   tfds_data_dir: str = "") -> ml_collections.ConfigDict:
   """The ``config.dataset`` block shared by every method.
 
   Args:
@@ -104,16 +105,27 @@ def dataset_config(*, name: str, category: str = "", root: str = "",
     image_size: evaluation / input size S.
     crop_fraction: centre-crop fraction (1.0 = resize straight to S).
     seed: seed of the contamination draw.
+    source: where the records come from (``data.SOURCES``): "folder" reads
+      the downloaded folders; "tfds" reads the dataset prepared once with
+      ``python -m dicofun.data.tfds_builders`` (array_record files, random
+      access, no TensorFlow) from ``tfds_data_dir``.
+    tfds_data_dir: TFDS data directory of ``source="tfds"`` ("" =
+      ``$DICOFUN_DATA/tfds``, ``~/data/tfds`` when unset).
 
   Returns:
     A ConfigDict.
   """
   if name not in data_lib.DATASETS:
     raise ConfigArgError(f"dataset {name!r} not in {sorted(data_lib.DATASETS)}")
+  if source not in data_lib.SOURCES:
+    raise ConfigArgError(f"dataset source {source!r} not in "
+                         f"{sorted(data_lib.SOURCES)}")
   return ml_collections.ConfigDict(dict(
       name=name,
       category=category,
       root=root,
+      source=source,
+      tfds_data_dir=tfds_data_dir,
       contamination=contamination,
       overlap=overlap,
       contamination_seed=seed,

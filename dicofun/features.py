@@ -17,7 +17,8 @@ process decodes only its slice of every batch and the features are gathered on
 every host. Results are cached on disk under ``$DICOFUN_CACHE/features``
 (default ``~/.cache/dicofun/features``): one folder per backbone, weights
 checksum, layer, layout and preprocessing, one file per image keyed by its
-path, size and modification time.
+path, size and modification time (a ``tfds://`` record by its URI and the size
+and modification time of its split's array_record files).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import numpy as np
 from dicofun import parallel
 from dicofun import progress as progress_lib
 from dicofun.data import pipeline
+from dicofun.data import tfds_source
 from dicofun.models import registry
 from dicofun.ops import maps
 
@@ -76,6 +78,8 @@ def layout_fn(backbone, layout: str) -> Callable[[Any, jax.Array], jax.Array]:
 
 
 def _file_signature(path: str) -> list:
+  if tfds_source.is_uri(path):
+    return tfds_source.signature(path)
   try:
     st = os.stat(path)
     return [path, st.st_size, int(st.st_mtime)]
@@ -95,7 +99,9 @@ def cache_key(*, backbone_name: str, weights_sha256: str, layer: Any,
 
 
 def _image_key(path: str) -> str:
-  blob = json.dumps(_file_signature(os.path.abspath(path))).encode()
+  if not tfds_source.is_uri(path):
+    path = os.path.abspath(path)
+  blob = json.dumps(_file_signature(path)).encode()
   return hashlib.sha256(blob).hexdigest()[:40]
 
 

@@ -5,6 +5,11 @@
 and which defaults its config files take. ``read_dataset`` dispatches on it.
 To add a dataset, write a reader returning ``list[Record]`` (both splits) in
 this package and add one ``DatasetSpec`` line here.
+
+``SOURCES`` says where the records come from (``config.dataset.source``):
+"folder" runs the dataset's reader over the downloaded folders; "tfds" reads
+the dataset prepared once by ``dicofun.data.tfds_builders`` (its
+``DatasetSpec.tfds_builder``) from ``config.dataset.tfds_data_dir``.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ import dataclasses
 import os
 from typing import Callable
 
+from dicofun.data import errors
 from dicofun.data import folder
 from dicofun.data import mvtec
 from dicofun.data import records as records_lib
 from dicofun.data import synthetic
+from dicofun.data import tfds_source
 from dicofun.data import visa
 
 DATA_ENV = "DICOFUN_DATA"
@@ -32,12 +39,15 @@ class DatasetSpec:
     crop_fraction: default centre-crop fraction of the config files.
     root_name: folder under ``$DICOFUN_DATA`` when ``config.dataset.root`` is
       empty ("" = the dataset has no default root).
+    tfds_builder: the ``dicofun.data.tfds_builders`` builder that prepares
+      it for ``source="tfds"`` (its config is the category; "" = none).
   """
 
   read: Callable[..., list[records_lib.Record]]
   category: str
   crop_fraction: float
   root_name: str = ""
+  tfds_builder: str = ""
 
 
 def default_data_root(dataset: str) -> str:
@@ -96,13 +106,16 @@ def _read_folder(ds, workdir: str) -> list[records_lib.Record]:
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "synthetic": DatasetSpec(_read_synthetic, "texture", 1.0),
-    "mvtec": DatasetSpec(_read_mvtec, "bottle", 0.875, "mvtec_ad"),
-    "visa": DatasetSpec(_read_visa, "candle", 0.875, "visa"),
+    "synthetic": DatasetSpec(_read_synthetic, "texture", 1.0,
+                             tfds_builder="mvtec_ad"),
+    "mvtec": DatasetSpec(_read_mvtec, "bottle", 0.875, "mvtec_ad",
+                         tfds_builder="mvtec_ad"),
+    "visa": DatasetSpec(_read_visa, "candle", 0.875, "visa",
+                        tfds_builder="visa"),
     # Magnetic tile images are elongated with defects near the edges: the
     # 0.875 centre crop would cut whole defects out (METHODS §1).
     "magnetic_tile": DatasetSpec(_read_magnetic_tile, "magnetic_tile", 1.0,
-                                 "magnetic_tile"),
+                                 "magnetic_tile", tfds_builder="mvtec_ad"),
     "folder": DatasetSpec(_read_folder, "custom", 1.0),
 }
 
@@ -120,6 +133,43 @@ def get_dataset(name: str) -> DatasetSpec:
   return DATASETS[name]
 
 
+def default_tfds_data_dir() -> str:
+  """``$DICOFUN_DATA/tfds`` (``~/data/tfds`` when unset)."""
+  base = os.environ.get(DATA_ENV, os.path.join(os.path.expanduser("~"), "data"))
+  return os.path.join(base, "tfds")
+
+
+def _from_folders(spec: DatasetSpec, ds, workdir: str
+                  ) -> list[records_lib.Record]:
+  return spec.read(ds, workdir)
+
+
+def _from_tfds(spec: DatasetSpec, ds, workdir: str
+               ) -> list[records_lib.Record]:
+  del workdir
+  if not spec.tfds_builder:
+    raise errors.DatasetError(
+        f"config.dataset.source='tfds': dataset {ds.name!r} has no TFDS "
+        f"builder; datasets with one: "
+        f"{sorted(n for n, s in DATASETS.items() if s.tfds_builder)}")
+  category = ds.category or spec.category
+  return tfds_source.read_records(
+      spec.tfds_builder, category,
+      data_dir=ds.tfds_data_dir or default_tfds_data_dir(), category=category)
+
+
+# config.dataset.source → (spec, config.dataset, workdir) -> records.
+SOURCES: dict[str, Callable[..., list[records_lib.Record]]] = {
+    "folder": _from_folders,
+    "tfds": _from_tfds,
+}
+
+
 def read_dataset(ds, workdir: str) -> list[records_lib.Record]:
   """All records (both splits) of the dataset described by ``config.dataset``."""
-  return get_dataset(ds.name).read(ds, workdir)
+  spec = get_dataset(ds.name)
+  if ds.source not in SOURCES:
+    raise errors.DatasetError(
+        f"config.dataset.source={ds.source!r} is not one of "
+        f"{sorted(SOURCES)}")
+  return SOURCES[ds.source](spec, ds, workdir)

@@ -36,6 +36,19 @@ class DatasetNotFoundError(DatasetError):
     super().__init__(msg)
 
 
+class TfdsNotPreparedError(DatasetNotFoundError):
+  """``config.dataset.source="tfds"`` but the dataset is not prepared."""
+
+  def __init__(self, path: str, *, name: str, command: str):
+    self.path = path
+    DatasetError.__init__(
+        self,
+        f"prepared TFDS dataset {name} not found: {path!r} holds no "
+        f"<version>/dataset_info.json. With config.dataset.source='tfds' the "
+        f"dataset is prepared once from the downloaded folders, then read "
+        f"from config.dataset.tfds_data_dir; prepare it with: {command}")
+
+
 class CorruptImageError(DatasetError):
   """An image or mask file cannot be decoded."""
 

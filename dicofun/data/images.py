@@ -1,11 +1,15 @@
-"""Decoding image and mask files into numpy arrays (PIL).
+"""Decoding images and masks into numpy arrays (PIL), from files or bytes.
 
-Pixels are used as stored: EXIF orientation tags are ignored, so that an image
-and its mask (often written by different tools) stay aligned **(ours)**.
+``load_image``/``load_mask`` read files; ``decode_image``/``decode_mask`` do
+the same for encoded bytes already in memory (a TFDS example's ``image`` and
+``mask``), so both sources produce identical pixels. Pixels are used as
+stored: EXIF orientation tags are ignored, so that an image and its mask
+(often written by different tools) stay aligned **(ours)**.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Union
 
@@ -33,11 +37,16 @@ def _open(path: PathLike) -> Image.Image:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise errors.DatasetError(f"image file not found: {path!r}")
+  return _decode(path, path)
+
+
+def _decode(source, name: str) -> Image.Image:
+  """Opens and decodes ``source`` (a path or a file object) now."""
   try:
-    img = Image.open(path)
+    img = Image.open(source)
     img.load()  # Decodes now, so truncated files fail here, not later.
   except _DECODE_ERRORS as e:
-    raise errors.CorruptImageError(path, f"{type(e).__name__}: {e}") from e
+    raise errors.CorruptImageError(name, f"{type(e).__name__}: {e}") from e
   return img
 
 
@@ -72,7 +81,15 @@ def load_image(path: PathLike) -> np.ndarray:
     CorruptImageError: the file cannot be decoded (the message names it).
     DatasetError: the file does not exist.
   """
-  img = _open(path)
+  return _as_rgb(_open(path), os.fspath(path))
+
+
+def decode_image(data: bytes, *, name: str) -> np.ndarray:
+  """``load_image`` of encoded bytes; ``name`` labels errors."""
+  return _as_rgb(_decode(io.BytesIO(data), name), name)
+
+
+def _as_rgb(img: Image.Image, name: str) -> np.ndarray:
   try:
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
       gray = _high_depth_to_uint8(img)
@@ -81,11 +98,9 @@ def load_image(path: PathLike) -> np.ndarray:
       img = img.convert("RGB")
     arr = np.asarray(img, dtype=np.uint8)
   except _DECODE_ERRORS as e:
-    raise errors.CorruptImageError(os.fspath(path),
-                                   f"{type(e).__name__}: {e}") from e
+    raise errors.CorruptImageError(name, f"{type(e).__name__}: {e}") from e
   if arr.ndim != 3 or arr.shape[-1] != 3:
-    raise errors.CorruptImageError(os.fspath(path),
-                                   f"unexpected array shape {arr.shape}")
+    raise errors.CorruptImageError(name, f"unexpected array shape {arr.shape}")
   return np.ascontiguousarray(arr)
 
 
@@ -103,20 +118,28 @@ def load_mask(path: PathLike) -> np.ndarray:
     CorruptImageError: the file cannot be decoded.
     DatasetError: the file does not exist.
   """
-  img = _open(path)
+  return _as_mask(_open(path), os.fspath(path))
+
+
+def decode_mask(data: bytes, *, name: str) -> np.ndarray:
+  """``load_mask`` of encoded bytes; ``name`` labels errors."""
+  return _as_mask(_decode(io.BytesIO(data), name), name)
+
+
+def _as_mask(img: Image.Image, name: str) -> np.ndarray:
   try:
     if img.mode == "P":
       # Palette index 0 need not be black; compare actual colours.
       img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     arr = np.asarray(img)
   except _DECODE_ERRORS as e:
-    raise errors.CorruptImageError(os.fspath(path),
+    raise errors.CorruptImageError(name,
                                    f"{type(e).__name__}: {e}") from e
   if arr.ndim == 3:
     if img.mode in ("LA", "RGBA", "La", "RGBa", "PA"):
       arr = arr[..., :-1]
     return np.any(arr != 0, axis=-1)
   if arr.ndim != 2:
-    raise errors.CorruptImageError(os.fspath(path),
+    raise errors.CorruptImageError(name,
                                    f"unexpected mask shape {arr.shape}")
   return arr != 0

@@ -1,5 +1,9 @@
 """The input pipeline: records → preprocessed numpy arrays.
 
+Records name files, or examples of a prepared TFDS dataset (``tfds://``
+URIs, ``dicofun.data.tfds_source``); ``read_image``/``read_mask`` decode
+either, so everything below (sharding included) is the same for both.
+
 Two ways in:
 
 * ``load_arrays`` decodes a whole (small) split into memory at once — the
@@ -32,6 +36,7 @@ from dicofun.data import errors
 from dicofun.data import images
 from dicofun.data import mvtec
 from dicofun.data import records as records_lib
+from dicofun.data import tfds_source
 
 Record = records_lib.Record
 
@@ -139,7 +144,23 @@ def preprocess_for(config, *, mean: Optional[Sequence[float]] = None,
 
 
 def _expected_mask(record: Record) -> Optional[str]:
+  if tfds_source.is_uri(record.image_path):
+    return None
   return mvtec.expected_mask_path(record.image_path)
+
+
+def read_image(path: str) -> np.ndarray:
+  """uint8 (H, W, 3) of an image file or a ``tfds://`` example."""
+  if tfds_source.is_uri(path):
+    return tfds_source.load_image(path)
+  return images.load_image(path)
+
+
+def read_mask(path: str) -> np.ndarray:
+  """bool (H, W) of a mask file or a ``tfds://`` example's mask."""
+  if tfds_source.is_uri(path):
+    return tfds_source.load_mask(path)
+  return images.load_mask(path)
 
 
 def _missing_masks(records: Sequence[Record]) -> list[int]:
@@ -168,7 +189,7 @@ def _load_one(record: Record, pre: Preprocess, with_image: bool,
               ) -> tuple[Optional[np.ndarray], np.ndarray, bool]:
   """Decodes and preprocesses one record: (image, mask, has_mask)."""
   s = pre.image_size
-  raw = images.load_image(record.image_path) if with_image else None
+  raw = read_image(record.image_path) if with_image else None
   image = None if raw is None else pre.image(raw)
   if record.label == records_lib.NORMAL:
     return image, np.zeros((s, s), np.float32), True
@@ -176,7 +197,7 @@ def _load_one(record: Record, pre: Preprocess, with_image: bool,
     return image, np.zeros((s, s), np.float32), False
   if not with_mask:
     return image, np.zeros((s, s), np.float32), True
-  m = images.load_mask(record.mask_path)
+  m = read_mask(record.mask_path)
   if raw is not None and m.shape != raw.shape[:2]:
     a_img = raw.shape[1] / raw.shape[0]
     a_mask = m.shape[1] / m.shape[0]

@@ -14,6 +14,10 @@ category folder for MVTec AD, to the VisA root for VisA). Files are written in
 the ``array_record`` format, which ``tfds.data_source`` reads by random access
 without TensorFlow. This package imports ``tensorflow_datasets`` (heavy), so
 nothing else in ``dicofun`` imports it at module level.
+
+``python -m dicofun.data.tfds_builders --builder=mvtec_ad --category=bottle
+--manual_dir=DIR --data_dir=DIR`` prepares one category; runs with
+``config.dataset.source="tfds"`` then read it (``dicofun.data.tfds_source``).
 """
 
 from __future__ import annotations
