@@ -177,7 +177,8 @@ def base_config(*, method: str, dataset: ml_collections.ConfigDict,
 
 def dataset_defaults(dataset: str) -> dict[str, Any]:
   """The config-file defaults (category, crop_fraction) of a dataset."""
-  spec = data_lib.get_dataset(dataset)
+  check_choice("dataset.name", dataset, sorted(data_lib.DATASETS))
+  spec = data_lib.DATASETS[dataset]
   return dict(category=spec.category, crop_fraction=spec.crop_fraction)
 
 
