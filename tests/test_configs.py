@@ -12,6 +12,7 @@ import ml_collections
 import pytest
 
 from dicofun import configlib
+from dicofun import methods
 from dicofun import sweep as sweep_lib
 from dicofun.methods.dico import config as dico_config
 from dicofun.methods.funad import config as funad_config
@@ -339,3 +340,28 @@ def test_loading_every_config_imports_no_jax():
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
                         text=True, timeout=120, cwd=REPO, check=True)
   assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name,field,value,message", [
+    ("funad_synthetic", "rho", 2.0,
+     "config.funad.rho=2.0: expected a fraction in (0, 1]"),
+    ("dico_synthetic", "lr", 0.0, "config.dico.lr=0.0: expected a number > 0"),
+    ("patchcore_synthetic", "coreset_fraction", 1.5,
+     "config.patchcore.coreset_fraction=1.5: expected a fraction in (0, 1]"),
+    ("softpatch_synthetic", "lof_k", 0,
+     "config.softpatch.lof_k=0: expected an integer >= 1"),
+])
+def test_methods_check_config_runs_the_method_checks(name, field, value,
+                                                     message):
+  """What ``dicofun run`` calls after the ``--config.*`` flag overrides."""
+  config = _get_config(name, "runlocal")
+  methods.check_config(config)
+  config[config.method][field] = value
+  with pytest.raises(configlib.ConfigArgError) as e:
+    methods.check_config(config)
+  assert str(e.value) == message
+  config = _get_config(name)
+  config.dataset.name = "nowhere"
+  with pytest.raises(configlib.ConfigArgError, match=(
+      r"^config\.dataset\.name='nowhere': expected one of \[")):
+    methods.check_config(config)
