@@ -180,8 +180,9 @@ def test_funad_synthetic_runlocal_block():
   assert (config.dataset.synthetic.num_train,
           config.dataset.synthetic.num_test_good,
           config.dataset.synthetic.num_test_anomalous) == (30, 10, 10)
-  assert (config.funad.epochs, config.funad.batch_size,
-          config.funad.eval_every, config.funad.checkpoint_every) == (3, 8, 1, 1)
+  funad = config.funad
+  assert (funad.epochs, funad.batch_size, funad.eval_every,
+          funad.checkpoint_every) == (3, 8, 1, 1)
   full = _get_config("funad_synthetic")
   assert full.dataset.image_size == 224
   assert (full.funad.epochs, full.funad.eval_every) == (1500, 50)
@@ -245,6 +246,9 @@ _LITES = [f"efficientnet_lite{v}" for v in range(5)]
      f"{_LITES + ['dinov2_vits14']}"),
     ("patchcore_synthetic", "coreset=0",
      "config.patchcore.coreset_fraction=0.0: expected a fraction in (0, 1]"),
+    ("dico_synthetic", "backbone=dinov2_vits14,image_size=112",
+     "config.backbone.name='dinov2_vits14': expected a CNN, one of "
+     f"{_LITES} (DiCo decodes its stride levels)"),
     ("dico_magnetic_tile", "memory=-1",
      "config.dico.memory_size=-1: expected an integer >= 0 (0 disables the "
      "memory)"),
@@ -328,14 +332,15 @@ def test_backbone_names_match_the_registry():
 
 
 def test_loading_every_config_imports_no_jax():
+  pattern = os.path.join(REPO, "configs", "*.py")
   code = (
       "import glob, importlib.util, sys\n"
-      f"for p in sorted(glob.glob({os.path.join(REPO, 'configs', '*.py')!r})):\n"
+      f"for p in sorted(glob.glob({pattern!r})):\n"
       "  s = importlib.util.spec_from_file_location('c', p)\n"
       "  m = importlib.util.module_from_spec(s); s.loader.exec_module(m)\n"
       "  m.get_config('runlocal')\n"
-      "heavy = sorted(n for n in sys.modules\n"
-      "               if n.split('.')[0] in ('jax', 'flax', 'optax', 'orbax'))\n"
+      "heavy = sorted(n for n in sys.modules if n.split('.')[0] in\n"
+      "               ('jax', 'flax', 'optax', 'orbax'))\n"
       "print(heavy)\n")
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
                         text=True, timeout=120, cwd=REPO, check=True)

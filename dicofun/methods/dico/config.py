@@ -1,9 +1,9 @@
 """DiCo's config: ``default_config()`` (the one place its defaults live), the
 config-file arguments ``ARGS`` and their checks.
 
-A ``configs/dico_<dataset>.py`` file builds ``configlib.run_config`` plus
-``config.dico = default_config()``, applies its ``runlocal`` block and then
-``apply_args(config, arg)``.
+A ``configs/dico_<dataset>.py`` file builds
+``configlib.run_config(method_config=default_config(), ...)``, applies its
+``runlocal`` block and ends with ``apply_args(config, arg)``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Optional
 import ml_collections
 
 from dicofun import configlib
+from dicofun.models import names
 
 SCORE_MODES = ("adaptive", "max", "topk_mean")
 
@@ -86,6 +87,10 @@ def apply_args(config: ml_collections.ConfigDict,
 def check(config: ml_collections.ConfigDict) -> None:
   """Named errors for a DiCo run config (``configlib.ConfigArgError``)."""
   configlib.check_config(config)
+  cnns = [n for n, patch in names.PATCH_SIZES.items() if not patch]
+  configlib.check_that(config.backbone.name in cnns, "backbone.name",
+                       config.backbone.name,
+                       f"a CNN, one of {cnns} (DiCo decodes its stride levels)")
   d = config.dico
   configlib.check_choice("dico.score_mode", d.score_mode, SCORE_MODES)
   configlib.check_positive_int("dico.epochs", d.epochs)

@@ -1,9 +1,9 @@
 """FUN-AD's config: ``default_config()`` (the one place its defaults live),
 the config-file arguments ``ARGS`` and their checks.
 
-A ``configs/funad_<dataset>.py`` file builds ``configlib.run_config`` plus
-``config.funad = default_config()``, applies its ``runlocal`` block and then
-``apply_args(config, arg)``.
+A ``configs/funad_<dataset>.py`` file builds
+``configlib.run_config(method_config=default_config(), ...)``, applies its
+``runlocal`` block and ends with ``apply_args(config, arg)``.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 the config-file arguments and their checks (shared with SoftPatch, whose
 ``config.softpatch`` extends these defaults).
 
-A ``configs/patchcore_<dataset>.py`` file builds ``configlib.run_config`` plus
-``config.patchcore = default_config()``, applies its ``runlocal`` block and
-then ``apply_args(config, arg)``.
+A ``configs/patchcore_<dataset>.py`` file builds
+``configlib.run_config(method_config=default_config(), ...)``, applies its
+``runlocal`` block and ends with ``apply_args(config, arg)``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def apply_args(config: ml_collections.ConfigDict,
 
 
 def check(config: ml_collections.ConfigDict) -> None:
-  """Named errors for a memory-bank run config (``configlib.ConfigArgError``)."""
+  """Named errors for a PatchCore/SoftPatch config (``ConfigArgError``)."""
   configlib.check_config(config)
   configlib.check_fraction(f"{config.method}.coreset_fraction",
                            config[config.method].coreset_fraction)
