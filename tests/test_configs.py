@@ -120,6 +120,17 @@ def test_readme_run_commands_parse():
     _load(os.path.join(REPO, config_path)).get_config(arg or None)
 
 
+def test_benchmark_run_args_parse():
+  """BENCHMARKS.md's ``benchmarks/methods.py --runs="<method>:<args>"``."""
+  with open(os.path.join(REPO, "BENCHMARKS.md")) as f:
+    text = f.read()
+  assert set(re.findall(r"--dataset=(\w+)", text)) == {"magnetic_tile"}
+  runs = re.findall(r'--runs="(\w+):([^"]*)"', text)
+  assert len(runs) >= 10
+  for method, arg in runs:
+    _get_config(f"{method}_magnetic_tile", arg + ",contamination=0.1")
+
+
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=_rel)
 def test_config_states_its_method_and_dataset(path):
   method, dataset = os.path.basename(path)[:-3].split("_", 1)
