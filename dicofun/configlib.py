@@ -158,7 +158,8 @@ def base_config(*, method: str, dataset: ml_collections.ConfigDict,
   cfg.backbone = ml_collections.ConfigDict(dict(
       name=backbone,
       weights="pretrained",  # "pretrained", "random" or a checkpoint path.
-      layer=8,  # ViT block whose tokens are used (METHODS §1 note).
+      # ViT block whose tokens are used (METHODS §1 note).
+      layer=backbone_names.DEFAULT_VIT_LAYER,
       batch_size=16,
   ))
   cfg.eval = ml_collections.ConfigDict(dict(

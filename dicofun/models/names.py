@@ -14,3 +14,7 @@ PATCH_SIZES: dict[str, int] = {
 }
 
 BACKBONE_NAMES: tuple[str, ...] = tuple(PATCH_SIZES)
+
+# ViT block whose tokens are used when none is named (METHODS §1 note):
+# ``config.backbone.layer``'s default and ``registry.get_backbone``'s.
+DEFAULT_VIT_LAYER = 8

@@ -42,7 +42,7 @@ from dicofun.models import vit
 from dicofun.models import weights as weights_lib
 
 _HALF = (0.5, 0.5, 0.5)
-DEFAULT_VIT_LAYER = 8
+DEFAULT_VIT_LAYER = names.DEFAULT_VIT_LAYER
 
 
 @dataclasses.dataclass(frozen=True)
