@@ -1,22 +1,42 @@
-r"""dico on synthetic: the embedded procedural dataset (generated into <workdir>/data; nothing to download).
+r"""DiCo on the generated synthetic texture dataset (METHODS §2).
 
-Run:
-  python experiments/main.py --config=configs/dico_synthetic.py:contamination=0.1 \
+The embedded procedural dataset, generated into <workdir>/data (nothing to
+download).
+
+Run::
+
+  python experiments/main.py \
+      --config=configs/dico_synthetic.py:contamination=0.1 \
       --workdir=runs/dico_synthetic
-  # CPU smoke run (image size 128, 3 epochs, batch 8):
-  python experiments/main.py --config=configs/dico_synthetic.py:runlocal \
+  # CPU smoke run:
+  python experiments/main.py \
+      --config=configs/dico_synthetic.py:runlocal,contamination=0.1 \
       --workdir=runs/dico_synthetic_local
 
-Args (after the colon, comma-separated): category, contamination, overlap,
-memory (N, 0 = no memory), mask_ratio, mask_patch, masking, score
-(adaptive|max|topk_mean), k_masks, epochs, batch_size, backbone
-(efficientnet_lite0|1|2), image_size, crop, seed, root, runlocal.
+Args: category, contamination, memory (N; 0 = no memory), mask_ratio,
+mask_patch, masking, score (adaptive|max|topk_mean), k_masks, epochs,
+batch_size, backbone (a CNN), image_size, crop, seed, root, runlocal (the
+CPU smoke size of get_config).
+Defaults: ``default_config()`` of dicofun/methods/dico/config.py, the
+shared blocks of ``configlib.run_config`` and the values below; an arg given
+explicitly wins over runlocal.
 A run started again with the same --workdir resumes from its checkpoint.
 Results of measured runs: BENCHMARKS.md.
 """
 
+from dicofun import configlib
 from dicofun.methods.dico import config as dico_config
 
 
 def get_config(arg=None):
-  return dico_config.dico_method_config("synthetic", arg)
+  """The run config; ``arg`` as in the module docstring."""
+  config = configlib.run_config(
+      method="dico", method_config=dico_config.default_config(),
+      dataset="synthetic", backbone="efficientnet_lite0", image_size=128)
+  if configlib.flag_in(arg, "runlocal"):  # CPU smoke size.
+    config.dataset.update(image_size=128, num_workers=2)
+    config.dataset.synthetic.update(num_train=24, num_test_good=8,
+                                    num_test_anomalous=8)
+    config.dico.update(epochs=3, batch_size=8, bottleneck_channels=128,
+                       eval_every=1, checkpoint_every=1, eval_batch_size=8)
+  return dico_config.apply_args(config, arg)

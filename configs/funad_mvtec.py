@@ -1,20 +1,39 @@
 r"""FUN-AD on an MVTec AD category (METHODS §1).
 
+MVTec AD at $DICOFUN_DATA/mvtec_ad/<category> (or config.dataset.root); get
+it from https://www.mvtec.com/company/research/datasets/mvtec-ad.
+
 Run::
 
-  python experiments/main.py --config=configs/funad_mvtec.py:category=bottle,contamination=0.1 \
-      --workdir=/tmp/funad_mvtec
+  python experiments/main.py \
+      --config=configs/funad_mvtec.py:category=bottle,contamination=0.1 \
+      --workdir=runs/funad_mvtec
+  # CPU smoke run:
+  python experiments/main.py \
+      --config=configs/funad_mvtec.py:runlocal,contamination=0.1 \
+      --workdir=runs/funad_mvtec_local
 
-Args after the colon: category, contamination, overlap, rho, epochs (1500 =
-paper), backbone (dinov2_vits14), layer (8), image_size (224), crop, seed,
-root, refresh_every (1 = faithful), lr (2e-5), eval_every (0 = config default),
-runlocal (3 epochs, batch 8, a CPU budget).
+Args: category, contamination, rho (memory-bank ratio ρ), epochs, lr,
+smoothness (mae|mse|kl), refresh_every (1 = rescore every iteration),
+eval_every, backbone, layer (ViT block), image_size, crop, seed, root,
+runlocal (the CPU smoke size of get_config).
+Defaults: ``default_config()`` of dicofun/methods/funad/config.py, the
+shared blocks of ``configlib.run_config`` and the values below; an arg given
+explicitly wins over runlocal.
 The result is the last epoch; ``extra.oracle`` in results.json is the
 test-selected epoch, labelled as such.
 """
 
+from dicofun import configlib
 from dicofun.methods.funad import config as funad_config
 
 
 def get_config(arg=None):
-  return funad_config.funad_config("mvtec", arg)
+  """The run config; ``arg`` as in the module docstring."""
+  config = configlib.run_config(
+      method="funad", method_config=funad_config.default_config(),
+      dataset="mvtec", backbone="dinov2_vits14", image_size=224)
+  if configlib.flag_in(arg, "runlocal"):  # CPU smoke size.
+    config.funad.update(epochs=3, batch_size=8, eval_every=1,
+                        checkpoint_every=1)
+  return funad_config.apply_args(config, arg)

@@ -1,20 +1,42 @@
 r"""FUN-AD on the generated synthetic texture dataset (METHODS §1).
 
+The embedded procedural dataset, generated into <workdir>/data (nothing to
+download).
+
 Run::
 
-  python experiments/main.py --config=configs/funad_synthetic.py:runlocal \
-      --workdir=/tmp/funad_synthetic
+  python experiments/main.py \
+      --config=configs/funad_synthetic.py:contamination=0.1 \
+      --workdir=runs/funad_synthetic
+  # CPU smoke run:
+  python experiments/main.py \
+      --config=configs/funad_synthetic.py:runlocal,contamination=0.1 \
+      --workdir=runs/funad_synthetic_local
 
-Args after the colon: category, contamination, overlap, rho, epochs (1500 =
-paper), backbone (dinov2_vits14), layer (8), image_size (224), crop, seed,
-root, refresh_every (1 = faithful), lr (2e-5), eval_every (0 = config default),
-runlocal (3 epochs, batch 8, a CPU budget).
+Args: category, contamination, rho (memory-bank ratio ρ), epochs, lr,
+smoothness (mae|mse|kl), refresh_every (1 = rescore every iteration),
+eval_every, backbone, layer (ViT block), image_size, crop, seed, root,
+runlocal (the CPU smoke size of get_config).
+Defaults: ``default_config()`` of dicofun/methods/funad/config.py, the
+shared blocks of ``configlib.run_config`` and the values below; an arg given
+explicitly wins over runlocal.
 The result is the last epoch; ``extra.oracle`` in results.json is the
 test-selected epoch, labelled as such.
 """
 
+from dicofun import configlib
 from dicofun.methods.funad import config as funad_config
 
 
 def get_config(arg=None):
-  return funad_config.funad_config("synthetic", arg)
+  """The run config; ``arg`` as in the module docstring."""
+  config = configlib.run_config(
+      method="funad", method_config=funad_config.default_config(),
+      dataset="synthetic", backbone="dinov2_vits14", image_size=224)
+  if configlib.flag_in(arg, "runlocal"):  # CPU smoke size.
+    config.dataset.image_size = 112  # 8×8 ViT-S/14 patches.
+    config.dataset.synthetic.update(num_train=30, num_test_good=10,
+                                    num_test_anomalous=10)
+    config.funad.update(epochs=3, batch_size=8, eval_every=1,
+                        checkpoint_every=1)
+  return funad_config.apply_args(config, arg)

@@ -1,16 +1,32 @@
-r"""patchcore on visa: VisA at $DICOFUN_DATA/visa (containing <category>/Data and split_csv/1cls.csv; or config.dataset.root); get it from https://github.com/amazon-science/spot-diff.
+r"""PatchCore on a VisA category (METHODS §3).
 
-Run:
-  python experiments/main.py --config=configs/patchcore_visa.py:contamination=0.1 \
+VisA at $DICOFUN_DATA/visa (<category>/Data and split_csv/1cls.csv; or
+config.dataset.root); get it from https://github.com/amazon-science/spot-diff.
+
+Run::
+
+  python experiments/main.py \
+      --config=configs/patchcore_visa.py:category=candle,contamination=0.1 \
       --workdir=runs/patchcore_visa
 
-Args (after the colon, comma-separated): category, contamination, overlap,
-backbone (efficientnet_lite0|1|2, dinov2_vits14), layer (ViT block), image_size,
-crop, coreset, seed, root, runlocal. Results of measured runs: BENCHMARKS.md.
+Args: category, contamination, coreset (fraction of patches kept), backbone,
+layer (ViT block), image_size, crop, seed, root, runlocal (the CPU smoke size
+of get_config).
+Defaults: ``default_config()`` of dicofun/methods/patchcore/config.py, the
+shared blocks of ``configlib.run_config`` and the values below; an arg given
+explicitly wins over runlocal.
+Results of measured runs: BENCHMARKS.md.
 """
 
+from dicofun import configlib
 from dicofun.methods.patchcore import config as patchcore_config
 
 
 def get_config(arg=None):
-  return patchcore_config.patchcore_config("visa", arg)
+  """The run config; ``arg`` as in the module docstring."""
+  config = configlib.run_config(
+      method="patchcore", method_config=patchcore_config.default_config(),
+      dataset="visa", backbone="efficientnet_lite0", image_size=224)
+  # runlocal changes nothing here: there are no epochs to cut and the
+  # dataset is read as it is.
+  return patchcore_config.apply_args(config, arg)

@@ -23,6 +23,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from dicofun import configlib
 from dicofun import methods
 from dicofun import predict as predict_lib
 from dicofun import results as results_lib
@@ -80,8 +81,10 @@ def run_command(argv: Sequence[str]) -> None:
   workdir = _WORKDIR.value or os.path.join("runs", _name_of(spec))
   logging.info("Workdir: %s", workdir)
   try:
+    methods.check_config(config)  # Again: --config.* flags may have changed it.
     metrics = runner.train_and_evaluate(config, workdir)
-  except (errors.DatasetError, methods.UnknownMethodError) as e:
+  except (errors.DatasetError, methods.UnknownMethodError,
+          configlib.ConfigArgError) as e:
     # Bad input, not a bug: say what is wrong without a traceback.
     logging.error("%s", e)
     sys.exit(f"error: {e}")

@@ -1,23 +1,42 @@
-"""Config helpers: strict parsing of config-file arguments and shared defaults.
+"""Config helpers: shared config blocks, strict arguments, named errors.
 
-Config files in ``configs/`` define ``get_config(arg=None)``; ``arg`` is the
-string after the colon in ``--config=configs/x.py:category=bottle,runlocal``.
-``parse_arg`` turns it into typed values, refusing unknown keys, so a typo never
-silently runs the default experiment.
+A config file ``configs/<method>_<dataset>.py`` defines ``get_config(arg=None)``
+and says the experiment in it: ``run_config`` gives the blocks every method
+shares for the file's dataset, backbone and image size; the method's
+``default_config()`` gives ``config.<method>``; a ``runlocal`` block shrinks
+the run to a CPU smoke size; then the method's ``apply_args`` reads ``arg``,
+the string after the colon in
+``--config=configs/x.py:category=bottle,runlocal``, and checks the result.
+
+Each default lives in one place (those blocks and ``default_config()``): an
+argument's default is read from the field it sets (``apply_args``), and
+arguments given explicitly win over ``runlocal``. ``parse_arg`` refuses
+unknown keys, so a typo never silently runs the default experiment, and the
+``check_*`` helpers raise ``ConfigArgError`` naming the field, the value and
+what is expected before any work starts.
 """
 
 from __future__ import annotations
 
 import ast
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import ml_collections
 
 from dicofun import data as data_lib
+from dicofun.models import names as backbone_names
 
 
 class ConfigArgError(ValueError):
-  """A config argument string that cannot be parsed or names an unknown key."""
+  """A config argument or field that cannot be used as given.
+
+  Attributes:
+    known: for an unknown key, the keys the parser accepts (else empty).
+  """
+
+  def __init__(self, message: str, *, known: Sequence[str] = ()):
+    super().__init__(message)
+    self.known = tuple(known)
 
 
 def _coerce(key: str, raw: str, default: Any) -> Any:
@@ -77,7 +96,8 @@ def parse_arg(arg: Optional[str], **defaults: Any) -> ml_collections.ConfigDict:
       key = key.strip()
       if key not in defaults:
         raise ConfigArgError(
-            f"unknown config arg {key!r}; known args: {sorted(defaults)}")
+            f"unknown config arg {key!r}; known args: {sorted(defaults)}",
+            known=sorted(defaults))
       if not sep and not isinstance(defaults[key], bool):
         raise ConfigArgError(
             f"config arg {key!r} needs a value ({key}=...)")
@@ -88,7 +108,7 @@ def parse_arg(arg: Optional[str], **defaults: Any) -> ml_collections.ConfigDict:
 
 
 def dataset_config(*, name: str, category: str = "", root: str = "",
-                   contamination: float = 0.0, overlap: bool = False,
+                   contamination: float = 0.0,
                    image_size: int = 224, crop_fraction: float = 0.875,
                    seed: int = 0, source: str = "folder",
                    tfds_data_dir: str = "") -> ml_collections.ConfigDict:
@@ -100,8 +120,8 @@ def dataset_config(*, name: str, category: str = "", root: str = "",
     root: dataset root directory ("" = the default for that dataset: the
       ``DICOFUN_DATA`` environment variable or ``~/data``; the synthetic
       dataset is generated under the workdir when empty).
-    contamination: ratio of test anomalies moved into train (METHODS §4).
-    overlap: keep moved anomalies in the test set too (view b).
+    contamination: ratio of test anomalies moved into train (METHODS §4);
+      the runner always reports both test views, with and without them.
     image_size: evaluation / input size S.
     crop_fraction: centre-crop fraction (1.0 = resize straight to S).
     seed: seed of the contamination draw.
@@ -115,11 +135,8 @@ def dataset_config(*, name: str, category: str = "", root: str = "",
   Returns:
     A ConfigDict.
   """
-  if name not in data_lib.DATASETS:
-    raise ConfigArgError(f"dataset {name!r} not in {sorted(data_lib.DATASETS)}")
-  if source not in data_lib.SOURCES:
-    raise ConfigArgError(f"dataset source {source!r} not in "
-                         f"{sorted(data_lib.SOURCES)}")
+  check_choice("dataset.name", name, sorted(data_lib.DATASETS))
+  check_choice("dataset.source", source, sorted(data_lib.SOURCES))
   return ml_collections.ConfigDict(dict(
       name=name,
       category=category,
@@ -127,7 +144,6 @@ def dataset_config(*, name: str, category: str = "", root: str = "",
       source=source,
       tfds_data_dir=tfds_data_dir,
       contamination=contamination,
-      overlap=overlap,
       contamination_seed=seed,
       image_size=image_size,
       crop_fraction=crop_fraction,
@@ -152,7 +168,8 @@ def base_config(*, method: str, dataset: ml_collections.ConfigDict,
   cfg.backbone = ml_collections.ConfigDict(dict(
       name=backbone,
       weights="pretrained",  # "pretrained", "random" or a checkpoint path.
-      layer=8,  # ViT block whose tokens are used (METHODS §1 note).
+      # ViT block whose tokens are used (METHODS §1 note).
+      layer=backbone_names.DEFAULT_VIT_LAYER,
       batch_size=16,
   ))
   cfg.eval = ml_collections.ConfigDict(dict(
@@ -171,5 +188,170 @@ def base_config(*, method: str, dataset: ml_collections.ConfigDict,
 
 def dataset_defaults(dataset: str) -> dict[str, Any]:
   """The config-file defaults (category, crop_fraction) of a dataset."""
-  spec = data_lib.get_dataset(dataset)
+  check_choice("dataset.name", dataset, sorted(data_lib.DATASETS))
+  spec = data_lib.DATASETS[dataset]
   return dict(category=spec.category, crop_fraction=spec.crop_fraction)
+
+
+# --------------------------------------------------------------------------
+# The experiment of a config file: its blocks, its arguments, its checks.
+
+# Config-file argument → the config field it sets, for every method. A
+# method adds its own (``methods/<name>/config.py:ARGS``).
+SHARED_ARGS: dict[str, str] = {
+    "category": "dataset.category",
+    "contamination": "dataset.contamination",
+    "backbone": "backbone.name",
+    "image_size": "dataset.image_size",
+    "crop": "dataset.crop_fraction",
+    "seed": "seed",
+    "root": "dataset.root",
+}
+
+# A bare flag of every config file: the file's CPU smoke size.
+RUNLOCAL = "runlocal"
+
+
+def run_config(*, method: str, method_config: ml_collections.ConfigDict,
+               dataset: str, backbone: str,
+               image_size: int) -> ml_collections.ConfigDict:
+  """A run config: ``base_config``, ``dataset_config`` and the method block.
+
+  The dataset's default category and crop come from its ``data.DATASETS``
+  entry. The config is locked: a config file's ``runlocal`` block (or any
+  later override) can change fields but not add a misspelt one.
+
+  Args:
+    method: the method name (``config.method``).
+    method_config: ``config.<method>``, the method's ``default_config()``.
+    dataset: a key of ``data.DATASETS``.
+    backbone: a backbone name (``models.names``).
+    image_size: the input / evaluation size S.
+
+  Returns:
+    A locked ConfigDict.
+  """
+  check_choice("dataset.name", dataset, sorted(data_lib.DATASETS))
+  spec = data_lib.DATASETS[dataset]
+  config = base_config(
+      method=method,
+      dataset=dataset_config(name=dataset, category=spec.category,
+                             crop_fraction=spec.crop_fraction,
+                             image_size=image_size),
+      backbone=backbone)
+  config[method] = method_config
+  config.lock()
+  return config
+
+
+def flag_in(arg: Optional[str], key: str) -> bool:
+  """The value of the boolean ``key`` in an argument string (False if absent).
+
+  Only ``key`` is read (the last mention wins, as in ``parse_arg``); the
+  whole string is checked later by ``apply_args``. A config file reads
+  ``runlocal`` with it before its ``runlocal`` block.
+  """
+  value = False
+  for item in (arg or "").split(","):
+    name, _, raw = item.strip().partition("=")
+    if name.strip() == key:
+      value = _coerce(key, raw.strip(), False)
+  return value
+
+
+def _field(config: ml_collections.ConfigDict, path: str) -> Any:
+  node = config
+  for part in path.split("."):
+    node = node[part]
+  return node
+
+
+def _set_field(config: ml_collections.ConfigDict, path: str,
+               value: Any) -> None:
+  parent, _, leaf = path.rpartition(".")
+  node = _field(config, parent) if parent else config
+  node[leaf] = value
+
+
+def arg_defaults(config: ml_collections.ConfigDict,
+                 args: Mapping[str, str]) -> dict[str, Any]:
+  """Each argument's default: the current value of the field it sets."""
+  defaults = {name: _field(config, path) for name, path in args.items()}
+  defaults[RUNLOCAL] = False
+  return defaults
+
+
+def apply_args(config: ml_collections.ConfigDict, arg: Optional[str],
+               args: Mapping[str, str]) -> ml_collections.ConfigDict:
+  """Parses ``arg`` strictly against ``args`` and sets the named fields.
+
+  Args:
+    config: the run config, already with its ``runlocal`` block applied (an
+      argument given explicitly wins over it).
+    arg: the config-file argument string.
+    args: argument name → config field (``"funad.rho"``); ``runlocal`` is
+      always accepted.
+
+  Returns:
+    ``config``, updated in place.
+
+  Raises:
+    ConfigArgError: an unknown key or a value of the wrong type.
+  """
+  parsed = parse_arg(arg, **arg_defaults(config, args))
+  for name, path in args.items():
+    _set_field(config, path, parsed[name])
+  return config
+
+
+def _expected(field: str, value: Any, expected: str) -> ConfigArgError:
+  return ConfigArgError(f"config.{field}={value!r}: expected {expected}")
+
+
+def check_choice(field: str, value: Any, choices: Sequence[Any]) -> None:
+  """Raises ConfigArgError unless ``value`` is one of ``choices``."""
+  if value not in choices:
+    raise _expected(field, value, f"one of {list(choices)}")
+
+
+def check_that(ok: bool, field: str, value: Any, expected: str) -> None:
+  """Raises ConfigArgError ``config.<field>=<value>: expected <expected>``."""
+  if not ok:
+    raise _expected(field, value, expected)
+
+
+def check_positive_int(field: str, value: Any) -> None:
+  check_that(isinstance(value, int) and value >= 1, field, value,
+             "an integer >= 1")
+
+
+def check_positive(field: str, value: Any) -> None:
+  check_that(value > 0, field, value, "a number > 0")
+
+
+def check_fraction(field: str, value: Any) -> None:
+  """A fraction in (0, 1]."""
+  check_that(0 < value <= 1, field, value, "a fraction in (0, 1]")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the shared fields of a run config (a method checks its block).
+
+  Raises:
+    ConfigArgError: naming the first field out of range, its value and what
+      it must be.
+  """
+  ds = config.dataset
+  check_choice("dataset.name", ds.name, sorted(data_lib.DATASETS))
+  check_that(0 <= ds.contamination < 1, "dataset.contamination",
+             ds.contamination, "a ratio in [0, 1)")
+  check_choice("backbone.name", config.backbone.name,
+               backbone_names.BACKBONE_NAMES)
+  check_positive_int("dataset.image_size", ds.image_size)
+  patch = backbone_names.PATCH_SIZES[config.backbone.name]
+  if patch and ds.image_size % patch:
+    lower = max(patch, ds.image_size // patch * patch)
+    raise _expected(
+        "dataset.image_size", ds.image_size,
+        f"a multiple of {patch}, the patch size of {config.backbone.name} "
+        f"(e.g. {lower} or {lower + patch})")

@@ -36,6 +36,20 @@ def test_main_refuses_unknown_config_arg(tmp_path):
   assert "unknown config arg 'colour'" in proc.stderr
 
 
+def test_main_checks_flag_overrides_before_any_work(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "main.py"),
+       "--config=" + os.path.join(REPO, "configs", "funad_synthetic.py")
+       + ":runlocal", "--config.funad.smoothness=huber",
+       f"--workdir={tmp_path / 'run'}"],
+      capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert proc.returncode != 0
+  assert ("error: config.funad.smoothness='huber': expected one of "
+          "['mae', 'mse', 'kl']") in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "run").exists()
+
+
 def test_headline_command_says_where_visa_must_be(tmp_path):
   # The mission's headline command on a machine without VisA.
   env = dict(os.environ, DICOFUN_DATA=str(tmp_path / "nothing_here"))

@@ -9,8 +9,8 @@ Run:
       --sweep=configs/sweeps/funad_memory_contamination.py:dataset=mvtec,category=bottle \
       --workdir=runs/sweeps/funad_memory_contamination_bottle
 
-Args (after the colon, comma-separated): dataset (synthetic|mvtec|visa|
-magnetic_tile), category, runlocal (tiny settings for a smoke test).
+Args: dataset (synthetic|mvtec|visa|magnetic_tile), category (default: the
+dataset's), runlocal (every cell at its config's CPU smoke size).
 """
 
 import ml_collections

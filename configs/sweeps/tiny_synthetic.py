@@ -8,7 +8,7 @@ Run:
   python experiments/sweep.py --sweep=configs/sweeps/tiny_synthetic.py \
       --workdir=runs/sweeps/tiny_synthetic
 
-No args.
+Args: none.
 """
 
 import ml_collections

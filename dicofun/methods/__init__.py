@@ -9,8 +9,8 @@ Every such module exposes::
 (see ``dicofun.api``). Modules are imported when first asked for, so that
 loading a config (``methods/<name>/config.py``) never builds JAX programs.
 To add a method: a folder ``methods/<name>/`` with ``config.py`` (its
-``default_config()``) and ``method.py`` (``run``/``predict``), and one line
-here.
+``default_config()``, ``apply_args`` and ``check(config)``) and ``method.py``
+(``run``/``predict``), and one line here.
 """
 
 from __future__ import annotations
@@ -42,3 +42,20 @@ def get_method(name: str) -> types.ModuleType:
   """The method module registered under ``name``."""
   check_method(name)
   return importlib.import_module(METHODS[name])
+
+
+def check_config(config) -> None:
+  """The checks of ``config.method``'s ``config.py`` on a finished config.
+
+  A config file runs them when it parses its arguments; ``dicofun run`` runs
+  them again after any ``--config.<field>=...`` flag override, so a value out
+  of range fails before any work.
+
+  Raises:
+    UnknownMethodError: ``config.method`` names no registered method.
+    configlib.ConfigArgError: naming the field, its value and what is
+      expected.
+  """
+  check_method(config.method)
+  package = METHODS[config.method].rpartition(".")[0]
+  importlib.import_module(f"{package}.config").check(config)

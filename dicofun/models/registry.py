@@ -37,11 +37,12 @@ import numpy as np
 from dicofun.constants import IMAGENET_MEAN
 from dicofun.constants import IMAGENET_STD
 from dicofun.models import efficientnet_lite
+from dicofun.models import names
 from dicofun.models import vit
 from dicofun.models import weights as weights_lib
 
 _HALF = (0.5, 0.5, 0.5)
-DEFAULT_VIT_LAYER = 8
+DEFAULT_VIT_LAYER = names.DEFAULT_VIT_LAYER
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +63,13 @@ BACKBONES: Dict[str, BackboneSpec] = {
         efficientnet_lite.VARIANTS[v][2], pretrained=v <= 2)
        for v in range(5)},
     "dinov2_vits14": BackboneSpec(
-        "vit", (("dim", 384), ("depth", 12), ("heads", 6), ("patch", 14)),
-        IMAGENET_MEAN, IMAGENET_STD, 224, patch=14),
+        "vit", (("dim", 384), ("depth", 12), ("heads", 6),
+                ("patch", names.PATCH_SIZES["dinov2_vits14"])),
+        IMAGENET_MEAN, IMAGENET_STD, 224,
+        patch=names.PATCH_SIZES["dinov2_vits14"]),
 }
+# Config parsing knows the backbones by ``names`` alone (no JAX there).
+assert set(BACKBONES) == set(names.PATCH_SIZES), "update models/names.py"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # Hashed by identity.

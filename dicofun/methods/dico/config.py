@@ -1,11 +1,9 @@
-"""Config-file helper of DiCo (``configs/dico_<dataset>.py``).
+"""DiCo's config: ``default_config()`` (the one place its defaults live), the
+config-file arguments ``ARGS`` and their checks.
 
-Arguments (after the colon, comma-separated): category, contamination,
-overlap, memory (N; 0 disables the memory), mask_ratio, mask_patch, masking,
-score (adaptive|max|topk_mean), k_masks, epochs, batch_size, backbone
-(efficientnet_lite0|1|2), image_size (256 for real data; synthetic 128), crop,
-seed, root, runlocal (CPU budget: image size 128, 3 epochs, batch 8, smaller
-network and synthetic set).
+A ``configs/dico_<dataset>.py`` file builds
+``configlib.run_config(method_config=default_config(), ...)``, applies its
+``runlocal`` block and ends with ``apply_args(config, arg)``.
 """
 
 from __future__ import annotations
@@ -15,8 +13,22 @@ from typing import Optional
 import ml_collections
 
 from dicofun import configlib
+from dicofun.models import names
 
 SCORE_MODES = ("adaptive", "max", "topk_mean")
+
+# Config-file argument → the field it sets (its default is that field's).
+ARGS: dict[str, str] = {
+    **configlib.SHARED_ARGS,
+    "memory": "dico.memory_size",
+    "mask_ratio": "dico.mask_ratio",
+    "mask_patch": "dico.mask_patch",
+    "masking": "dico.masking",
+    "score": "dico.score_mode",
+    "k_masks": "dico.k_masks",
+    "epochs": "dico.epochs",
+    "batch_size": "dico.batch_size",
+}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -53,51 +65,37 @@ def default_config() -> ml_collections.ConfigDict:
   ))
 
 
-def dico_method_config(dataset: str,
-                       arg: Optional[str]) -> ml_collections.ConfigDict:
-  """Config of DiCo on ``dataset`` from the config-file argument string."""
-  d = configlib.dataset_defaults(dataset)
-  default_size = 128 if dataset == "synthetic" else 256
-  a = configlib.parse_arg(
-      arg, category=d["category"], contamination=0.0, overlap=False,
-      memory=50, mask_ratio=0.5, mask_patch=32, masking=True,
-      score="adaptive", k_masks=0, epochs=200, batch_size=16,
-      backbone="efficientnet_lite0", image_size=default_size,
-      crop=d["crop_fraction"], seed=0, root="", runlocal=False)
-  if a.score not in SCORE_MODES:
-    raise configlib.ConfigArgError(
-        f"config arg 'score': expected one of {SCORE_MODES}, got "
-        f"{a.score!r}")
-  image_size = a.image_size
-  if a.runlocal and image_size == default_size:
-    image_size = 128
-  cfg = configlib.base_config(
-      method="dico",
-      dataset=configlib.dataset_config(
-          name=dataset, category=a.category, root=a.root,
-          contamination=a.contamination, overlap=a.overlap,
-          image_size=image_size, crop_fraction=a.crop),
-      backbone=a.backbone, seed=a.seed)
-  sub = default_config()
-  sub.memory_size = a.memory
-  sub.mask_ratio = a.mask_ratio
-  sub.mask_patch = a.mask_patch
-  sub.masking = a.masking
-  sub.score_mode = a.score
-  sub.k_masks = a.k_masks
-  sub.epochs = a.epochs
-  sub.batch_size = a.batch_size
-  if a.runlocal:
-    sub.epochs = min(a.epochs, 3)
-    sub.batch_size = min(a.batch_size, 8)
-    sub.bottleneck_channels = 128
-    sub.eval_every = 1
-    sub.checkpoint_every = 1
-    sub.eval_batch_size = 8
-    cfg.dataset.synthetic.num_train = 24
-    cfg.dataset.synthetic.num_test_good = 8
-    cfg.dataset.synthetic.num_test_anomalous = 8
-    cfg.dataset.num_workers = 2
-  cfg.backbone.batch_size = sub.batch_size
-  cfg.dico = sub
-  return cfg
+def apply_args(config: ml_collections.ConfigDict,
+               arg: Optional[str]) -> ml_collections.ConfigDict:
+  """Sets ``ARGS`` from the config-file argument string and checks the run.
+
+  Args:
+    config: a run config with ``config.dico`` (after its ``runlocal`` block:
+      explicit arguments win over it).
+    arg: the string after the colon, e.g. ``"memory=10,contamination=0.1"``.
+
+  Returns:
+    ``config``, updated in place; the backbone extracts features in batches
+    of ``config.dico.batch_size``.
+  """
+  configlib.apply_args(config, arg, ARGS)
+  config.backbone.batch_size = config.dico.batch_size
+  check(config)
+  return config
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Named errors for a DiCo run config (``configlib.ConfigArgError``)."""
+  configlib.check_config(config)
+  cnns = [n for n, patch in names.PATCH_SIZES.items() if not patch]
+  configlib.check_that(config.backbone.name in cnns, "backbone.name",
+                       config.backbone.name,
+                       f"a CNN, one of {cnns} (DiCo decodes its stride levels)")
+  d = config.dico
+  configlib.check_choice("dico.score_mode", d.score_mode, SCORE_MODES)
+  configlib.check_positive_int("dico.epochs", d.epochs)
+  configlib.check_positive_int("dico.batch_size", d.batch_size)
+  configlib.check_positive("dico.lr", d.lr)
+  configlib.check_that(d.memory_size >= 0, "dico.memory_size", d.memory_size,
+                       "an integer >= 0 (0 disables the memory)")
+  configlib.check_fraction("dico.mask_ratio", d.mask_ratio)

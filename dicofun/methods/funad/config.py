@@ -1,5 +1,10 @@
-"""FUN-AD's config: ``default_config()`` (the one place its defaults live) and
-the builder shared by the ``configs/funad_*.py`` files."""
+"""FUN-AD's config: ``default_config()`` (the one place its defaults live),
+the config-file arguments ``ARGS`` and their checks.
+
+A ``configs/funad_<dataset>.py`` file builds
+``configlib.run_config(method_config=default_config(), ...)``, applies its
+``runlocal`` block and ends with ``apply_args(config, arg)``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,20 @@ from typing import Optional
 import ml_collections
 
 from dicofun import configlib
+
+SMOOTHNESS = ("mae", "mse", "kl")  # The mutual-smoothness loss L_MS.
+
+# Config-file argument → the field it sets (its default is that field's).
+ARGS: dict[str, str] = {
+    **configlib.SHARED_ARGS,
+    "layer": "backbone.layer",
+    "rho": "funad.rho",
+    "epochs": "funad.epochs",
+    "lr": "funad.lr",
+    "smoothness": "funad.smoothness",
+    "refresh_every": "funad.refresh_every",
+    "eval_every": "funad.eval_every",
+}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -23,7 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
       tau_n=0.5,
       tau_c=0.9,
       lam=2.5,
-      smoothness="mae",  # "mae" | "mse" | "kl".
+      smoothness="mae",  # One of SMOOTHNESS.
       smoothness_on_noised=False,  # (ours) reference: True via in-place noise.
       noise=True,
       noise_ddof=1,  # std of σ_c as PyTorch's Tensor.std (unbiased).
@@ -43,48 +62,31 @@ def default_config() -> ml_collections.ConfigDict:
   ))
 
 
-def funad_config(dataset: str, arg: Optional[str]) -> ml_collections.ConfigDict:
-  """FUN-AD config on ``dataset`` from the config-file argument string.
+def apply_args(config: ml_collections.ConfigDict,
+               arg: Optional[str]) -> ml_collections.ConfigDict:
+  """Sets ``ARGS`` from the config-file argument string and checks the run.
 
-  Args (in ``arg``): category, contamination, overlap, rho, epochs, backbone
-  (dinov2_vits14), layer (8), image_size (224), crop, seed, root,
-  refresh_every, lr, eval_every (0: the default), runlocal (a small CPU
-  budget).
+  Args:
+    config: a run config with ``config.funad`` (after its ``runlocal``
+      block: explicit arguments win over it).
+    arg: the string after the colon, e.g. ``"rho=0.25,contamination=0.1"``.
 
   Returns:
-    The run config with ``config.funad``.
+    ``config``, updated in place.
   """
-  d = configlib.dataset_defaults(dataset)
-  a = configlib.parse_arg(
-      arg, category=d["category"], contamination=0.0, overlap=False, rho=0.5,
-      epochs=1500, backbone="dinov2_vits14", layer=8, image_size=224,
-      crop=d["crop_fraction"], seed=0, root="", refresh_every=1,
-      lr=2e-5, eval_every=0, runlocal=False)
-  image_size = a.image_size
-  if a.runlocal and dataset == "synthetic" and image_size == 224:
-    image_size = 112  # 8×8 ViT-S/14 patches: a CPU-sized run.
-  cfg = configlib.base_config(
-      method="funad",
-      dataset=configlib.dataset_config(
-          name=dataset, category=a.category, root=a.root,
-          contamination=a.contamination, overlap=a.overlap,
-          image_size=image_size, crop_fraction=a.crop),
-      backbone=a.backbone, seed=a.seed)
-  cfg.backbone.layer = a.layer
-  sub = default_config()
-  sub.rho = a.rho
-  sub.epochs = a.epochs
-  sub.refresh_every = a.refresh_every
-  sub.lr = a.lr
-  if a.eval_every:
-    sub.eval_every = a.eval_every
-  if a.runlocal:
-    sub.epochs = min(a.epochs, 3)
-    sub.batch_size = 8
-    sub.eval_every = 1
-    sub.checkpoint_every = 1
-    cfg.dataset.synthetic.num_train = 30
-    cfg.dataset.synthetic.num_test_good = 10
-    cfg.dataset.synthetic.num_test_anomalous = 10
-  cfg.funad = sub
-  return cfg
+  configlib.apply_args(config, arg, ARGS)
+  check(config)
+  return config
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Named errors for a FUN-AD run config (``configlib.ConfigArgError``)."""
+  configlib.check_config(config)
+  f = config.funad
+  configlib.check_fraction("funad.rho", f.rho)
+  configlib.check_choice("funad.smoothness", f.smoothness, SMOOTHNESS)
+  configlib.check_positive_int("funad.epochs", f.epochs)
+  configlib.check_positive("funad.lr", f.lr)
+  configlib.check_positive_int("funad.refresh_every", f.refresh_every)
+  configlib.check_that(f.eval_every >= 0, "funad.eval_every", f.eval_every,
+                       "an integer >= 0")

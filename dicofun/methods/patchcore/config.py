@@ -1,10 +1,15 @@
-"""PatchCore's config: ``default_config()`` (the one place its defaults live)
-and the builder shared by the ``configs/patchcore_*.py`` files (and, with
-SoftPatch's defaults, ``configs/softpatch_*.py``)."""
+"""PatchCore's config: ``default_config()`` (the one place its defaults live),
+the config-file arguments and their checks (shared with SoftPatch, whose
+``config.softpatch`` extends these defaults).
+
+A ``configs/patchcore_<dataset>.py`` file builds
+``configlib.run_config(method_config=default_config(), ...)``, applies its
+``runlocal`` block and ends with ``apply_args(config, arg)``.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import ml_collections
 
@@ -21,38 +26,32 @@ def default_config() -> ml_collections.ConfigDict:
   ))
 
 
-def bank_config(method: str, dataset: str, arg: Optional[str], *,
-                defaults: Callable[[], ml_collections.ConfigDict]
-                ) -> ml_collections.ConfigDict:
-  """Config of a memory-bank method (PatchCore, SoftPatch) on ``dataset``.
+def bank_args(method: str) -> dict[str, str]:
+  """Config-file argument → field of a memory-bank method's run config."""
+  return {**configlib.SHARED_ARGS,
+          "layer": "backbone.layer",
+          "coreset": f"{method}.coreset_fraction"}
 
-  Args (in ``arg``): category, contamination, overlap, backbone, layer,
-  image_size, crop, coreset, seed, root, runlocal.
+
+def apply_args(config: ml_collections.ConfigDict,
+               arg: Optional[str]) -> ml_collections.ConfigDict:
+  """Sets the arguments of ``bank_args(config.method)`` and checks the run.
+
+  Args:
+    config: a PatchCore or SoftPatch run config (after its ``runlocal``
+      block: explicit arguments win over it).
+    arg: the string after the colon, e.g. ``"coreset=0.25"``.
+
+  Returns:
+    ``config``, updated in place.
   """
-  d = configlib.dataset_defaults(dataset)
-  a = configlib.parse_arg(
-      arg, category=d["category"], contamination=0.0, overlap=False,
-      backbone="efficientnet_lite0", layer=8, image_size=224,
-      crop=d["crop_fraction"], coreset=0.1, seed=0, root="", runlocal=False)
-  cfg = configlib.base_config(
-      method=method,
-      dataset=configlib.dataset_config(
-          name=dataset, category=a.category, root=a.root,
-          contamination=a.contamination, overlap=a.overlap,
-          image_size=a.image_size, crop_fraction=a.crop),
-      backbone=a.backbone, seed=a.seed)
-  cfg.backbone.layer = a.layer
-  sub = defaults()
-  sub.coreset_fraction = a.coreset
-  if a.runlocal:
-    cfg.dataset.synthetic.num_train = 30
-    cfg.dataset.synthetic.num_test_good = 10
-    cfg.dataset.synthetic.num_test_anomalous = 10
-  cfg[method] = sub
-  return cfg
+  configlib.apply_args(config, arg, bank_args(config.method))
+  check(config)
+  return config
 
 
-def patchcore_config(dataset: str,
-                     arg: Optional[str]) -> ml_collections.ConfigDict:
-  """PatchCore on ``dataset`` from the config-file argument string."""
-  return bank_config("patchcore", dataset, arg, defaults=default_config)
+def check(config: ml_collections.ConfigDict) -> None:
+  """Named errors for a PatchCore/SoftPatch config (``ConfigArgError``)."""
+  configlib.check_config(config)
+  configlib.check_fraction(f"{config.method}.coreset_fraction",
+                           config[config.method].coreset_fraction)

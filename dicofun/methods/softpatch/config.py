@@ -1,5 +1,6 @@
-"""SoftPatch's config: ``default_config()`` (PatchCore's plus the LOF filter)
-and the builder of the ``configs/softpatch_*.py`` files."""
+"""SoftPatch's config: ``default_config()`` (PatchCore's plus the LOF filter);
+its config-file arguments and checks are PatchCore's
+(``patchcore.config.apply_args``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Optional
 
 import ml_collections
 
+from dicofun import configlib
 from dicofun.methods.patchcore import config as patchcore_config
 
 
@@ -18,8 +20,18 @@ def default_config() -> ml_collections.ConfigDict:
   return cfg
 
 
-def softpatch_config(dataset: str,
-                     arg: Optional[str]) -> ml_collections.ConfigDict:
-  """SoftPatch on ``dataset`` from the config-file argument string."""
-  return patchcore_config.bank_config("softpatch", dataset, arg,
-                                      defaults=default_config)
+def apply_args(config: ml_collections.ConfigDict,
+               arg: Optional[str]) -> ml_collections.ConfigDict:
+  """PatchCore's arguments and checks, plus the LOF filter's."""
+  configlib.apply_args(config, arg, patchcore_config.bank_args("softpatch"))
+  check(config)
+  return config
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Named errors for a SoftPatch run config."""
+  patchcore_config.check(config)
+  s = config.softpatch
+  configlib.check_positive_int("softpatch.lof_k", s.lof_k)
+  configlib.check_that(0 <= s.drop_fraction < 1, "softpatch.drop_fraction",
+                       s.drop_fraction, "a fraction in [0, 1)")
