@@ -6,12 +6,15 @@ and its mask (often written by different tools) stay aligned **(ours)**.
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import os
-from typing import Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
 
+from dicofun import progress as progress_lib
 from dicofun.data import errors
 
 # Lower-case; matching is case-insensitive (VisA ships ``.JPG``).
@@ -120,3 +123,85 @@ def load_mask(path: PathLike) -> np.ndarray:
     raise errors.CorruptImageError(os.fspath(path),
                                    f"unexpected mask shape {arr.shape}")
   return arr != 0
+
+
+def list_images_recursive(directory: PathLike) -> list[str]:
+  """Every image file under ``directory`` (any depth), sorted by path.
+
+  Hidden files and folders (a leading ``.``) are skipped. Matching is by
+  extension (IMAGE_EXTENSIONS, any case); whether a file decodes is
+  ``screen_images``' question.
+  """
+  found = []
+  for root, dirs, files in os.walk(os.fspath(directory)):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for f in files:
+      if not f.startswith(".") and is_image_file(f):
+        found.append(os.path.join(root, f))
+  return sorted(found)
+
+
+@dataclasses.dataclass
+class Screened:
+  """The outcome of ``screen_images``.
+
+  Attributes:
+    readable: paths that decode, in input order.
+    errors: ``(path, reason)`` of every file that does not decode.
+    small: ``(path, (width, height))`` of readable images smaller than the
+      input size on either side (they are upscaled, which blurs defects).
+  """
+
+  readable: list[str]
+  errors: list[tuple[str, str]]
+  small: list[tuple[str, tuple[int, int]]]
+
+
+def _probe(path: str) -> tuple[Optional[tuple[int, int]], str]:
+  """((width, height), "") when ``path`` decodes, else (None, reason)."""
+  try:
+    if os.path.getsize(path) == 0:
+      return None, "empty file (0 bytes)"
+    arr = load_image(path)
+  except OSError as e:
+    return None, f"{type(e).__name__}: {e}"
+  except errors.CorruptImageError as e:
+    return None, e.reason or str(e)
+  except errors.DatasetError as e:
+    return None, str(e)
+  return (int(arr.shape[1]), int(arr.shape[0])), ""
+
+
+def screen_images(paths: Sequence[str], *, min_size: int = 0,
+                  num_workers: int = 4,
+                  desc: Optional[str] = "reading images") -> Screened:
+  """Decodes every image once and sorts them into readable and unreadable.
+
+  A user's folder from a line may hold a truncated upload or an empty file;
+  those are reported, not fatal, so one bad file never stops the others
+  from being scored **(ours)**.
+
+  Args:
+    paths: image files.
+    min_size: input side S; readable images narrower or lower than S are
+      listed in ``small``.
+    num_workers: decoding threads.
+    desc: progress label (None: quiet).
+
+  Returns:
+    A Screened.
+  """
+  paths = [os.fspath(p) for p in paths]
+  out = Screened([], [], [])
+  with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
+    results = pool.map(_probe, paths)
+    if desc is not None:
+      results = progress_lib.progress(results, total=len(paths), desc=desc)
+    for path, (size, reason) in zip(paths, results):
+      if size is None:
+        out.errors.append((path, reason))
+        continue
+      out.readable.append(path)
+      if min(size) < min_size:
+        out.small.append((path, size))
+  return out
