@@ -96,6 +96,7 @@ class InspectOutcome:
     small: ``(path, (w, h))`` of images smaller than the input size.
     out_dir: the output folder; report_path, csv_path, errors_path in it.
     seconds: wall time.
+    root: the inspected folder (absolute).
   """
 
   files: list[str]
@@ -112,6 +113,7 @@ class InspectOutcome:
   csv_path: str
   errors_path: str
   seconds: float
+  root: str = ""
 
 
 def inspect_config(method: str = DEFAULT_METHOD, *,
@@ -320,19 +322,24 @@ def inspect_folder(folder: str, *, out_dir: str,
       threshold_rule=rule, labels=labels, metrics=metrics,
       errors=screened.errors, small=screened.small, out_dir=out_dir,
       report_path=report_path, csv_path=csv_path,
-      errors_path=os.path.join(out_dir, "errors.csv"), seconds=seconds)
+      errors_path=os.path.join(out_dir, "errors.csv"), seconds=seconds,
+      root=root)
 
 
 def summary(outcome: InspectOutcome) -> str:
   """The one-screen summary ``dicofun inspect`` prints at the end."""
   n = len(outcome.files)
-  lines = [f"dicofun inspect: {n} images scored in {outcome.seconds:.0f}s",
+  lines = [f"dicofun inspect: {n} images under {outcome.root} scored in "
+           f"{outcome.seconds:.0f}s",
            f"  flagged: {int(outcome.decisions.sum())} (score > "
            f"{outcome.threshold:.6g}; {outcome.threshold_rule})"]
+  lines.append("  highest scores:")
   top = np.argsort(-outcome.scores, kind="stable")[:5]
   for i in top:
     mark = "FLAGGED" if outcome.decisions[i] else "ok     "
-    lines.append(f"    {mark} {outcome.scores[i]:10.5g}  {outcome.files[i]}")
+    name = (os.path.relpath(outcome.files[i], outcome.root) if outcome.root
+            else outcome.files[i])
+    lines.append(f"    {mark} {outcome.scores[i]:10.5g}  {name}")
   if outcome.metrics:
     m = outcome.metrics
     lines.append(f"  against the {m['labelled_images']} labelled images: "
