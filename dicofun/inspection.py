@@ -133,13 +133,13 @@ def inspect_config(method: str = DEFAULT_METHOD, *,
   return cfg
 
 
-def _mask_records(records: list) -> list:
-  """Records with their MVTec-layout masks, where such files exist."""
+def _mask_records(records: list, labels: np.ndarray) -> list:
+  """Labelled records with their MVTec-layout masks, where those exist."""
   out = []
-  for r in records:
-    m = mvtec.expected_mask_path(r.image_path) if r.label == 1 else None
+  for r, y in zip(records, labels):
+    m = mvtec.expected_mask_path(r.image_path) if y == 1 else None
     out.append(dataclasses.replace(
-        r, mask_path=m if m and os.path.isfile(m) else None))
+        r, label=int(y), mask_path=m if m and os.path.isfile(m) else None))
   return out
 
 
@@ -162,7 +162,7 @@ def labelled_metrics(config, records, scores, maps, labels, decisions
   tp = int(np.sum(d & (y == 1)))
   out["precision_at_threshold"] = tp / max(int(d.sum()), 1)
   out["recall_at_threshold"] = tp / int(np.sum(y == 1))
-  sub = _mask_records([records[i] for i in known])
+  sub = _mask_records([records[i] for i in known], y)
   if maps is not None and all(r.mask_path for r in sub if r.label == 1):
     arr = pipeline.load_arrays(sub, pipeline.preprocess_for(config),
                                num_workers=config.dataset.num_workers,
@@ -240,7 +240,7 @@ def inspect_folder(folder: str, *, out_dir: str,
                                strict=strict)
   files = screened.readable
   labels = folder_lib.folder_labels(root, files, labels_csv=labels_csv)
-  records = folder_lib.unlabelled_records(files, labels)
+  records = folder_lib.unlabelled_records(files)
   logging.info("Inspecting %d images under %s with %s (%d unreadable, "
                "skipped)", len(files), root, config.method,
                len(screened.errors))

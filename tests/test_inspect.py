@@ -226,6 +226,31 @@ def test_strict_inspect_aborts(tmp_path, monkeypatch):
                               config=config, strict=True)
 
 
+def test_mvtec_layout_masks_add_pixel_metrics(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "fake_inspect_method", _fake_method())
+  monkeypatch.setitem(methods.METHODS, "fake", "fake_inspect_method")
+  cat = tmp_path / "widget"
+  for rel, v in [("test/good/a.png", 100), ("test/good/b.png", 102),
+                 ("test/good/c.png", 104), ("test/good/d.png", 106),
+                 ("test/good/e.png", 108), ("test/crack/x.png", 250)]:
+    (cat / rel).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((20, 20, 3), v, np.uint8)).save(cat / rel)
+  mask = np.zeros((20, 20), np.uint8)
+  mask[:, :5] = 255  # Nearest 20 → 16 keeps 4 of 16 columns: f = 1/4.
+  (cat / "ground_truth" / "crack").mkdir(parents=True)
+  Image.fromarray(mask).save(cat / "ground_truth" / "crack" / "x_mask.png")
+  config = inspection.inspect_config("patchcore", image_size=S)
+  config.method = "fake"
+  outcome = inspection.inspect_folder(str(cat / "test"),
+                                      out_dir=str(tmp_path / "out"),
+                                      config=config)
+  # Maps are constant per image: the defect's mask pixels beat the 5 normal
+  # images' pixels and tie with its own other pixels:
+  # AUROC = (5 + ½(1 − f)) / (6 − f) with f = 1/4.
+  assert outcome.metrics["pixel_auroc"] == pytest.approx(5.375 / 5.75)
+  assert isinstance(outcome.metrics["aupro"], float)
+
+
 class _ReportParser(html.parser.HTMLParser):
   """Collects <img src> and the text of <td class="file"> cells."""
 
@@ -322,3 +347,32 @@ def test_end_to_end_cli_on_a_contaminated_folder(tmp_path):
   assert f"report: {out / 'report.html'}" in proc.stdout
   assert "smaller than the 64x64 input" in proc.stderr
   print(f"inspect wall time {seconds:.1f}s\n{proc.stdout}")
+
+
+def test_bank_methods_run_without_a_test_set_and_return_train_maps(
+    monkeypatch):
+  from dicofun.methods.patchcore import method as patchcore  # pylint: disable=g-import-not-at-top
+  feats = np.random.default_rng(0).normal(size=(9, 4, 4, 8)).astype(
+      np.float32)
+  calls = []
+
+  def load_features(config, recs, **kw):
+    del config, kw
+    calls.append(len(recs))
+    return feats[:len(recs)]
+
+  monkeypatch.setattr(patchcore.features_lib, "load_features", load_features)
+  config = inspection.inspect_config("patchcore", image_size=S)
+  recs = folder.unlabelled_records([f"{i}.png" for i in range(9)])
+  preds = patchcore.run(config, api.RunData(train=recs, test=[]), "")
+  assert calls == [9]  # No feature extraction for the empty test set.
+  assert preds.test_scores.shape == (0,)
+  bank = patchcore.fit(feats, coreset_fraction=0.1, projection_dim=128,
+                       seed=0)
+  loo = patchcore.score(bank, feats, exclude_source=np.arange(9))
+  want_scores, want_maps = patchcore.maps_and_scores(loo, size=S,
+                                                     sigma=4.0)
+  np.testing.assert_allclose(preds.train_scores, want_scores, rtol=1e-6)
+  np.testing.assert_allclose(preds.train_maps, want_maps, rtol=1e-5,
+                             atol=1e-6)
+  assert preds.train_maps.shape == (9, S, S)

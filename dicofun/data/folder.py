@@ -180,19 +180,13 @@ def _csv_labels(root: str, paths: list[str], labels_csv: str) -> np.ndarray:
   return out
 
 
-def unlabelled_records(paths: list[str], labels: np.ndarray, *,
+def unlabelled_records(paths: list[str], *,
                        category: str = "inspect") -> list[Record]:
-  """Training records of an inspected folder.
+  """Training records of an inspected folder: label 0, defect "unknown".
 
-  The known labels are kept in the records (as every reader does; methods
-  never read them); unlabelled images get the placeholder label 0.
+  Known labels (``folder_labels``) stay with the caller, out of the
+  records, so no method or pipeline warning ever acts on them.
   """
-  out = []
-  for p, y in zip(paths, labels):
-    anomalous = int(y) == records_lib.ANOMALOUS
-    out.append(Record(
-        image_path=p, mask_path=None,
-        label=records_lib.ANOMALOUS if anomalous else records_lib.NORMAL,
-        defect=ABNORMAL_DEFECT if anomalous else records_lib.GOOD,
-        split="train", category=category))
-  return out
+  return [Record(image_path=p, mask_path=None, label=records_lib.NORMAL,
+                 defect="unknown", split="train", category=category)
+          for p in paths]
