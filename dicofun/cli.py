@@ -1,4 +1,4 @@
-r"""The ``dicofun`` command: ``inspect``, ``run``, ``predict`` and ``sweep``.
+r"""The ``dicofun`` command: ``inspect``, ``run``, ``predict``, ``sweep``, ``export``.
 
 Usage::
 
@@ -6,6 +6,7 @@ Usage::
   dicofun run --config=configs/patchcore_synthetic.py --workdir=runs/quick
   dicofun predict --workdir=runs/quick --images=/path/to/new/images
   dicofun sweep --sweep=configs/sweeps/tiny_synthetic.py --workdir=runs/sw
+  dicofun export --workdir=runs/inspect_folder --out=model.stablehlo
 
 ``inspect`` and ``predict`` keep the log to warnings unless ``--verbosity``
 is given (``--verbosity=0`` shows dicofun's and the libraries' INFO lines).
@@ -27,6 +28,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from dicofun import export as export_lib
 from dicofun import inspection
 from dicofun import methods
 from dicofun import predict as predict_lib
@@ -47,7 +49,10 @@ _IMAGES = flags.DEFINE_string(
     "images", None, "predict: folder of images to score (searched recursively).")
 _OUT = flags.DEFINE_string(
     "out", None, "predict: output folder (default <workdir>/predictions); "
-    "inspect: output folder (default runs/inspect_<folder name>).")
+    "inspect: output folder (default runs/inspect_<folder name>); export: "
+    "the StableHLO file (default <workdir>/model.stablehlo).")
+_BATCH = flags.DEFINE_integer(
+    "batch_size", 1, "export: the fixed batch of the exported scorer.")
 _METHOD = flags.DEFINE_enum(
     "method", inspection.DEFAULT_METHOD, ["softpatch", "patchcore", "funad",
                                           "dico"],
@@ -194,11 +199,29 @@ def sweep_command(argv: Sequence[str]) -> int:
   return 0
 
 
+def export_command(argv: Sequence[str]) -> None:
+  """``dicofun export``: a PatchCore/SoftPatch model as StableHLO."""
+  _no_positional(argv)
+  if not _WORKDIR.value:
+    raise app.UsageError("export needs --workdir=RUN_DIR (holding model/)")
+  _quiet_unless_asked()
+  out = _OUT.value or os.path.join(_WORKDIR.value, "model.stablehlo")
+  try:
+    info = export_lib.export_scorer(_WORKDIR.value, out,
+                                    batch_size=_BATCH.value)
+  except (export_lib.NotExportableError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  print(f"exported the {info['method']} scorer (uint8 ({info['batch_size']}, "
+        f"{info['image_size']}, {info['image_size']}, 3) → scores, maps) to "
+        f"{out}; how to call it: {out}.json")
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], object]] = {
     "inspect": inspect_command,
     "run": run_command,
     "predict": predict_command,
     "sweep": sweep_command,
+    "export": export_command,
 }
 
 

@@ -7,7 +7,7 @@ function-level imports. The layers are those of docs/architecture.md:
 1 rooms     data.*, models.*, ops.*, metrics, summary
 2 services  api, configlib, features, evaluate, checkpoint, viz
 3 methods   methods.*
-4 runner    protocol, results, runner, predict, sweep, inspection, report
+4 runner    protocol, results, runner, predict, sweep, inspection, report, export
 5 cli       cli, __main__
 
 A module may import any module of a lower layer, and a module of its own
@@ -49,6 +49,7 @@ _LAYERS = {
     "dicofun.sweep": (4, "runner"),
     "dicofun.inspection": (4, "runner"),
     "dicofun.report": (4, "runner"),
+    "dicofun.export": (4, "runner"),
     "dicofun.cli": (5, "cli"),
     "dicofun.__main__": (5, "cli"),
 }
