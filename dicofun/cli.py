@@ -225,6 +225,38 @@ COMMANDS: dict[str, Callable[[Sequence[str]], object]] = {
 }
 
 
+# The flags each command reads, for ``dicofun <command> --help``.
+COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
+    "inspect": ("out", "method", "backbone", "image_size", "labels",
+                "contamination_hint", "strict", "verbosity"),
+    "run": ("config", "workdir"),
+    "predict": ("workdir", "images", "out", "threshold", "overlays",
+                "save_maps", "strict", "verbosity"),
+    "sweep": ("sweep", "workdir", "only_cells", "dry_run"),
+    "export": ("workdir", "out", "batch_size", "verbosity"),
+}
+
+_USAGE = {
+    "inspect": "dicofun inspect FOLDER [--flags]",
+    "run": "dicofun run --config=configs/<method>_<dataset>.py[:args]",
+    "predict": "dicofun predict --workdir=RUN_DIR --images=DIR",
+    "sweep": "dicofun sweep --sweep=configs/sweeps/<name>.py[:args]",
+    "export": "dicofun export --workdir=RUN_DIR [--out=FILE]",
+}
+
+
+def command_help(command: str) -> str:
+  """``--help`` of one command: what it does and its flags with defaults."""
+  doc = (COMMANDS[command].__doc__ or "").strip().splitlines()[0]
+  lines = [f"usage: {_USAGE[command]}", "", doc, "", "flags:"]
+  for name in COMMAND_FLAGS[command]:
+    flag = flags.FLAGS[name]
+    default = flag.default_as_str if flag.default is not None else "None"
+    lines.append(f"  --{name} (default: {default})")
+    lines.append(f"      {flag.help}")
+  return "\n".join(lines)
+
+
 def main(argv: Sequence[str] = None) -> None:
   """``dicofun <command> [--flags]``."""
   argv = list(sys.argv if argv is None else argv)
@@ -232,4 +264,7 @@ def main(argv: Sequence[str] = None) -> None:
     sys.exit(f"usage: dicofun {{{'|'.join(COMMANDS)}}} [--flags]  "
              f"(dicofun <command> --help lists the flags)")
   command = argv.pop(1)
+  if any(a in ("--help", "-h", "-?") for a in argv[1:]):
+    print(command_help(command))
+    return
   app.run(COMMANDS[command], argv=[f"{argv[0]} {command}"] + argv[1:])

@@ -376,3 +376,17 @@ def test_bank_methods_run_without_a_test_set_and_return_train_maps(
   np.testing.assert_allclose(preds.train_maps, want_maps, rtol=1e-5,
                              atol=1e-6)
   assert preds.train_maps.shape == (9, S, S)
+
+
+def test_each_command_help_lists_its_flags_with_defaults():
+  from dicofun import cli  # pylint: disable=g-import-not-at-top
+  text = cli.command_help("inspect")
+  assert text.startswith("usage: dicofun inspect FOLDER")
+  for flag in ("--method (default: 'softpatch')",
+               "--backbone (default: 'efficientnet_lite0')",
+               "--image_size (default: '224')",
+               "--contamination_hint (default: None)",
+               "--strict (default: 'false')", "--labels", "--out"):
+    assert flag in text, flag
+  assert set(cli.COMMAND_FLAGS) == set(cli.COMMANDS)
+  assert "--batch_size (default: '1')" in cli.command_help("export")
