@@ -59,6 +59,12 @@ def _e(x: Any) -> str:
   return html.escape(str(x), quote=True)
 
 
+def _fmt(v: Any) -> str:
+  if isinstance(v, (bool, str)) or not isinstance(v, (int, float)):
+    return str(v)
+  return str(v) if isinstance(v, int) else f"{v:.4f}"
+
+
 def _img(src: Optional[str], alt: str, cls: str = "t") -> str:
   if not src:
     return '<span class="muted">no map</span>'
@@ -87,8 +93,8 @@ def render(*, title: str, headline: Sequence[str], rows: Sequence[Row],
   out += [f"<p>{_e(line)}</p>" for line in headline]
   if metrics:
     out.append("<h2>Metrics against the labels</h2><table>")
-    out += [f"<tr><th>{_e(k)}</th><td>{_e(v if isinstance(v, str) else f'{v:.4f}')}"
-            "</td></tr>" for k, v in metrics.items()]
+    out += [f"<tr><th>{_e(k)}</th><td>{_e(_fmt(v))}</td></tr>"
+            for k, v in metrics.items()]
     out.append("</table>")
   if figures:
     out.append("<h2>Score distribution</h2><p>")

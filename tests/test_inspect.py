@@ -293,6 +293,11 @@ def test_report_references_existing_images_and_lists_each_file_once(
   # Two pictures per image (view, overlay) plus histogram and ROC.
   assert len(parser.srcs) == 2 * len(_FOLDER) + 2
   assert "histogram.png" in parser.srcs and "roc.png" in parser.srcs
+  with open(os.path.join(out, "report.html"), encoding="utf-8") as f:
+    page = f.read()
+  assert "<th>labelled_images</th><td>6</td>" in page
+  assert "<th>image_auroc</th><td>1.0000</td>" in page
+  assert "1 of 7 images flagged" in page
 
 
 # ------------------------------------------------------------- end to end
