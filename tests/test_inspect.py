@@ -395,3 +395,23 @@ def test_each_command_help_lists_its_flags_with_defaults():
     assert flag in text, flag
   assert set(cli.COMMAND_FLAGS) == set(cli.COMMANDS)
   assert "--batch_size (default: '1')" in cli.command_help("export")
+
+
+def test_synthetic_inspect_folder_layout(tmp_path):
+  from dicofun.data import synthetic  # pylint: disable=g-import-not-at-top
+  root = synthetic.write_inspect_folder(str(tmp_path / "line"), num_good=3,
+                                        num_defective=2, image_size=16)
+  rels = sorted(os.path.relpath(p, root)
+                for p in images.list_images_recursive(root))
+  assert rels == ["defect/blob_000.png", "defect/scratch_000.png",
+                  "good/000.png", "good/001.png", "good/002.png"]
+  # The same pixels as the MVTec-layout generator's.
+  cat = synthetic.generate(str(tmp_path / "mvtec"), num_train=3,
+                           num_test_good=0, num_test_anomalous=2,
+                           image_size=16)
+  for a, b in [("good/001.png", "train/good/001.png"),
+               ("defect/scratch_000.png", "test/scratch/000.png")]:
+    np.testing.assert_array_equal(images.load_image(os.path.join(root, a)),
+                                  images.load_image(os.path.join(cat, b)))
+  with pytest.raises(FileExistsError):
+    synthetic.write_inspect_folder(root)
