@@ -24,7 +24,8 @@ Outputs, in ``out_dir``:
   ``roc.png`` with labels), see ``dicofun.report``;
 * ``model/``: the inference checkpoint with the threshold, so
   ``dicofun predict --workdir=OUT_DIR --images=NEW`` scores new images the
-  same way;
+  same way (on the inspected images themselves ``predict`` differs from
+  scores.csv: there each image's own kept patches are in the bank);
 * ``errors.csv``: ``file``, ``reason`` of every file that could not be read
   (skipped; ``strict=True`` aborts instead);
 * ``inspect.json``: counts, threshold, metrics and settings.
@@ -228,7 +229,7 @@ def inspect_folder(folder: str, *, out_dir: str,
   t0 = time.time()
   root = os.path.abspath(os.path.expanduser(folder))
   if not os.path.isdir(root):
-    raise errors.DatasetNotFoundError(root, what="image folder to inspect")
+    raise errors.DatasetError(f"folder to inspect not found: {root!r}")
   config = config if config is not None else inspect_config(method)
   os.makedirs(out_dir, exist_ok=True)
   paths = images_lib.list_images_recursive(root)

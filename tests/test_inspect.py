@@ -251,6 +251,17 @@ def test_mvtec_layout_masks_add_pixel_metrics(tmp_path, monkeypatch):
   assert isinstance(outcome.metrics["aupro"], float)
 
 
+def test_missing_or_empty_folder_is_named(tmp_path):
+  with pytest.raises(errors.DatasetError, match="not found: .*nowhere"):
+    inspection.inspect_folder(str(tmp_path / "nowhere"),
+                              out_dir=str(tmp_path / "o"))
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "empty" / "notes.txt").write_text("no images")
+  with pytest.raises(errors.EmptyCategoryError, match="empty"):
+    inspection.inspect_folder(str(tmp_path / "empty"),
+                              out_dir=str(tmp_path / "o"))
+
+
 class _ReportParser(html.parser.HTMLParser):
   """Collects <img src> and the text of <td class="file"> cells."""
 
