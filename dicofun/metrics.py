@@ -105,6 +105,54 @@ def percentile_threshold(normal_scores: np.ndarray, q: float = 99) -> float:
   return float(np.percentile(normal_scores, q))
 
 
+# Iglewicz & Hoaglin's modified z-score cut-off; 1.4826 turns the MAD into a
+# standard deviation for normally distributed scores.
+ROBUST_Z = 3.5
+MAD_TO_STD = 1.4826
+
+
+def robust_threshold(scores: np.ndarray, *,
+                     contamination: Optional[float] = None,
+                     z: float = ROBUST_Z) -> tuple[float, str]:
+  """A decision threshold from unlabelled scores alone **(ours)**.
+
+  Without a hint: ``median + z · 1.4826 · MAD`` (MAD = median absolute
+  deviation from the median), i.e. the images whose modified z-score exceeds
+  ``z`` = 3.5 are flagged. The median and MAD ignore the flagged tail, so a
+  few anomalies in the folder do not drag the threshold up with them. When
+  the MAD is 0 (more than half the scores tied), the threshold is the
+  median.
+
+  With ``contamination`` = c in (0, 1): the ``1 − c`` quantile of the scores
+  (linear interpolation), i.e. about the top c fraction is flagged.
+
+  An image is flagged when its score is strictly greater than the threshold.
+
+  Args:
+    scores: (N,) image scores, N >= 1.
+    contamination: optional expected fraction of anomalies.
+    z: modified z-score cut-off of the robust rule.
+
+  Returns:
+    (threshold, the rule in words).
+  """
+  scores = np.asarray(scores, np.float64).reshape(-1)
+  if scores.size == 0:
+    raise ValueError("robust_threshold needs at least one score")
+  if contamination is not None:
+    if not 0.0 < contamination < 1.0:
+      raise ValueError(f"contamination hint must be in (0, 1), got "
+                       f"{contamination}")
+    q = 1.0 - float(contamination)
+    return (float(np.quantile(scores, q)),
+            f"{q:.4g} quantile of the scores (contamination hint "
+            f"{contamination:g})")
+  med = float(np.median(scores))
+  mad = float(np.median(np.abs(scores - med)))
+  return (med + z * MAD_TO_STD * mad,
+          f"median + {z:g} x 1.4826 x MAD of the scores (robust outlier rule)")
+
+
 def _image_inputs(scores, labels) -> tuple[np.ndarray, np.ndarray]:
   scores = np.asarray(scores, np.float64).reshape(-1)
   labels = np.asarray(labels).reshape(-1).astype(int)

@@ -18,7 +18,10 @@ Outputs, in ``out_dir`` (default ``<run_dir>/predictions``):
   ``decision`` (1 when score > threshold, else 0) and ``threshold``;
 * ``overlays/<file>.png``: each image with its anomaly map (methods with
   maps), all on one colour scale centred on the threshold (``color_scale``);
-* ``maps.npy`` (only with ``keep_maps``): the (n, S, S) float32 maps.
+* ``maps.npy`` (only with ``keep_maps``): the (n, S, S) float32 maps;
+* ``errors.csv``: ``file``, ``reason`` of every file that could not be
+  decoded. Those are skipped and every other image is scored; with
+  ``strict`` the first one aborts instead.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from dicofun import checkpoint
 from dicofun import methods
 from dicofun import progress
 from dicofun import viz
+from dicofun.data import errors
 from dicofun.data import images
 from dicofun.data import pipeline
 from dicofun.data import records as records_lib
@@ -51,6 +55,8 @@ class PredictOutcome:
     threshold: the threshold used.
     csv_path: path of scores.csv.
     overlays: overlay PNG paths (empty when the method returns no maps).
+    errors: ``(path, reason)`` of the unreadable files (not scored).
+    errors_path: path of errors.csv.
   """
 
   files: list[str]
@@ -59,6 +65,8 @@ class PredictOutcome:
   threshold: float
   csv_path: str
   overlays: list[str]
+  errors: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+  errors_path: str = ""
 
 
 def list_images(directory: str) -> list[str]:
@@ -69,17 +77,56 @@ def list_images(directory: str) -> list[str]:
   """
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"--images={directory!r} is not a directory")
-  found = []
-  for root, dirs, files in os.walk(directory):
-    dirs.sort()
-    for f in files:
-      if os.path.splitext(f)[1].lower() in images.IMAGE_EXTENSIONS:
-        found.append(os.path.join(root, f))
+  found = images.list_images_recursive(directory)
   if not found:
     raise FileNotFoundError(
         f"no image files ({', '.join(images.IMAGE_EXTENSIONS)}) under "
         f"{directory!r}")
-  return sorted(found)
+  return found
+
+
+def write_errors_csv(path: str, root: str,
+                     bad: Sequence[tuple[str, str]]) -> str:
+  """``file`` (relative to ``root``), ``reason`` of each unreadable file."""
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["file", "reason"])
+    for p, why in bad:
+      w.writerow([os.path.relpath(p, root), why])
+  return path
+
+
+def screen(root: str, paths: Sequence[str], *, out_dir: str, image_size: int,
+           strict: bool) -> images.Screened:
+  """Decodes every file once, writes ``errors.csv``, warns about small ones.
+
+  Shared by ``predict_folder`` and ``dicofun inspect``.
+
+  Raises:
+    DatasetError: ``strict`` and a file is unreadable, or none is readable.
+  """
+  screened = images.screen_images(paths, min_size=image_size)
+  errors_path = write_errors_csv(os.path.join(out_dir, "errors.csv"), root,
+                                 screened.errors)
+  for p, why in screened.errors:
+    logging.warning("skipping unreadable %s: %s", p, why)
+  if screened.errors and strict:
+    p, why = screened.errors[0]
+    raise errors.DatasetError(
+        f"{len(screened.errors)} unreadable file(s) under {root!r} (first: "
+        f"{p!r}: {why}); all listed in {errors_path}. Without --strict they "
+        "are skipped.")
+  if screened.small:
+    p, (w, h) = screened.small[0]
+    logging.warning(
+        "%d image(s) are smaller than the %dx%d input (first: %s, %dx%d); "
+        "they are upscaled, which blurs small defects", len(screened.small),
+        image_size, image_size, p, w, h)
+  if not screened.readable:
+    raise errors.DatasetError(
+        f"none of the {len(paths)} image files under {root!r} can be read; "
+        f"see {errors_path}")
+  return screened
 
 
 def records_for(paths: Sequence[str], *, category: str = ""
@@ -120,7 +167,8 @@ def predict_folder(run_dir: str, images_dir: str, *,
                    threshold: Optional[float] = None,
                    chunk: int = 64,
                    overlays: bool = True,
-                   keep_maps: bool = False) -> PredictOutcome:
+                   keep_maps: bool = False,
+                   strict: bool = False) -> PredictOutcome:
   """Scores every image under ``images_dir`` with the run in ``run_dir``.
 
   Args:
@@ -134,6 +182,7 @@ def predict_folder(run_dir: str, images_dir: str, *,
     keep_maps: keep ``maps.npy``, the (n, S, S) float32 anomaly maps in the
       row order of scores.csv (the maps are spooled there anyway, so that
       memory stays bounded while overlays share one colour scale).
+    strict: abort on an unreadable file instead of skipping it.
 
   Returns:
     A PredictOutcome.
@@ -141,6 +190,7 @@ def predict_folder(run_dir: str, images_dir: str, *,
   Raises:
     FileNotFoundError: no checkpoint in ``run_dir`` or no image found.
     ValueError: the run stored no threshold and none is given.
+    DatasetError: no file is readable, or ``strict`` and one is not.
   """
   state, config, meta = checkpoint.load_inference(run_dir)
   method = methods.get_method(config.method)
@@ -152,7 +202,9 @@ def predict_folder(run_dir: str, images_dir: str, *,
     threshold = float(meta["threshold"])
   out_dir = out_dir or os.path.join(run_dir, "predictions")
   os.makedirs(out_dir, exist_ok=True)
-  paths = list_images(images_dir)
+  screened = screen(images_dir, list_images(images_dir), out_dir=out_dir,
+                    image_size=int(config.dataset.image_size), strict=strict)
+  paths = screened.readable
   logging.info("Scoring %d images from %s with the %s model of %s "
                "(threshold %.6g)", len(paths), images_dir, config.method,
                run_dir, threshold)
@@ -208,4 +260,5 @@ def predict_folder(run_dir: str, images_dir: str, *,
                len(written))
   return PredictOutcome(files=paths, scores=scores, decisions=decisions,
                         threshold=float(threshold), csv_path=csv_path,
-                        overlays=written)
+                        overlays=written, errors=screened.errors,
+                        errors_path=os.path.join(out_dir, "errors.csv"))

@@ -103,6 +103,28 @@ def metrics_table(metrics: dict[str, Any], *, title: str = "") -> str:
   return "\n".join(lines) + "\n"
 
 
+def best_worst_rows(scores: np.ndarray, labels: np.ndarray, *,
+                    k: int = 4) -> dict[str, np.ndarray]:
+  """The test images of the four rows of ``best_worst.png``, over all images.
+
+  Best = ranked right: normals scored lowest, anomalies scored highest.
+  Worst = the misrankings that cost AUROC: normals scored highest,
+  anomalies scored lowest. Ties keep the test-set order.
+
+  Returns:
+    ``{"best_normal", "best_anomalous", "worst_normal", "worst_anomalous"}``
+    → up to ``k`` indices into ``scores`` each, best/worst first.
+  """
+  scores = np.asarray(scores, np.float64).reshape(-1)
+  labels = np.asarray(labels).reshape(-1)
+  normal = np.flatnonzero(labels == 0)
+  anomalous = np.flatnonzero(labels == 1)
+  n_up = normal[np.argsort(scores[normal], kind="stable")]
+  a_down = anomalous[np.argsort(-scores[anomalous], kind="stable")]
+  return {"best_normal": n_up[:k], "best_anomalous": a_down[:k],
+          "worst_normal": n_up[::-1][:k], "worst_anomalous": a_down[::-1][:k]}
+
+
 def write_figures(workdir: str, config: ml_collections.ConfigDict,
                   data: api.RunData, preds: api.Predictions,
                   eval_arrays: dict[str, np.ndarray]) -> list[str]:
@@ -132,14 +154,14 @@ def write_figures(workdir: str, config: ml_collections.ConfigDict,
       titles=[os.path.basename(r.image_path) for r in sub],
       mean=pre.mean, std=pre.std)
   written.append("anomaly_maps.png")
-  ranked = np.concatenate([np.argsort(scores)[:4], np.argsort(-scores)[:4]])
-  ranked = np.unique(ranked)
+  rows = best_worst_rows(scores, labels, k=4)
+  ranked = np.unique(np.concatenate(list(rows.values())))
   sub = [data.test[i] for i in ranked]
   arr = pipeline.load_arrays(sub, pre, num_workers=2, allow_missing_mask=True,
                              desc="figure images")
   viz.save_best_worst_grid(
       os.path.join(workdir, "best_worst.png"), arr["image"], arr["mask"],
       np.asarray(preds.test_maps)[ranked], scores[ranked], labels[ranked],
-      k=min(4, len(ranked) // 2 or 1))
+      k=max(1, max(len(r) for r in rows.values())))
   written.append("best_worst.png")
   return written

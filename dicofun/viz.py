@@ -136,6 +136,42 @@ def save_roc_curves(path: str, *, image_scores: np.ndarray,
   _save(fig, path)
 
 
+def save_score_histogram(path: str, scores: np.ndarray, *, threshold: float,
+                         labels: Optional[np.ndarray] = None,
+                         bins: int = 30) -> None:
+  """Histogram of image scores with the decision threshold as a line.
+
+  Args:
+    path: output PNG.
+    scores: (N,) image scores.
+    threshold: drawn as a vertical red line.
+    labels: optional (N,) 0 normal / 1 anomalous / -1 unknown; when some are
+      known, normals and anomalies are stacked in two colours.
+    bins: number of bins.
+  """
+  plt = _pyplot()
+  scores = np.asarray(scores, np.float64).reshape(-1)
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  edges = np.histogram_bin_edges(np.append(scores, threshold), bins=bins)
+  if labels is not None and np.any(np.asarray(labels) >= 0):
+    labels = np.asarray(labels).reshape(-1)
+    groups = [(scores[labels == 0], "normal", "tab:blue"),
+              (scores[labels == 1], "anomalous", "tab:orange"),
+              (scores[labels < 0], "unlabelled", "tab:gray")]
+    groups = [g for g in groups if g[0].size]
+    ax.hist([g[0] for g in groups], bins=edges, stacked=True,
+            label=[g[1] for g in groups], color=[g[2] for g in groups])
+  else:
+    ax.hist(scores, bins=edges, color="tab:gray", label="images")
+  ax.axvline(threshold, color="red", linestyle="--",
+             label=f"threshold {threshold:.4g}")
+  ax.set_xlabel("image anomaly score")
+  ax.set_ylabel("images")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  _save(fig, path)
+
+
 def _roc_axes(ax, title: str) -> None:
   ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=0.8)
   ax.set_xlim(0, 1)

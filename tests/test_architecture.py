@@ -7,7 +7,7 @@ function-level imports. The layers are those of docs/architecture.md:
 1 rooms     data.*, models.*, ops.*, metrics, summary
 2 services  api, configlib, features, evaluate, checkpoint, viz
 3 methods   methods.*
-4 runner    protocol, results, runner, predict, sweep
+4 runner    protocol, results, runner, predict, sweep, inspection, report, export
 5 cli       cli, __main__
 
 A module may import any module of a lower layer, and a module of its own
@@ -47,6 +47,9 @@ _LAYERS = {
     "dicofun.runner": (4, "runner"),
     "dicofun.predict": (4, "runner"),
     "dicofun.sweep": (4, "runner"),
+    "dicofun.inspection": (4, "runner"),
+    "dicofun.report": (4, "runner"),
+    "dicofun.export": (4, "runner"),
     "dicofun.cli": (5, "cli"),
     "dicofun.__main__": (5, "cli"),
 }

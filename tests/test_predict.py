@@ -67,6 +67,8 @@ def overlays(monkeypatch):
   fake.save_overlay = save_overlay
   monkeypatch.setitem(sys.modules, "dicofun.viz", fake)
   monkeypatch.setattr(dicofun, "viz", fake, raising=False)
+  # predict bound dicofun.viz when it was imported.
+  monkeypatch.setattr(predict, "viz", fake)
   return calls
 
 
@@ -203,3 +205,37 @@ def test_cli_reports_a_run_without_model(tmp_path):
       capture_output=True, text=True, timeout=300, cwd=REPO)
   assert proc.returncode != 0
   assert "no inference checkpoint" in proc.stderr
+
+
+def _add_bad_files(d):
+  """A truncated PNG and an empty file next to the good images."""
+  good = (d / "b.png").read_bytes()
+  (d / "sub" / "half.png").write_bytes(good[:len(good) // 2])
+  (d / "zero.png").write_bytes(b"")
+
+
+def test_unreadable_files_are_skipped_and_listed(run_dir, overlays, tmp_path):
+  run, calls = run_dir
+  d = _image_dir(tmp_path)
+  _add_bad_files(d)
+  out = predict.predict_folder(run, str(d))
+  # Every readable image is scored, the two bad files are not.
+  assert [os.path.relpath(p, d) for p in out.files] == ["a.png", "b.png",
+                                                        "sub/c.jpg"]
+  assert sum(len(c) for c in calls) == 3
+  with open(os.path.join(run, "predictions", "errors.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert [r["file"] for r in rows] == ["sub/half.png", "zero.png"]
+  assert rows[0]["reason"] == "OSError: image file is truncated"
+  assert rows[1]["reason"] == "empty file (0 bytes)"
+  assert out.errors_path == os.path.join(run, "predictions", "errors.csv")
+
+
+def test_strict_aborts_on_an_unreadable_file(run_dir, overlays, tmp_path):
+  from dicofun.data import errors  # pylint: disable=g-import-not-at-top
+  run, calls = run_dir
+  d = _image_dir(tmp_path)
+  _add_bad_files(d)
+  with pytest.raises(errors.DatasetError, match="2 unreadable file"):
+    predict.predict_folder(run, str(d), strict=True)
+  assert calls == []

@@ -54,6 +54,7 @@ class CorruptImageError(DatasetError):
 
   def __init__(self, path: str, reason: str = ""):
     self.path = path
+    self.reason = reason
     msg = f"cannot decode image file {path!r}"
     if reason:
       msg += f": {reason}"

@@ -1,6 +1,7 @@
-"""Reader for a user's own images: a folder of normals, optionally abnormals.
+"""Readers for a user's own images.
 
-Layout (only the top level of each folder is read)::
+``read_folder``: a folder of normals, optionally abnormals. Layout (only the
+top level of each folder is read)::
 
   normal_dir/*.png     defect-free (or unlabeled) images; split train/test
   abnormal_dir/*.png   known anomalies; all go to the test split
@@ -8,10 +9,24 @@ Layout (only the top level of each folder is read)::
 
 The train/test split of the normals is a seeded permutation, so it is the same
 on every machine and run with the same seed **(ours)**.
+
+``folder_labels`` / ``unlabelled_records``: one unlabelled folder (any depth),
+as ``dicofun inspect`` reads it. Labels are optional and never shown to a
+method; they only add the ROC curve and AUROC to the report:
+
+* from folder names: when any folder under the root is named ``good`` or
+  ``ok`` (any case), images with such a folder in their path are normal,
+  images in any other sub-folder are anomalous, and loose files at the top
+  level stay unlabelled;
+* from a CSV (``--labels``): columns ``file`` (relative to the root, or
+  absolute) and ``label``: ``0``/``good``/``ok``/``normal`` are normal, an
+  empty cell is unlabelled, anything else is anomalous. The CSV replaces the
+  folder names.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 from typing import Optional
 
@@ -25,6 +40,8 @@ from dicofun.data import records as records_lib
 Record = records_lib.Record
 
 ABNORMAL_DEFECT = "anomaly"
+UNLABELLED = -1
+NORMAL_NAMES = ("good", "ok", "normal")
 
 
 def _check_dir(path: str, what: str) -> str:
@@ -109,3 +126,67 @@ def read_folder(normal_dir: str, *, abnormal_dir: Optional[str] = None,
   elif mask_dir:
     logging.warning("mask_dir %s is ignored: no abnormal_dir given", mask_dir)
   return train + test
+
+
+def _parts(path: str, root: str) -> list[str]:
+  return os.path.relpath(path, root).replace(os.sep, "/").split("/")
+
+
+def folder_labels(root: str, paths: list[str], *,
+                  labels_csv: Optional[str] = None) -> np.ndarray:
+  """(len(paths),) int labels: 0 normal, 1 anomalous, -1 unlabelled.
+
+  See the module docstring for the two rules.
+
+  Raises:
+    DatasetError: the CSV lacks a ``file``/``label`` column.
+  """
+  if labels_csv:
+    return _csv_labels(root, paths, labels_csv)
+  parts = [_parts(p, root) for p in paths]
+  has_normal_dir = any(d.lower() in NORMAL_NAMES[:2]
+                       for ps in parts for d in ps[:-1])
+  out = np.full(len(paths), UNLABELLED, np.int64)
+  if not has_normal_dir:
+    return out
+  for i, ps in enumerate(parts):
+    if any(d.lower() in NORMAL_NAMES[:2] for d in ps[:-1]):
+      out[i] = records_lib.NORMAL
+    elif len(ps) > 1:
+      out[i] = records_lib.ANOMALOUS
+  return out
+
+
+def _csv_labels(root: str, paths: list[str], labels_csv: str) -> np.ndarray:
+  with open(labels_csv, newline="") as f:
+    rows = list(csv.DictReader(f))
+  if rows and not {"file", "label"} <= set(rows[0]):
+    raise errors.DatasetError(
+        f"--labels={labels_csv!r} needs the columns 'file' and 'label', got "
+        f"{sorted(rows[0])}")
+  by_path = {}
+  for row in rows:
+    f = (row["file"] or "").strip()
+    full = os.path.normpath(f if os.path.isabs(f) else os.path.join(root, f))
+    v = (row["label"] or "").strip().lower()
+    by_path[full] = (UNLABELLED if not v else records_lib.NORMAL
+                     if v in ("0",) + NORMAL_NAMES else records_lib.ANOMALOUS)
+  out = np.array([by_path.get(os.path.normpath(p), UNLABELLED) for p in paths],
+                 np.int64)
+  missing = int(np.sum(out == UNLABELLED))
+  if missing:
+    logging.warning("--labels=%s: %d of %d images have no label", labels_csv,
+                    missing, len(paths))
+  return out
+
+
+def unlabelled_records(paths: list[str], *,
+                       category: str = "inspect") -> list[Record]:
+  """Training records of an inspected folder: label 0, defect "unknown".
+
+  Known labels (``folder_labels``) stay with the caller, out of the
+  records, so no method or pipeline warning ever acts on them.
+  """
+  return [Record(image_path=p, mask_path=None, label=records_lib.NORMAL,
+                 defect="unknown", split="train", category=category)
+          for p in paths]

@@ -534,8 +534,47 @@ def generate(root: str, *, category: str = "texture", num_train: int = 60,
   return category_dir
 
 
+def write_inspect_folder(root: str, *, category: str = "texture",
+                         num_good: int = 45, num_defective: int = 5,
+                         image_size: int = 128, seed: int = 0) -> str:
+  """One contaminated folder as a line delivers it, for ``dicofun inspect``.
+
+  ``root/good/NNN.png`` are the normal training images of ``generate`` and
+  ``root/defect/<defect>_NNN.png`` its anomalous test images (same seeds,
+  so the same pixels); the folder names only give the report its labels.
+
+  Returns:
+    ``root`` (absolute).
+
+  Raises:
+    FileExistsError: ``root`` exists and is not empty.
+  """
+  root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+  if os.path.isdir(root) and os.listdir(root):
+    raise FileExistsError(f"{root!r} is not empty; pick another folder")
+  plan = _plan(num_train=num_good, num_test_good=0,
+               num_test_anomalous=num_defective)
+  for split, defect, index, rel in plan:
+    sample = make_sample(category, seed=seed, image_size=image_size,
+                         split=split, index=index, defect=defect)
+    name = os.path.basename(rel)
+    out = (os.path.join(root, "good", name) if defect == GOOD
+           else os.path.join(root, "defect", f"{defect}_{name}"))
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "wb") as f:
+      f.write(_png_bytes(sample.image))
+  logging.info("Wrote %d good and %d defective synthetic images to %s",
+               num_good, num_defective, root)
+  return root
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
-  """``python -m dicofun.data.synthetic --root=DIR [--category=texture]``."""
+  """``python -m dicofun.data.synthetic --root=DIR [--category=texture]``.
+
+  ``--layout=inspect`` writes one contaminated folder instead
+  (``write_inspect_folder``: ``--num_train`` good images,
+  ``--num_test_anomalous`` defective ones).
+  """
   import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--root", required=True)
@@ -545,7 +584,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--num_test_anomalous", type=int, default=20)
   parser.add_argument("--image_size", type=int, default=128)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--layout", default="mvtec", choices=("mvtec", "inspect"))
   a = parser.parse_args(argv)
+  if a.layout == "inspect":
+    write_inspect_folder(a.root, category=a.category, num_good=a.num_train,
+                         num_defective=a.num_test_anomalous,
+                         image_size=a.image_size, seed=a.seed)
+    return
   out = generate(a.root, category=a.category, num_train=a.num_train,
                  num_test_good=a.num_test_good,
                  num_test_anomalous=a.num_test_anomalous,

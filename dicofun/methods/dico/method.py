@@ -298,29 +298,37 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
 
   variables, info = train(cfg, encoder=encoder, epoch_batches=epoch_batches,
                           first_batch=first, seed=int(config.seed),
-                          workdir=workdir, evaluate=evaluate, mesh=mesh,
+                          workdir=workdir,
+                          # dicofun inspect runs without a test set.
+                          evaluate=evaluate if data.test else None, mesh=mesh,
                           place=place)
   t1 = time.time()
   test_scores, test_maps = step_lib.score_in_batches(
       score_fn, variables, test["image"], batch_size=ebs, multiple=ndev,
       desc="DiCo test scoring")
   infer_s = time.time() - t1
-  train_scores = None
+  train_scores = train_maps = None
+  want_maps = bool(config.eval.get("train_maps", False))
   if cfg.transductive:
     if train_images is None:
       # Large sets: score the training set in a stream of fixed batches.
-      parts = []
+      parts, map_parts = [], []
       for batch in pipeline.iterate_batches(
           data.train, pre, batch_size=ebs, shuffle=False, drop_last=False,
           process_index=0, process_count=1, num_workers=workers):
-        parts.append(step_lib.score_in_batches(
+        part_scores, part_maps = step_lib.score_in_batches(
             score_fn, variables, batch["image"], batch_size=ebs,
-            multiple=ndev)[0])
+            multiple=ndev)
+        parts.append(part_scores)
+        if want_maps:
+          map_parts.append(part_maps)
       train_scores = np.concatenate(parts)
+      train_maps = np.concatenate(map_parts) if want_maps else None
     else:
-      train_scores = step_lib.score_in_batches(
+      train_scores, train_maps = step_lib.score_in_batches(
           score_fn, variables, train_images, batch_size=ebs, multiple=ndev,
-          desc="DiCo train scoring")[0]
+          desc="DiCo train scoring")
+      train_maps = train_maps if want_maps else None
   extra: dict[str, Any] = {
       "last_epoch": info["epochs"],
       "resumed_from_epoch": info["resumed_from_epoch"],
@@ -342,8 +350,8 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
         best, note="ORACLE: epoch selected on the test set; not the "
         "reported result (the last epoch is)")
   return api.Predictions(test_scores=test_scores, test_maps=test_maps,
-                         train_scores=train_scores, extra=extra,
-                         state={"params": variables["params"],
+                         train_scores=train_scores, train_maps=train_maps,
+                         extra=extra, state={"params": variables["params"],
                                 "batch_stats": variables["batch_stats"]})
 
 

@@ -293,7 +293,9 @@ def run(config: ml_collections.ConfigDict, data: api.RunData,
   """FUN-AD on ``data`` (the runner's entry point)."""
   t0 = time.time()
   train_feats = features_lib.load_features(config, data.train, layout="tokens")
-  test_feats = features_lib.load_features(config, data.test, layout="tokens")
+  # An empty test set is allowed (dicofun inspect scores the training set).
+  test_feats = (features_lib.load_features(config, data.test, layout="tokens")
+                if data.test else None)
   t_feat = time.time() - t0
   # Test labels feed the per-eval history only (and the labelled oracle).
   # Only the no-overlap view (moved anomalies excluded), as reported.
@@ -302,16 +304,23 @@ def run(config: ml_collections.ConfigDict, data: api.RunData,
   test_labels = np.array([r.label for r in data.test])[keep]
   t1 = time.time()
   out = fit(config, train_feats, workdir=workdir,
-            eval_features=test_feats[keep], eval_labels=test_labels)
+            eval_features=None if test_feats is None else test_feats[keep],
+            eval_labels=None if test_feats is None else test_labels)
   fit_s = time.time() - t1
   state = {"params": out["params"]}
   t2 = time.time()
-  test_scores, test_maps = predict_features(config, state, test_feats)
+  if test_feats is None:
+    size = config.dataset.image_size
+    test_scores = np.zeros((0,), np.float32)
+    test_maps = np.zeros((0, size, size), np.float32)
+  else:
+    test_scores, test_maps = predict_features(config, state, test_feats)
   infer_s = time.time() - t2
-  train_scores = None
+  train_scores = train_maps = None
   if config.funad.transductive:
-    train_scores, _ = predict_features(config, state, train_feats,
-                                       with_maps=False)
+    train_scores, train_maps = predict_features(
+        config, state, train_feats,
+        with_maps=bool(config.eval.get("train_maps", False)))
   history = [{k: v for k, v in h.items() if k != "test_scores"}
              for h in out["history"]]
   extra: dict[str, Any] = {
@@ -325,4 +334,5 @@ def run(config: ml_collections.ConfigDict, data: api.RunData,
       "inference_images_per_s": len(data.test) / max(infer_s, 1e-9),
   }
   return api.Predictions(test_scores=test_scores, test_maps=test_maps,
-                         train_scores=train_scores, extra=extra, state=state)
+                         train_scores=train_scores, train_maps=train_maps,
+                         extra=extra, state=state)

@@ -116,7 +116,11 @@ def run_bank_method(config: ml_collections.ConfigDict, data: api.RunData,
   del workdir
   t0 = time.time()
   train_feats = features_lib.load_features(config, data.train, layout="patchcore")
-  test_feats = features_lib.load_features(config, data.test, layout="patchcore")
+  # An empty test set is allowed: dicofun inspect only scores the training
+  # images (transductively).
+  test_feats = (features_lib.load_features(config, data.test,
+                                           layout="patchcore")
+                if data.test else None)
   t_feat = time.time() - t0
   t1 = time.time()
   keep = keep_fn(train_feats) if keep_fn is not None else None
@@ -126,13 +130,24 @@ def run_bank_method(config: ml_collections.ConfigDict, data: api.RunData,
   logging.info("Bank: %d rows from %d training images (%.1fs)",
                state["bank"].shape[0], len(data.train), fit_s)
   t2 = time.time()
-  test_scores, test_maps = predict_features(config, state, test_feats, cfg=cfg)
+  if test_feats is None:
+    size = config.dataset.image_size
+    test_scores = np.zeros((0,), np.float32)
+    test_maps = np.zeros((0, size, size), np.float32)
+  else:
+    test_scores, test_maps = predict_features(config, state, test_feats,
+                                              cfg=cfg)
   infer_s = time.time() - t2
-  train_scores = None
+  train_scores = train_maps = None
   if cfg.transductive:
+    # Leave-one-out: an image's patches are scored against the bank rows of
+    # the other images only.
     tr_patch = score(state, train_feats,
                      exclude_source=np.arange(len(data.train)))
     train_scores = tr_patch.reshape(len(tr_patch), -1).max(1)
+    if config.eval.get("train_maps", False):
+      _, train_maps = maps_and_scores(tr_patch, size=config.dataset.image_size,
+                                      sigma=cfg.blur_sigma)
   extra: dict[str, Any] = {
       "bank_rows": int(state["bank"].shape[0]),
       "feature_shape": list(train_feats.shape[1:]),
@@ -143,8 +158,8 @@ def run_bank_method(config: ml_collections.ConfigDict, data: api.RunData,
   if keep is not None:
     extra["kept_patch_fraction"] = float(np.mean(keep))
   return api.Predictions(test_scores=test_scores, test_maps=test_maps,
-                         train_scores=train_scores, extra=extra,
-                         state={"bank": state["bank"]})
+                         train_scores=train_scores, train_maps=train_maps,
+                         extra=extra, state={"bank": state["bank"]})
 
 
 def predict_features(config: ml_collections.ConfigDict, state: Bank,

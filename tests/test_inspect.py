@@ -1,0 +1,428 @@
+"""dicofun inspect: an unlabelled folder in, scores, report and model out.
+
+Units (the label-free threshold, folder labels, screening), ``inspect_folder``
+with a fake method whose scores are hand-computable, the report's HTML, and
+one end-to-end ``python -m dicofun inspect`` with SoftPatch on a contaminated
+synthetic folder.
+"""
+
+import csv
+import glob
+import html.parser
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from dicofun import api
+from dicofun import inspection
+from dicofun import methods
+from dicofun import metrics
+from dicofun import predict
+from dicofun.data import errors
+from dicofun.data import folder
+from dicofun.data import images
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+S = 16
+
+
+# ------------------------------------------------------------------ units
+
+
+def test_robust_threshold_is_median_plus_scaled_mad():
+  t, rule = metrics.robust_threshold(np.array([1.0, 2, 3, 4, 100]))
+  # median 3, |x - 3| = 2, 1, 0, 1, 97 → MAD 1.
+  assert t == pytest.approx(3 + 3.5 * 1.4826)
+  assert "MAD" in rule
+
+
+def test_robust_threshold_with_a_contamination_hint_is_a_quantile():
+  t, rule = metrics.robust_threshold(np.array([1.0, 2, 3, 4, 100]),
+                                     contamination=0.2)
+  # 0.8 quantile: position 3.2 between 4 and 100.
+  assert t == pytest.approx(4 + 0.2 * 96)
+  assert "0.8 quantile" in rule
+  with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+    metrics.robust_threshold(np.ones(3), contamination=1.5)
+
+
+def test_robust_threshold_of_tied_scores_is_the_median():
+  t, _ = metrics.robust_threshold(np.array([2.0, 2, 2, 5]))
+  assert t == 2.0
+
+
+def test_folder_labels_from_good_and_other_subfolders(tmp_path):
+  root = str(tmp_path)
+  paths = [os.path.join(root, p) for p in
+           ("OK/a.png", "line1/good/b.png", "scratch/c.png", "loose.png")]
+  np.testing.assert_array_equal(folder.folder_labels(root, paths),
+                                [0, 0, 1, -1])
+  # Without any good/ok folder nothing is labelled.
+  plain = [os.path.join(root, p) for p in ("cam1/a.png", "cam2/b.png")]
+  np.testing.assert_array_equal(folder.folder_labels(root, plain), [-1, -1])
+
+
+def test_folder_labels_from_a_csv(tmp_path):
+  root = str(tmp_path)
+  csv_path = tmp_path / "labels.csv"
+  csv_path.write_text("file,label\na.png,0\nb.png,defect\nc.png,\n"
+                      f"{os.path.join(root, 'd.png')},ok\n")
+  paths = [os.path.join(root, n) for n in ("a.png", "b.png", "c.png",
+                                           "d.png", "e.png")]
+  np.testing.assert_array_equal(
+      folder.folder_labels(root, paths, labels_csv=str(csv_path)),
+      [0, 1, -1, 0, -1])
+  bad = tmp_path / "bad.csv"
+  bad.write_text("name,y\na.png,0\n")
+  with pytest.raises(errors.DatasetError, match="'file' and 'label'"):
+    folder.folder_labels(root, paths, labels_csv=str(bad))
+
+
+def test_screen_images_sorts_readable_unreadable_and_small(tmp_path):
+  noise = np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8)
+  Image.fromarray(noise).save(tmp_path / "ok.png")
+  Image.fromarray(np.zeros((10, 40, 3), np.uint8)).save(tmp_path / "low.png")
+  data = (tmp_path / "ok.png").read_bytes()
+  (tmp_path / "cut.png").write_bytes(data[:len(data) // 2])
+  (tmp_path / "zero.png").write_bytes(b"")
+  (tmp_path / "text.png").write_text("not an image")
+  paths = images.list_images_recursive(tmp_path)
+  got = images.screen_images(paths, min_size=16, desc=None)
+  assert [os.path.basename(p) for p in got.readable] == ["low.png", "ok.png"]
+  assert [(os.path.basename(p), why) for p, why in got.errors] == [
+      ("cut.png", "OSError: image file is truncated"),
+      ("text.png", "UnidentifiedImageError: cannot identify image file "
+       f"{str(tmp_path / 'text.png')!r}"),
+      ("zero.png", "empty file (0 bytes)")]
+  assert [(os.path.basename(p), s) for p, s in got.small] == [
+      ("low.png", (40, 10))]
+
+
+# ------------------------------------------------- inspect_folder, fake method
+
+
+def _fake_method():
+  """Score = mean pixel / 255; the map is that score everywhere."""
+
+  def score(records, s):
+    v = np.array([images.load_image(r.image_path).mean() / 255.0
+                  for r in records])
+    return v, np.stack([np.full((s, s), x, np.float32) for x in v])
+
+  def run(config, data, workdir):
+    del workdir
+    assert data.test == []
+    s, m = score(data.train, config.dataset.image_size)
+    return api.Predictions(test_scores=np.zeros(0), test_maps=None,
+                           train_scores=s, train_maps=m,
+                           state={"offset": np.float32(0.0)})
+
+  def predict_fn(config, state, records):
+    s, m = score(records, config.dataset.image_size)
+    return s + float(state["offset"]), m
+
+  mod = types.ModuleType("fake_inspect_method")
+  mod.run, mod.predict = run, predict_fn
+  return mod
+
+
+# Grey levels: five normals, one defect, one unlabelled loose file.
+_FOLDER = {"good/a.png": 100, "good/b.png": 102, "good/c.png": 104,
+           "good/d.png": 106, "good/e.png": 108, "defect/x.png": 250,
+           "loose.png": 104}
+
+
+def _make_folder(root):
+  for rel, v in _FOLDER.items():
+    os.makedirs(os.path.dirname(os.path.join(root, rel)) or root,
+                exist_ok=True)
+    Image.fromarray(np.full((20, 20, 3), v, np.uint8)).save(
+        os.path.join(root, rel))
+  noise = np.random.default_rng(0).integers(0, 256, (20, 20, 3), np.uint8)
+  Image.fromarray(noise).save(os.path.join(root, "good/cut.png"))
+  good = open(os.path.join(root, "good/cut.png"), "rb").read()
+  with open(os.path.join(root, "good/cut.png"), "wb") as f:
+    f.write(good[:len(good) // 2])
+  open(os.path.join(root, "good/zero.png"), "wb").close()
+
+
+@pytest.fixture
+def inspected(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "fake_inspect_method", _fake_method())
+  monkeypatch.setitem(methods.METHODS, "fake", "fake_inspect_method")
+  root = str(tmp_path / "line")
+  _make_folder(root)
+  config = inspection.inspect_config("patchcore", image_size=S)
+  config.method = "fake"
+  out = str(tmp_path / "out")
+  outcome = inspection.inspect_folder(root, out_dir=out, config=config)
+  return root, out, outcome
+
+
+def _rows(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def test_inspect_scores_every_readable_image_with_a_robust_threshold(
+    inspected):
+  root, out, outcome = inspected
+  # Scores v/255: median 104, MAD 2 → threshold (104 + 3.5·1.4826·2)/255.
+  assert outcome.threshold == pytest.approx((104 + 3.5 * 1.4826 * 2) / 255)
+  rows = _rows(os.path.join(out, "scores.csv"))
+  assert [r["file"] for r in rows] == [
+      "defect/x.png", "good/e.png", "good/d.png", "good/c.png", "loose.png",
+      "good/b.png", "good/a.png"]
+  assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5", "6", "7"]
+  np.testing.assert_allclose([float(r["score"]) for r in rows],
+                             np.array([250, 108, 106, 104, 104, 102, 100])
+                             / 255.0)
+  assert [r["decision"] for r in rows] == ["1", "0", "0", "0", "0", "0", "0"]
+  assert [r["label"] for r in rows] == ["1", "0", "0", "0", "", "0", "0"]
+  assert rows[0]["overlay"] == os.path.join("overlays", "defect", "x.png.png")
+  assert all(os.path.isfile(os.path.join(out, r["overlay"])) for r in rows)
+  assert [(r["file"], r["reason"]) for r in _rows(
+      os.path.join(out, "errors.csv"))] == [
+          ("good/cut.png", "OSError: image file is truncated"),
+          ("good/zero.png", "empty file (0 bytes)")]
+  # Labels from good/ vs defect/: 6 labelled, perfectly separated.
+  assert outcome.metrics["labelled_images"] == 6
+  assert outcome.metrics["image_auroc"] == 1.0
+  assert outcome.metrics["precision_at_threshold"] == 1.0
+  assert outcome.metrics["recall_at_threshold"] == 1.0
+  assert os.path.isfile(os.path.join(out, "roc.png"))
+  with open(os.path.join(out, "inspect.json")) as f:
+    info = json.load(f)
+  assert (info["images"], info["flagged"], info["unreadable"]) == (7, 1, 2)
+
+
+def test_inspect_model_scores_new_images_the_same_way(inspected, tmp_path):
+  root, out, outcome = inspected
+  got = predict.predict_folder(out, root, out_dir=str(tmp_path / "pred"),
+                               overlays=False)
+  assert got.threshold == pytest.approx(outcome.threshold)
+  by_file = dict(zip(outcome.files, outcome.scores))
+  np.testing.assert_allclose(got.scores, [by_file[p] for p in got.files])
+  assert len(got.errors) == 2
+
+
+def test_strict_inspect_aborts(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "fake_inspect_method", _fake_method())
+  monkeypatch.setitem(methods.METHODS, "fake", "fake_inspect_method")
+  root = str(tmp_path / "line")
+  _make_folder(root)
+  config = inspection.inspect_config("patchcore", image_size=S)
+  config.method = "fake"
+  with pytest.raises(errors.DatasetError, match="2 unreadable file"):
+    inspection.inspect_folder(root, out_dir=str(tmp_path / "out"),
+                              config=config, strict=True)
+
+
+def test_mvtec_layout_masks_add_pixel_metrics(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "fake_inspect_method", _fake_method())
+  monkeypatch.setitem(methods.METHODS, "fake", "fake_inspect_method")
+  cat = tmp_path / "widget"
+  for rel, v in [("test/good/a.png", 100), ("test/good/b.png", 102),
+                 ("test/good/c.png", 104), ("test/good/d.png", 106),
+                 ("test/good/e.png", 108), ("test/crack/x.png", 250)]:
+    (cat / rel).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((20, 20, 3), v, np.uint8)).save(cat / rel)
+  mask = np.zeros((20, 20), np.uint8)
+  mask[:, :5] = 255  # Nearest 20 → 16 keeps 4 of 16 columns: f = 1/4.
+  (cat / "ground_truth" / "crack").mkdir(parents=True)
+  Image.fromarray(mask).save(cat / "ground_truth" / "crack" / "x_mask.png")
+  config = inspection.inspect_config("patchcore", image_size=S)
+  config.method = "fake"
+  outcome = inspection.inspect_folder(str(cat / "test"),
+                                      out_dir=str(tmp_path / "out"),
+                                      config=config)
+  # Maps are constant per image: the defect's mask pixels beat the 5 normal
+  # images' pixels and tie with its own other pixels:
+  # AUROC = (5 + ½(1 − f)) / (6 − f) with f = 1/4.
+  assert outcome.metrics["pixel_auroc"] == pytest.approx(5.375 / 5.75)
+  assert isinstance(outcome.metrics["aupro"], float)
+
+
+def test_missing_or_empty_folder_is_named(tmp_path):
+  with pytest.raises(errors.DatasetError, match="not found: .*nowhere"):
+    inspection.inspect_folder(str(tmp_path / "nowhere"),
+                              out_dir=str(tmp_path / "o"))
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "empty" / "notes.txt").write_text("no images")
+  with pytest.raises(errors.EmptyCategoryError, match="empty"):
+    inspection.inspect_folder(str(tmp_path / "empty"),
+                              out_dir=str(tmp_path / "o"))
+
+
+class _ReportParser(html.parser.HTMLParser):
+  """Collects <img src> and the text of <td class="file"> cells."""
+
+  def __init__(self):
+    super().__init__()
+    self.srcs, self.files, self._in_file = [], [], False
+
+  def handle_starttag(self, tag, attrs):
+    attrs = dict(attrs)
+    if tag == "img":
+      self.srcs.append(attrs["src"])
+    self._in_file = tag == "td" and attrs.get("class") == "file"
+
+  def handle_data(self, data):
+    if self._in_file:
+      self.files.append(data)
+      self._in_file = False
+
+
+def check_report(out_dir):
+  """Every image the page references exists; every scored file once."""
+  with open(os.path.join(out_dir, "report.html"), encoding="utf-8") as f:
+    page = f.read()
+  assert "http://" not in page and "https://" not in page
+  parser = _ReportParser()
+  parser.feed(page)
+  assert parser.srcs
+  for src in parser.srcs:
+    assert os.path.isfile(os.path.join(out_dir, src)), src
+  scored = [r["file"] for r in _rows(os.path.join(out_dir, "scores.csv"))]
+  assert sorted(parser.files) == sorted(scored)
+  assert len(set(parser.files)) == len(parser.files)
+  return parser
+
+
+def test_report_references_existing_images_and_lists_each_file_once(
+    inspected):
+  _, out, _ = inspected
+  parser = check_report(out)
+  # Two pictures per image (view, overlay) plus histogram and ROC.
+  assert len(parser.srcs) == 2 * len(_FOLDER) + 2
+  assert "histogram.png" in parser.srcs and "roc.png" in parser.srcs
+  with open(os.path.join(out, "report.html"), encoding="utf-8") as f:
+    page = f.read()
+  assert "<th>labelled_images</th><td>6</td>" in page
+  assert "<th>image_auroc</th><td>1.0000</td>" in page
+  assert "1 of 7 images flagged" in page
+
+
+# ------------------------------------------------------------- end to end
+
+
+def _synthetic_line_folder(tmp_path):
+  """train/good + 10 % defective test images, plus four awkward files."""
+  gen = tmp_path / "mvtec"
+  subprocess.run([sys.executable, "-m", "dicofun.data.synthetic",
+                  f"--root={gen}", "--num_train=27", "--num_test_good=1",
+                  "--num_test_anomalous=3", "--image_size=64"], check=True,
+                 capture_output=True, cwd=REPO, timeout=120)
+  src = gen / "texture"
+  line = tmp_path / "line"
+  (line / "good").mkdir(parents=True)
+  (line / "defect").mkdir()
+  goods = sorted(glob.glob(str(src / "train" / "good" / "*.png")))
+  for p in goods:
+    shutil.copy(p, line / "good")
+  bad = sorted(p for p in glob.glob(str(src / "test" / "*" / "*.png"))
+               if os.path.basename(os.path.dirname(p)) != "good")[:3]
+  for p in bad:
+    shutil.copy(p, line / "defect" / (
+        os.path.basename(os.path.dirname(p)) + "_" + os.path.basename(p)))
+  data = open(goods[0], "rb").read()
+  (line / "good" / "truncated.png").write_bytes(data[:len(data) // 2])
+  (line / "good" / "empty.png").write_bytes(b"")
+  gray = np.asarray(Image.open(goods[1]).convert("L"), np.uint16) * 16
+  Image.fromarray(gray).save(line / "good" / "sixteen_bit.png")  # 12-bit
+  Image.open(goods[2]).resize((10, 10)).save(line / "good" / "tiny.png")
+  return line, len(goods) + len(bad) + 2
+
+
+def test_end_to_end_cli_on_a_contaminated_folder(tmp_path):
+  line, n_readable = _synthetic_line_folder(tmp_path)
+  out = tmp_path / "report"
+  env = dict(os.environ, DICOFUN_CACHE=str(tmp_path / "cache"))
+  t0 = time.time()
+  proc = subprocess.run(
+      [sys.executable, "-m", "dicofun", "inspect", str(line), f"--out={out}",
+       "--image_size=64"],
+      capture_output=True, text=True, timeout=600, cwd=str(tmp_path), env=env)
+  seconds = time.time() - t0
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert [r["file"] for r in _rows(out / "errors.csv")] == [
+      "good/empty.png", "good/truncated.png"]
+  rows = _rows(out / "scores.csv")
+  assert len(rows) == n_readable
+  assert {"good/sixteen_bit.png", "good/tiny.png"} <= {r["file"] for r in rows}
+  check_report(str(out))
+  assert os.path.isdir(out / "model")
+  assert f"report: {out / 'report.html'}" in proc.stdout
+  assert "smaller than the 64x64 input" in proc.stderr
+  print(f"inspect wall time {seconds:.1f}s\n{proc.stdout}")
+
+
+def test_bank_methods_run_without_a_test_set_and_return_train_maps(
+    monkeypatch):
+  from dicofun.methods.patchcore import method as patchcore  # pylint: disable=g-import-not-at-top
+  feats = np.random.default_rng(0).normal(size=(9, 4, 4, 8)).astype(
+      np.float32)
+  calls = []
+
+  def load_features(config, recs, **kw):
+    del config, kw
+    calls.append(len(recs))
+    return feats[:len(recs)]
+
+  monkeypatch.setattr(patchcore.features_lib, "load_features", load_features)
+  config = inspection.inspect_config("patchcore", image_size=S)
+  recs = folder.unlabelled_records([f"{i}.png" for i in range(9)])
+  preds = patchcore.run(config, api.RunData(train=recs, test=[]), "")
+  assert calls == [9]  # No feature extraction for the empty test set.
+  assert preds.test_scores.shape == (0,)
+  bank = patchcore.fit(feats, coreset_fraction=0.1, projection_dim=128,
+                       seed=0)
+  loo = patchcore.score(bank, feats, exclude_source=np.arange(9))
+  want_scores, want_maps = patchcore.maps_and_scores(loo, size=S,
+                                                     sigma=4.0)
+  np.testing.assert_allclose(preds.train_scores, want_scores, rtol=1e-6)
+  np.testing.assert_allclose(preds.train_maps, want_maps, rtol=1e-5,
+                             atol=1e-6)
+  assert preds.train_maps.shape == (9, S, S)
+
+
+def test_each_command_help_lists_its_flags_with_defaults():
+  from dicofun import cli  # pylint: disable=g-import-not-at-top
+  text = cli.command_help("inspect")
+  assert text.startswith("usage: dicofun inspect FOLDER")
+  for flag in ("--method (default: 'softpatch')",
+               "--backbone (default: 'efficientnet_lite0')",
+               "--image_size (default: '224')",
+               "--contamination_hint (default: None)",
+               "--strict (default: 'false')", "--labels", "--out"):
+    assert flag in text, flag
+  assert set(cli.COMMAND_FLAGS) == set(cli.COMMANDS)
+  assert "--batch_size (default: '1')" in cli.command_help("export")
+
+
+def test_synthetic_inspect_folder_layout(tmp_path):
+  from dicofun.data import synthetic  # pylint: disable=g-import-not-at-top
+  root = synthetic.write_inspect_folder(str(tmp_path / "line"), num_good=3,
+                                        num_defective=2, image_size=16)
+  rels = sorted(os.path.relpath(p, root)
+                for p in images.list_images_recursive(root))
+  assert rels == ["defect/blob_000.png", "defect/scratch_000.png",
+                  "good/000.png", "good/001.png", "good/002.png"]
+  # The same pixels as the MVTec-layout generator's.
+  cat = synthetic.generate(str(tmp_path / "mvtec"), num_train=3,
+                           num_test_good=0, num_test_anomalous=2,
+                           image_size=16)
+  for a, b in [("good/001.png", "train/good/001.png"),
+               ("defect/scratch_000.png", "test/scratch/000.png")]:
+    np.testing.assert_array_equal(images.load_image(os.path.join(root, a)),
+                                  images.load_image(os.path.join(cat, b)))
+  with pytest.raises(FileExistsError):
+    synthetic.write_inspect_folder(root)
