@@ -11,10 +11,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-import dicofun
 from dicofun import checkpoint
 from dicofun import predict
 from dicofun import methods
+from dicofun.data import images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S = 16
@@ -22,8 +22,6 @@ S = 16
 
 def _fake_method(calls):
   """A method whose score is the mean pixel / 255 plus the state's offset."""
-  from dicofun.data import images  # pylint: disable=g-import-not-at-top
-
   def predict_fn(config, state, records):
     calls.append(list(records))
     s = config.dataset.image_size
@@ -54,7 +52,7 @@ def run_dir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def overlays(monkeypatch):
-  """Replaces dicofun.viz by a recorder of save_overlay calls."""
+  """Replaces dicofun.viz.save_overlay by a recorder of its calls."""
   calls = []
 
   def save_overlay(path, image_uint8, amap, **kw):
@@ -63,10 +61,8 @@ def overlays(monkeypatch):
     with open(path, "wb") as f:
       f.write(b"png")
 
-  fake = types.ModuleType("dicofun.viz")
-  fake.save_overlay = save_overlay
-  monkeypatch.setitem(sys.modules, "dicofun.viz", fake)
-  monkeypatch.setattr(dicofun, "viz", fake, raising=False)
+  # predict.py bound dicofun.viz at import: patch the function it calls.
+  monkeypatch.setattr(predict.viz, "save_overlay", save_overlay)
   return calls
 
 
@@ -203,3 +199,17 @@ def test_cli_reports_a_run_without_model(tmp_path):
       capture_output=True, text=True, timeout=300, cwd=REPO)
   assert proc.returncode != 0
   assert "no inference checkpoint" in proc.stderr
+
+
+def test_a_score_equal_to_the_threshold_is_anomalous(run_dir, overlays,
+                                                     tmp_path):
+  """scores.csv uses the threshold's own rule, score >= threshold."""
+  run, _ = run_dir
+  d = _image_dir(tmp_path)
+  tie = 100 / 255.0 + 0.25  # b.png's score, exactly (constant grey 100).
+  out = predict.predict_folder(run, str(d), threshold=tie, overlays=False)
+  assert out.scores[1] == tie
+  np.testing.assert_array_equal(out.decisions, [False, True, True])
+  with open(out.csv_path) as f:
+    rows = list(csv.DictReader(f))
+  assert [r["decision"] for r in rows] == ["0", "1", "1"]
