@@ -101,8 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         "seconds": elapsed,
         "extra": preds.extra,
     }
-    with open(os.path.join(workdir, "metrics.md"), "w") as f:
-      f.write(table)
+    results_lib.write_metrics_md(os.path.join(workdir, "metrics.md"), table)
     results_lib.write_scores_csv(os.path.join(workdir, "test_scores.csv"), data, preds)
     if config.eval.tensorboard:
       results_lib.write_summaries(workdir, metrics, preds.extra, enabled=True)

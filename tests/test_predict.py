@@ -213,3 +213,34 @@ def test_a_score_equal_to_the_threshold_is_anomalous(run_dir, overlays,
   with open(out.csv_path) as f:
     rows = list(csv.DictReader(f))
   assert [r["decision"] for r in rows] == ["0", "1", "1"]
+
+
+def test_scores_csv_is_written_atomically(run_dir, overlays, tmp_path,
+                                          monkeypatch):
+  """A failure while writing scores.csv leaves the previous one intact."""
+  run, _ = run_dir
+  d = _image_dir(tmp_path)
+  first = predict.predict_folder(run, str(d), overlays=False)
+  before = open(first.csv_path).read()
+  real_writer = csv.writer
+  rows = []
+
+  class _FailingWriter:
+    """csv.writer whose third row fails (header and one row written)."""
+
+    def __init__(self, f):
+      self._w = real_writer(f)
+
+    def writerow(self, row):
+      rows.append(row)
+      if len(rows) == 3:
+        raise OSError(28, "No space left on device")
+      return self._w.writerow(row)
+
+  monkeypatch.setattr(csv, "writer", _FailingWriter)
+  with pytest.raises(OSError, match="No space left"):
+    predict.predict_folder(run, str(d), threshold=0.0, overlays=False)
+  assert len(rows) == 3
+  assert open(first.csv_path).read() == before
+  assert [f for f in os.listdir(os.path.dirname(first.csv_path))
+          if ".tmp-" in f] == []
