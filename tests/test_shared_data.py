@@ -22,6 +22,6 @@ def test_standins_have_the_real_counts(tmp_path):
   # The same numbers the reader tests assert on the real data.
   conftest._write_visa_csv(str(tmp_path / "1cls.csv"))  # pylint: disable=protected-access
   text = (tmp_path / "1cls.csv").read_text()
-  assert text.count("fryum,train,normal,") == 450
-  assert text.count("fryum,test,anomaly,") == 100
+  assert text.count("\nfryum,train,normal,") == 450
+  assert text.count("\nfryum,test,anomaly,") == 100
   assert sum(conftest.MAGNETIC_TILE_COUNTS.values()) == 761 + 191 + 392
