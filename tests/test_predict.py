@@ -6,6 +6,8 @@ import subprocess
 import sys
 import types
 
+import matplotlib
+import matplotlib.image as mpimg
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -177,14 +179,24 @@ def test_run_without_threshold_needs_one(tmp_path, monkeypatch):
   np.testing.assert_array_equal(out.decisions, [False, False, True])
 
 
-def test_real_overlays_are_pngs(run_dir, tmp_path):
-  pytest.importorskip("matplotlib")
+def test_real_overlays_show_each_score_on_one_scale(run_dir, tmp_path):
   run, _ = run_dir
   out = predict.predict_folder(run, str(_image_dir(tmp_path)))
   assert len(out.overlays) == 3
-  for path in out.overlays:
-    with open(path, "rb") as f:
-      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  # One scale centred on the threshold 0.6: [lo, 1.2 − lo], lo = the lowest
+  # map value (a.png's constant map). Each overlay pixel is ½ image + ½ jet.
+  lo = out.scores[0]
+  geometry = ml_collections.ConfigDict(dict(dataset=dict(image_size=S,
+                                                         crop_fraction=1.0)))
+  for i, path in enumerate(out.overlays):
+    got = mpimg.imread(path)[..., :3]
+    assert got.shape == (S, S, 3)
+    grey = predict.overlay_image(geometry, out.files[i])[4, 4, 0]
+    level = (out.scores[i] - lo) / (1.2 - 2 * lo)
+    want = (0.5 * np.array(matplotlib.colormaps["jet"](level)[:3])
+            + 0.5 * grey / 255.0)
+    np.testing.assert_allclose(got[4:-4, 4:-4].reshape(-1, 3).mean(0), want,
+                               atol=0.02)
 
 
 def test_missing_checkpoint_is_named(tmp_path):
