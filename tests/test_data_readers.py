@@ -144,6 +144,17 @@ def test_corrupt_image_names_file(tmp_path):
     images.load_image(cut)
 
 
+def test_empty_image_file_is_named_with_the_fix(tmp_path):
+  empty = tmp_path / "empty.png"
+  empty.write_bytes(b"")
+  with pytest.raises(errors.CorruptImageError) as e:
+    images.load_image(empty)
+  assert str(e.value) == (
+      f"cannot decode image file {str(empty)!r}: UnidentifiedImageError: "
+      f"cannot identify image file {str(empty)!r}. Remove or replace the "
+      "file.")
+
+
 def test_corrupt_image_in_pipeline_names_file(tmp_path):
   root = make_mvtec(tmp_path / "c")
   recs = mvtec.read_mvtec(root)
