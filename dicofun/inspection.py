@@ -89,7 +89,7 @@ class InspectOutcome:
   Attributes:
     files: the scored image paths, in the order of the rows of scores.csv.
     scores: (n,) transductive image scores.
-    decisions: (n,) bool, score > threshold.
+    decisions: (n,) bool, score >= threshold (``metrics.is_anomalous``).
     threshold: the label-free threshold.
     threshold_rule: how it was chosen, in words.
     labels: (n,) 0/1/-1 (-1 = unlabelled).
@@ -264,7 +264,7 @@ def inspect_folder(folder: str, *, out_dir: str,
   maps = np.asarray(preds.train_maps, np.float32)
   threshold, rule = metrics_lib.robust_threshold(
       scores, contamination=contamination_hint)
-  decisions = scores > threshold
+  decisions = metrics_lib.is_anomalous(scores, threshold)
   checkpoint.save_inference(
       out_dir, state=preds.state, config=config, threshold=threshold,
       meta={"threshold_rule": rule, "method": config.method,

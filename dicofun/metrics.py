@@ -72,8 +72,27 @@ def image_f1_max(scores: np.ndarray, labels: np.ndarray) -> float:
   return float(f1.max())
 
 
+def is_anomalous(scores: np.ndarray, threshold: float) -> np.ndarray:
+  """The decision rule of every threshold in dicofun: ``score >= threshold``.
+
+  ``f1_optimal_threshold`` returns the lowest score of the images it calls
+  anomalous (sklearn's ``precision_recall_curve`` convention), so the image
+  that defines the threshold, and any image tied with it, is anomalous.
+
+  Args:
+    scores: anomaly scores (any shape).
+    threshold: the decision threshold.
+
+  Returns:
+    Boolean array of ``scores``'s shape, True = anomalous.
+  """
+  return np.asarray(scores) >= threshold
+
+
 def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-  """The score threshold with the highest F1 (predict anomalous if >= it).
+  """The score threshold with the highest F1 (anomalous if ``>=`` it).
+
+  The decision that reaches that F1 is ``is_anomalous(scores, threshold)``.
 
   Args:
     scores: (N,) anomaly scores.
@@ -97,7 +116,8 @@ def percentile_threshold(normal_scores: np.ndarray, q: float = 99) -> float:
     q: percentile in [0, 100].
 
   Returns:
-    ``np.percentile(normal_scores, q)`` (linear interpolation).
+    ``np.percentile(normal_scores, q)`` (linear interpolation); decide with
+    ``is_anomalous`` (``score >= threshold``).
   """
   normal_scores = np.asarray(normal_scores, np.float64).reshape(-1)
   if normal_scores.size == 0:

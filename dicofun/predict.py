@@ -15,7 +15,9 @@ score from ``predict`` equals the score the run reported for the same file
 Outputs, in ``out_dir`` (default ``<run_dir>/predictions``):
 
 * ``scores.csv``: ``file`` (relative to ``images_dir``), ``score``,
-  ``decision`` (1 when score > threshold, else 0) and ``threshold``;
+  ``decision`` (1 when score >= threshold, else 0: the rule of
+  ``metrics.is_anomalous``, under which the F1-optimal threshold was chosen)
+  and ``threshold``; written atomically;
 * ``overlays/<file>.png``: each image with its anomaly map (methods with
   maps), all on one colour scale centred on the threshold (``color_scale``);
 * ``maps.npy`` (only with ``keep_maps``): the (n, S, S) float32 maps;
@@ -35,7 +37,9 @@ from absl import logging
 import numpy as np
 
 from dicofun import checkpoint
+from dicofun import fileio
 from dicofun import methods
+from dicofun import metrics
 from dicofun import progress
 from dicofun import viz
 from dicofun.data import errors
@@ -51,7 +55,7 @@ class PredictOutcome:
   Attributes:
     files: image paths, in the order of the rows of ``scores.csv``.
     scores: (n,) image scores.
-    decisions: (n,) bool, score > threshold.
+    decisions: (n,) bool, score >= threshold (``metrics.is_anomalous``).
     threshold: the threshold used.
     csv_path: path of scores.csv.
     overlays: overlay PNG paths (empty when the method returns no maps).
@@ -233,9 +237,9 @@ def predict_folder(run_dir: str, images_dir: str, *,
           shape=(len(paths),) + maps.shape[1:])
     maps_file[start:start + len(sub)] = maps
     map_min = min(map_min, float(maps.min()))
-  decisions = scores > threshold
+  decisions = metrics.is_anomalous(scores, threshold)
   csv_path = os.path.join(out_dir, "scores.csv")
-  with open(csv_path, "w", newline="") as f:
+  with fileio.open_atomic(csv_path, newline="") as f:
     w = csv.writer(f)
     w.writerow(["file", "score", "decision", "threshold"])
     for path, s, d in zip(paths, scores, decisions):
@@ -255,7 +259,7 @@ def predict_folder(run_dir: str, images_dir: str, *,
     del maps_file
     if not keep_maps:
       os.remove(maps_path)
-  logging.info("%d of %d images above the threshold; wrote %s and %d "
+  logging.info("%d of %d images at or above the threshold; wrote %s and %d "
                "overlays", int(decisions.sum()), len(paths), csv_path,
                len(written))
   return PredictOutcome(files=paths, scores=scores, decisions=decisions,

@@ -82,7 +82,17 @@ def split_validation(test: list[records_lib.Record], test_is_moved: np.ndarray,
 
 def load_eval_arrays(config: ml_collections.ConfigDict,
                      records: list[records_lib.Record]) -> dict[str, np.ndarray]:
-  """Masks, labels and mask availability at the evaluation size."""
+  """Masks, labels and mask availability at the evaluation size.
+
+  The runner calls this before ``method.run``: it is the validation of every
+  input the evaluation needs.
+
+  Raises:
+    MissingMaskError: an anomalous test image (moved anomalies included) has
+      no mask and ``config.dataset.allow_missing_masks`` is False; the message
+      names the image and, for the MVTec layout, the expected mask path.
+    CorruptImageError: a mask file cannot be decoded.
+  """
   arrays = pipeline.load_arrays(
       records, pipeline.preprocess_for(config), num_workers=config.dataset.num_workers,
       allow_missing_mask=config.dataset.allow_missing_masks,

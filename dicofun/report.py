@@ -30,7 +30,7 @@ class Row:
     file: the image path as shown (relative to the inspected folder).
     score: image anomaly score.
     rank: 1 = highest score.
-    flagged: score above the threshold.
+    flagged: score >= the threshold (``metrics.is_anomalous``).
     label: 0 normal, 1 anomalous, None unlabelled.
     image: thumbnail path relative to the report.
     overlay: overlay path relative to the report, or None.

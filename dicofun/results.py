@@ -8,7 +8,6 @@ one (``results.json`` marks a finished run: sweeps skip such cells).
 from __future__ import annotations
 
 import csv
-import json
 import os
 import subprocess
 from typing import Any
@@ -17,16 +16,20 @@ import ml_collections
 import numpy as np
 
 from dicofun import api
+from dicofun import fileio
 from dicofun import summary
 from dicofun import viz
 from dicofun.data import pipeline
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(_jsonable(obj), f, indent=1)
-  os.replace(tmp, path)
+  """``obj`` (numpy values made plain) as indented JSON, written atomically."""
+  fileio.write_json_atomic(path, _jsonable(obj), indent=1)
+
+
+def write_metrics_md(path: str, table: str) -> None:
+  """The markdown metrics table, written atomically."""
+  fileio.write_text_atomic(path, table)
 
 
 def write_scores_csv(path: str, data: api.RunData,
@@ -34,7 +37,7 @@ def write_scores_csv(path: str, data: api.RunData,
   """Per-image test scores (file, defect, label, moved, score)."""
   moved = (np.zeros(len(data.test), bool) if data.test_is_moved is None
            else np.asarray(data.test_is_moved, bool))
-  with open(path, "w", newline="") as f:
+  with fileio.open_atomic(path, newline="") as f:
     w = csv.writer(f)
     w.writerow(["image_path", "defect", "label", "moved", "score"])
     for r, m, s in zip(data.test, moved, np.asarray(preds.test_scores)):

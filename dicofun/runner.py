@@ -2,7 +2,8 @@
 
 ``train_and_evaluate(config, workdir)`` is what ``dicofun run`` (and
 ``experiments/main.py``) calls. It prepares the data (``dicofun.protocol``),
-hands a ``RunData`` to the method registered under ``config.method``
+loads the evaluation masks (so a missing or corrupt mask fails before any
+training), hands a ``RunData`` to the method registered under ``config.method``
 (``dicofun.methods.METHODS``), evaluates the returned ``Predictions`` in the
 three views of METHODS §4, saves the inference checkpoint and writes the
 run's results (``dicofun.results``).
@@ -64,8 +65,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   t0 = time.time()
   data = parallel.main_process_first(
       lambda: protocol.prepare_data(config, workdir), name="dicofun_data")
-  preds = method.run(config, data, workdir)
+  # Everything the evaluation reads (test masks: present unless
+  # config.dataset.allow_missing_masks, decodable) is loaded before the
+  # method runs, so a bad input fails in seconds, not after training.
   eval_arrays = protocol.load_eval_arrays(config, data.test)
+  preds = method.run(config, data, workdir)
   metrics = protocol.evaluate_predictions(preds, data, eval_arrays)
   threshold, threshold_how = choose_threshold(config, method, data, preds)
   if preds.state is not None:
@@ -101,8 +105,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         "seconds": elapsed,
         "extra": preds.extra,
     }
-    with open(os.path.join(workdir, "metrics.md"), "w") as f:
-      f.write(table)
+    results_lib.write_metrics_md(os.path.join(workdir, "metrics.md"), table)
     results_lib.write_scores_csv(os.path.join(workdir, "test_scores.csv"), data, preds)
     if config.eval.tensorboard:
       results_lib.write_summaries(workdir, metrics, preds.extra, enabled=True)

@@ -26,7 +26,8 @@ is started again and resumes from its own training checkpoints.
 Afterwards ``sweep_results.csv`` (one row per cell: axis values, status and
 every metric of every view), ``sweep_results.md`` (the headline metric as a
 rows × cols table) and one heat map per headline metric are written to the
-sweep workdir.
+sweep workdir. The tables, ``sweep.json`` and each ``sweep_cell.json`` are
+written atomically (``dicofun.fileio``): a failed write keeps the old file.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from dicofun import fileio
 from dicofun import viz
 
 CONFIG_AXIS = "config"
@@ -345,8 +347,8 @@ def _write_cell_info(workdir: str, cell: Cell, **extra: Any) -> None:
   os.makedirs(d, exist_ok=True)
   info = dict(config=cell.config_path, arg=cell.arg, values=cell.values,
               **extra)
-  with open(os.path.join(d, CELL_INFO), "w") as f:
-    json.dump(info, f, indent=1, default=str)
+  fileio.write_json_atomic(os.path.join(d, CELL_INFO), info, indent=1,
+                           default=str)
 
 
 def cell_command(cell: Cell, workdir: str) -> list[str]:
@@ -431,11 +433,11 @@ def run_sweep(sweep: Any, workdir: str, *, only_cells: Optional[int] = None,
     outcome.pending = [c.name for c in todo]
     return outcome
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "sweep.json"), "w") as f:
-    json.dump({"name": name, "sweep": _plain(sweep),
-               "cells": [{"name": c.name, "config": c.config_path,
-                          "arg": c.arg} for c in cells]}, f, indent=1,
-              default=str)
+  fileio.write_json_atomic(
+      os.path.join(workdir, "sweep.json"),
+      {"name": name, "sweep": _plain(sweep),
+       "cells": [{"name": c.name, "config": c.config_path, "arg": c.arg}
+                 for c in cells]}, indent=1, default=str)
   runner = runner or run_cell
   budget = len(todo) if only_cells is None else min(len(todo), only_cells)
   durations: list[float] = []
@@ -541,7 +543,7 @@ def write_csv(path: str, rows: Sequence[dict[str, Any]],
   """Axis columns first, then status, seconds and metrics (sorted)."""
   fixed = list(axis_names) + ["status", "seconds"]
   rest = sorted({k for r in rows for k in r} - set(fixed))
-  with open(path, "w", newline="") as f:
+  with fileio.open_atomic(path, newline="") as f:
     w = csv.DictWriter(f, fieldnames=fixed + rest, restval="")
     w.writeheader()
     for r in rows:
@@ -619,8 +621,7 @@ def write_aggregates(sweep: Any, rows: Sequence[dict[str, Any]], workdir: str,
       md.append(f"## {metric}" + (f" ({suffix})" if suffix else "") + "\n")
       md.append(markdown_table(matrix, r_labels, c_labels, corner=corner))
   md_path = os.path.join(workdir, MD_NAME)
-  with open(md_path, "w") as f:
-    f.write("\n".join(md))
+  fileio.write_text_atomic(md_path, "\n".join(md))
   written.append(md_path)
   # Heat maps last: the tables above are already on disk if plotting fails.
   for metric, items in grids.items():

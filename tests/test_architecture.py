@@ -3,7 +3,7 @@
 Built with ``ast`` from the sources (nothing is imported), so it also sees
 function-level imports. The layers are those of docs/architecture.md:
 
-0 core      constants, cpu, progress, parallel
+0 core      constants, cpu, progress, parallel, fileio
 1 rooms     data.*, models.*, ops.*, metrics, summary
 2 services  api, configlib, features, evaluate, checkpoint, viz
 3 methods   methods.*
@@ -30,6 +30,7 @@ _LAYERS = {
     "dicofun.cpu": (0, "core"),
     "dicofun.progress": (0, "core"),
     "dicofun.parallel": (0, "core"),
+    "dicofun.fileio": (0, "core"),
     "dicofun.data": (1, "data"),
     "dicofun.models": (1, "models"),
     "dicofun.ops": (1, "ops"),

@@ -2,8 +2,7 @@
 
 import json
 import logging as std_logging
-import os
-
+import numpy as np
 import pytest
 
 from dicofun.data import contamination
@@ -12,16 +11,11 @@ from dicofun.data import records as records_lib
 
 Record = records_lib.Record
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MAGNETIC_TILE = os.path.join(os.path.dirname(REPO), "shared", "data",
-                             "magnetic_tile")
-needs_magnetic_tile = pytest.mark.skipif(
-    not os.path.isdir(MAGNETIC_TILE), reason="shared/data/magnetic_tile absent")
-
 
 @pytest.fixture(name="tile", scope="module")
-def fixture_tile():
-  return mvtec.read_mvtec(MAGNETIC_TILE, category="magnetic_tile")
+def fixture_tile(magnetic_tile_dir):
+  """shared/data/magnetic_tile (or its stand-in: see conftest.py)."""
+  return mvtec.read_mvtec(magnetic_tile_dir, category="magnetic_tile")
 
 
 def _toy(n_train=10, n_good=3, n_anom=4):
@@ -31,7 +25,6 @@ def _toy(n_train=10, n_good=3, n_anom=4):
   return recs
 
 
-@needs_magnetic_tile
 def test_magnetic_tile_ratio_01_moves_76(tile):
   res = contamination.contaminate(tile, ratio=0.1, seed=0)
   assert len(res.moved) == 76  # int(0.1 * 761)
@@ -52,7 +45,6 @@ def test_magnetic_tile_ratio_01_moves_76(tile):
   json.dumps(j)
 
 
-@needs_magnetic_tile
 def test_overlap_keeps_moved_in_test(tile):
   res = contamination.contaminate(tile, ratio=0.1, seed=0, overlap=True)
   assert len(res.moved) == 76 and len(res.test) == 583
@@ -62,7 +54,6 @@ def test_overlap_keeps_moved_in_test(tile):
   assert res.moved == no.moved
 
 
-@needs_magnetic_tile
 def test_deterministic_by_seed_and_order_independent(tile):
   a = contamination.contaminate(tile, ratio=0.05, seed=0)
   b = contamination.contaminate(list(reversed(tile)), ratio=0.05, seed=0)
@@ -73,7 +64,6 @@ def test_deterministic_by_seed_and_order_independent(tile):
 
 
 def test_draw_matches_the_spec_formula():
-  import numpy as np  # pylint: disable=g-import-not-at-top
   recs = _toy(n_train=30, n_anom=8)
   res = contamination.contaminate(recs, ratio=0.1, seed=3)
   anomalies = sorted(r.image_path for r in recs if r.label == 1)

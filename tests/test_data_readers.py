@@ -13,12 +13,6 @@ from dicofun.data import mvtec
 from dicofun.data import pipeline
 from dicofun.data import records as records_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MAGNETIC_TILE = os.path.join(os.path.dirname(REPO), "shared", "data",
-                             "magnetic_tile")
-needs_magnetic_tile = pytest.mark.skipif(
-    not os.path.isdir(MAGNETIC_TILE), reason="shared/data/magnetic_tile absent")
-
 
 def _write(path, arr):
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -54,9 +48,8 @@ def make_mvtec(root, *, n_train=3, n_good=2, defects=None, exts=(".png",),
   return str(root)
 
 
-@needs_magnetic_tile
-def test_magnetic_tile_counts_exact():
-  recs = mvtec.read_mvtec(MAGNETIC_TILE, category="magnetic_tile")
+def test_magnetic_tile_counts_exact(magnetic_tile_dir):
+  recs = mvtec.read_mvtec(magnetic_tile_dir, category="magnetic_tile")
   assert records_lib.count_by(recs, "split", "defect") == {
       ("train", "good"): 761,
       ("test", "good"): 191,
@@ -80,10 +73,10 @@ def test_magnetic_tile_counts_exact():
       assert r.mask_path is None and r.defect == "good"
 
 
-@needs_magnetic_tile
-def test_magnetic_tile_order_is_deterministic_and_one_mask_decodes():
-  a = mvtec.read_mvtec(MAGNETIC_TILE)
-  b = mvtec.read_mvtec(MAGNETIC_TILE + os.sep)
+def test_magnetic_tile_order_is_deterministic_and_one_mask_decodes(
+    magnetic_tile_dir):
+  a = mvtec.read_mvtec(magnetic_tile_dir)
+  b = mvtec.read_mvtec(magnetic_tile_dir + os.sep)
   assert a == b
   train = [r.image_path for r in a if r.split == "train"]
   assert train == sorted(train)
@@ -149,6 +142,17 @@ def test_corrupt_image_names_file(tmp_path):
   cut.write_bytes(good.read_bytes()[:200])
   with pytest.raises(errors.CorruptImageError, match="cut.png"):
     images.load_image(cut)
+
+
+def test_empty_image_file_is_named_with_the_fix(tmp_path):
+  empty = tmp_path / "empty.png"
+  empty.write_bytes(b"")
+  with pytest.raises(errors.CorruptImageError) as e:
+    images.load_image(empty)
+  assert str(e.value) == (
+      f"cannot decode image file {str(empty)!r}: UnidentifiedImageError: "
+      f"cannot identify image file {str(empty)!r}. Remove or replace the "
+      "file.")
 
 
 def test_corrupt_image_in_pipeline_names_file(tmp_path):

@@ -149,8 +149,14 @@ def test_addressing_sums_to_one_and_gate_in_unit_interval():
   assert out.shape == z.shape
   np.testing.assert_allclose(np.asarray(aux["weights"]).sum(-1), 1.0,
                              atol=1e-5)
-  g = np.asarray(aux["gate"])
-  assert (g >= 0).all() and (g <= 1).all()
+  # g = clip(1 − max_i cos(z, M_i), 0, 1), computed here independently.
+  zn = np.asarray(z) / np.linalg.norm(np.asarray(z), axis=-1, keepdims=True)
+  mn = np.asarray(items) / np.linalg.norm(np.asarray(items), axis=-1,
+                                          keepdims=True)
+  want = np.clip(1.0 - (zn @ mn.T).max(-1), 0.0, 1.0)
+  np.testing.assert_allclose(np.asarray(aux["gate"]), want, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(aux["cos_top1"]),
+                             (zn @ mn.T).max(-1), atol=1e-5)
   # The hard shrinkage removed weights below λ = 1/N.
   w = np.asarray(aux["weights"])
   assert ((w == 0) | (w > 1e-3)).all()

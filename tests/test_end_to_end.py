@@ -14,6 +14,9 @@ import shutil
 import numpy as np
 import pytest
 
+from dicofun import metrics as metrics_lib
+from dicofun import predict
+from dicofun import protocol
 from dicofun import runner
 from configs import patchcore_synthetic
 
@@ -24,11 +27,24 @@ def run_dir(tmp_path_factory):
   config = patchcore_synthetic.get_config("runlocal,image_size=128")
   config.features_cache = False
   metrics = runner.train_and_evaluate(config, workdir)
-  return workdir, metrics
+  return workdir, metrics, config
+
+
+def _chance(config, workdir, *, draws=20):
+  """The best image AUROC and AUPRO of ``draws`` seeded random scorers on
+  the run's own test set: what a detector must beat to detect anything."""
+  data = protocol.prepare_data(config, workdir)
+  arrays = protocol.load_eval_arrays(config, data.test)
+  rng = np.random.default_rng(0)
+  auroc = max(metrics_lib.image_auroc(rng.random(len(data.test)),
+                                      arrays["label"]) for _ in range(draws))
+  aupro = max(metrics_lib.aupro(rng.random(arrays["mask"].shape),
+                                arrays["mask"]) for _ in range(draws // 4))
+  return auroc, aupro
 
 
 def test_run_writes_results_and_detects_anomalies(run_dir):
-  workdir, metrics = run_dir
+  workdir, metrics, config = run_dir
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
   assert results["metrics"]["test"]["image_auroc"] == pytest.approx(
@@ -38,16 +54,17 @@ def test_run_writes_results_and_detects_anomalies(run_dir):
   for name in ("metrics.md", "roc.png", "anomaly_maps.png", "best_worst.png",
                "test_scores.csv"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
-  # The synthetic anomalies are detectable with pretrained features; a
-  # random scorer sits at 0.5.
-  assert metrics["test"]["image_auroc"] > 0.75
+  # The synthetic anomalies are detectable with pretrained features: above
+  # the best of several seeded random scorers on the same test set (image
+  # AUROC ~0.5 + noise, AUPRO ~0.15), and by a margin.
+  chance_auroc, chance_aupro = _chance(config, workdir)
+  assert metrics["test"]["image_auroc"] > max(0.75, chance_auroc + 0.1)
   assert metrics["test"]["pixel_auroc"] > 0.8
-  assert 0.0 <= metrics["test"]["aupro"] <= 1.0
+  assert metrics["test"]["aupro"] > chance_aupro + 0.2
 
 
 def test_predict_from_checkpoint_matches_evaluation(run_dir, tmp_path):
-  from dicofun import predict  # pylint: disable=g-import-not-at-top
-  workdir, _ = run_dir
+  workdir, _, _ = run_dir
   with open(os.path.join(workdir, "test_scores.csv")) as f:
     rows = list(csv.DictReader(f))
   picked = rows[:3] + rows[-3:]

@@ -6,15 +6,17 @@ import subprocess
 import sys
 import types
 
+import matplotlib
+import matplotlib.image as mpimg
 import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
 
-import dicofun
 from dicofun import checkpoint
 from dicofun import predict
 from dicofun import methods
+from dicofun.data import images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S = 16
@@ -22,8 +24,6 @@ S = 16
 
 def _fake_method(calls):
   """A method whose score is the mean pixel / 255 plus the state's offset."""
-  from dicofun.data import images  # pylint: disable=g-import-not-at-top
-
   def predict_fn(config, state, records):
     calls.append(list(records))
     s = config.dataset.image_size
@@ -54,7 +54,7 @@ def run_dir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def overlays(monkeypatch):
-  """Replaces dicofun.viz by a recorder of save_overlay calls."""
+  """Replaces dicofun.viz.save_overlay by a recorder of its calls."""
   calls = []
 
   def save_overlay(path, image_uint8, amap, **kw):
@@ -63,12 +63,8 @@ def overlays(monkeypatch):
     with open(path, "wb") as f:
       f.write(b"png")
 
-  fake = types.ModuleType("dicofun.viz")
-  fake.save_overlay = save_overlay
-  monkeypatch.setitem(sys.modules, "dicofun.viz", fake)
-  monkeypatch.setattr(dicofun, "viz", fake, raising=False)
-  # predict bound dicofun.viz when it was imported.
-  monkeypatch.setattr(predict, "viz", fake)
+  # predict.py bound dicofun.viz at import: patch the function it calls.
+  monkeypatch.setattr(predict.viz, "save_overlay", save_overlay)
   return calls
 
 
@@ -183,14 +179,24 @@ def test_run_without_threshold_needs_one(tmp_path, monkeypatch):
   np.testing.assert_array_equal(out.decisions, [False, False, True])
 
 
-def test_real_overlays_are_pngs(run_dir, tmp_path):
-  pytest.importorskip("matplotlib")
+def test_real_overlays_show_each_score_on_one_scale(run_dir, tmp_path):
   run, _ = run_dir
   out = predict.predict_folder(run, str(_image_dir(tmp_path)))
   assert len(out.overlays) == 3
-  for path in out.overlays:
-    with open(path, "rb") as f:
-      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  # One scale centred on the threshold 0.6: [lo, 1.2 − lo], lo = the lowest
+  # map value (a.png's constant map). Each overlay pixel is ½ image + ½ jet.
+  lo = out.scores[0]
+  geometry = ml_collections.ConfigDict(dict(dataset=dict(image_size=S,
+                                                         crop_fraction=1.0)))
+  for i, path in enumerate(out.overlays):
+    got = mpimg.imread(path)[..., :3]
+    assert got.shape == (S, S, 3)
+    grey = predict.overlay_image(geometry, out.files[i])[4, 4, 0]
+    level = (out.scores[i] - lo) / (1.2 - 2 * lo)
+    want = (0.5 * np.array(matplotlib.colormaps["jet"](level)[:3])
+            + 0.5 * grey / 255.0)
+    np.testing.assert_allclose(got[4:-4, 4:-4].reshape(-1, 3).mean(0), want,
+                               atol=0.02)
 
 
 def test_missing_checkpoint_is_named(tmp_path):
@@ -239,3 +245,48 @@ def test_strict_aborts_on_an_unreadable_file(run_dir, overlays, tmp_path):
   with pytest.raises(errors.DatasetError, match="2 unreadable file"):
     predict.predict_folder(run, str(d), strict=True)
   assert calls == []
+
+
+def test_a_score_equal_to_the_threshold_is_anomalous(run_dir, overlays,
+                                                     tmp_path):
+  """scores.csv uses the threshold's own rule, score >= threshold."""
+  run, _ = run_dir
+  d = _image_dir(tmp_path)
+  tie = 100 / 255.0 + 0.25  # b.png's score, exactly (constant grey 100).
+  out = predict.predict_folder(run, str(d), threshold=tie, overlays=False)
+  assert out.scores[1] == tie
+  np.testing.assert_array_equal(out.decisions, [False, True, True])
+  with open(out.csv_path) as f:
+    rows = list(csv.DictReader(f))
+  assert [r["decision"] for r in rows] == ["0", "1", "1"]
+
+
+def test_scores_csv_is_written_atomically(run_dir, overlays, tmp_path,
+                                          monkeypatch):
+  """A failure while writing scores.csv leaves the previous one intact."""
+  run, _ = run_dir
+  d = _image_dir(tmp_path)
+  first = predict.predict_folder(run, str(d), overlays=False)
+  before = open(first.csv_path).read()
+  real_writer = csv.writer
+  rows = []
+
+  class _FailingWriter:
+    """csv.writer whose third row fails (header and one row written)."""
+
+    def __init__(self, f):
+      self._w = real_writer(f)
+
+    def writerow(self, row):
+      rows.append(row)
+      if len(rows) == 3:
+        raise OSError(28, "No space left on device")
+      return self._w.writerow(row)
+
+  monkeypatch.setattr(csv, "writer", _FailingWriter)
+  with pytest.raises(OSError, match="No space left"):
+    predict.predict_folder(run, str(d), threshold=0.0, overlays=False)
+  assert len(rows) == 3
+  assert open(first.csv_path).read() == before
+  assert [f for f in os.listdir(os.path.dirname(first.csv_path))
+          if ".tmp-" in f] == []

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from dicofun import api
+from dicofun import metrics
 from dicofun import protocol
 from dicofun import runner
 from dicofun.data import records as records_lib
@@ -50,7 +51,28 @@ def test_threshold_is_f1_optimal_on_validation_else_train_percentile():
                           train_scores=np.linspace(0, 1, 101),
                           state={"w": np.zeros(1)})
   thr, how = runner.choose_threshold(config, _FakeMethod, data, preds)
-  assert 0.2 < thr <= 1.0 and "F1-optimal" in how
+  # Normals score 0.2, anomalies 1.0: F1 = 1 only at t = 1.0, the anomalies'
+  # own score, so the rule must call a score equal to the threshold anomalous.
+  assert thr == 1.0 and "F1-optimal" in how
+  val_scores, _ = _FakeMethod.predict(config, None, data.validation)
+  np.testing.assert_array_equal(metrics.is_anomalous(val_scores, thr),
+                                [False] * 4 + [True] * 2)
   data.validation = []
   thr, how = runner.choose_threshold(config, _FakeMethod, data, preds)
   assert thr == pytest.approx(0.99) and "percentile" in how
+
+
+def test_f1_optimal_threshold_and_decisions_agree_on_ties():
+  """A normal tied with an anomaly at the threshold: both are anomalous."""
+  scores = np.array([0.1, 0.2, 0.4, 0.4, 0.8])
+  labels = np.array([0, 0, 0, 1, 1])
+  # By hand, F1(score >= t): t=0.8 → 2/3, t=0.4 → P 2/3, R 1 → 0.8,
+  # t=0.2 → 2/3, t=0.1 → 4/7.
+  thr = metrics.f1_optimal_threshold(scores, labels)
+  assert thr == 0.4
+  decisions = metrics.is_anomalous(scores, thr)
+  np.testing.assert_array_equal(decisions, [False, False, True, True, True])
+  tp = int(np.sum(decisions & (labels == 1)))
+  f1 = 2 * tp / (decisions.sum() + labels.sum())
+  assert f1 == pytest.approx(0.8)
+  assert f1 == pytest.approx(metrics.image_f1_max(scores, labels))

@@ -1,4 +1,7 @@
-"""VisA reader on a fixture built from the official 1cls.csv split."""
+"""VisA reader on a fixture built from the official 1cls.csv split.
+
+The split CSV comes from ../shared/data (or a stand-in: see conftest.py).
+"""
 
 import csv
 import os
@@ -9,30 +12,25 @@ from PIL import Image
 import pytest
 
 from dicofun.data import errors
+from dicofun.data import images
 from dicofun.data import records as records_lib
 from dicofun.data import visa
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPLIT_CSV = os.path.join(os.path.dirname(REPO), "shared", "data", "visa",
-                         "split_csv", "1cls.csv")
 CATEGORY = "fryum"
 
-pytestmark = pytest.mark.skipif(not os.path.isfile(SPLIT_CSV),
-                                reason="shared/data/visa/split_csv absent")
 
-
-def _csv_rows(category):
-  with open(SPLIT_CSV, newline="") as f:
+def _csv_rows(split_csv, category=CATEGORY):
+  with open(split_csv, newline="") as f:
     return [r for r in csv.DictReader(f) if r["object"] == category]
 
 
 @pytest.fixture(name="visa_root")
-def fixture_visa_root(tmp_path):
+def fixture_visa_root(tmp_path, visa_split_csv):
   """A VisA-layout root holding tiny images for one category only."""
   os.makedirs(tmp_path / "split_csv")
-  shutil.copy(SPLIT_CSV, tmp_path / "split_csv" / "1cls.csv")
+  shutil.copy(visa_split_csv, tmp_path / "split_csv" / "1cls.csv")
   rng = np.random.default_rng(0)
-  for r in _csv_rows(CATEGORY):
+  for r in _csv_rows(visa_split_csv):
     path = tmp_path / r["image"]
     os.makedirs(path.parent, exist_ok=True)
     # The names end in .JPG; PIL picks the format from the extension.
@@ -47,8 +45,8 @@ def fixture_visa_root(tmp_path):
   return tmp_path
 
 
-def test_csv_counts_of_fryum():
-  rows = _csv_rows(CATEGORY)
+def test_csv_counts_of_fryum(visa_split_csv):
+  rows = _csv_rows(visa_split_csv)
   counts = {}
   for r in rows:
     counts[(r["split"], r["label"])] = counts.get((r["split"], r["label"]), 0) + 1
@@ -58,7 +56,7 @@ def test_csv_counts_of_fryum():
 
 def test_read_visa_split_counts_equal_csv(visa_root):
   recs = visa.read_visa(str(visa_root), CATEGORY)
-  rows = _csv_rows(CATEGORY)
+  rows = _csv_rows(visa_root / "split_csv" / "1cls.csv")
   want = {}
   for r in rows:
     key = (r["split"], 1 if r["label"] == "anomaly" else 0)
@@ -78,7 +76,6 @@ def test_read_visa_split_counts_equal_csv(visa_root):
 
 
 def test_explicit_split_csv_and_mask_values(visa_root):
-  from dicofun.data import images  # pylint: disable=g-import-not-at-top
   recs = visa.read_visa(str(visa_root), CATEGORY,
                         split_csv=str(visa_root / "split_csv" / "1cls.csv"))
   anomalous = next(r for r in recs if r.label == 1)
@@ -104,7 +101,7 @@ def test_missing_root_and_csv(tmp_path):
 
 
 def test_listed_image_missing_on_disk_names_it(visa_root):
-  row = _csv_rows(CATEGORY)[7]
+  row = _csv_rows(visa_root / "split_csv" / "1cls.csv")[7]
   os.remove(visa_root / row["image"])
   with pytest.raises(errors.DatasetError) as e:
     visa.read_visa(str(visa_root), CATEGORY)

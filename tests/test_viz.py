@@ -1,5 +1,7 @@
-"""Every figure function writes a non-empty PNG."""
+"""Every figure function writes a PNG; the overlay's pixels are checked."""
 
+import matplotlib
+import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
@@ -57,8 +59,19 @@ def test_save_overlay(tmp_path):
   path = tmp_path / "overlay.png"
   viz.save_overlay(str(path), image, rng.random((10, 10)), vmin=0.0, vmax=2.0)
   _check_png(path)
-  import matplotlib.image as mpimg  # pylint: disable=g-import-not-at-top
   assert mpimg.imread(str(path)).shape[:2] == (40, 60)
+
+
+def test_save_overlay_pixels_blend_the_image_and_the_scaled_map(tmp_path):
+  """Grey 100 under a constant map 0.5 on the scale [0, 2]: every pixel is
+  ½·100/255 + ½·jet(0.25), not a map stretched to its own range."""
+  path = tmp_path / "overlay.png"
+  viz.save_overlay(str(path), np.full((40, 60, 3), 100, np.uint8),
+                   np.full((10, 10), 0.5), vmin=0.0, vmax=2.0)
+  got = mpimg.imread(str(path))[..., :3]
+  want = 0.5 * np.array(matplotlib.colormaps["jet"](0.25)[:3]) + 0.5 * 100 / 255
+  np.testing.assert_allclose(got[5:-5, 5:-5], np.broadcast_to(
+      want, got[5:-5, 5:-5].shape), atol=0.01)
 
 
 def test_save_best_worst_grid(tmp_path, batch):
