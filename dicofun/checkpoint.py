@@ -2,8 +2,9 @@
 
 Two kinds of checkpoint live in a run's workdir:
 
-* ``<workdir>/train_ckpt``: periodic training checkpoints of a method with a
-  training loop (FUN-AD, DiCo). ``TrainCheckpointer`` saves every
+* ``<workdir>/checkpoints/train_ckpt``: periodic training checkpoints of a
+  method with a training loop (FUN-AD, DiCo; written by
+  ``dicofun.training.run_loop``). ``TrainCheckpointer`` saves every
   ``every`` epochs, keeps the latest and the best (by a metric when one is
   given), and restores the latest automatically, so a run started again with
   the same ``--workdir`` resumes where it stopped.
