@@ -154,6 +154,9 @@ def base_config(*, method: str, dataset: ml_collections.ConfigDict,
       tensorboard=True,
   ))
   cfg.features_cache = True
+  # Delete the workdir's training checkpoints and train from scratch (a
+  # checkpoint of a different training config is refused otherwise).
+  cfg.restart = False
   return cfg
 
 

@@ -19,7 +19,19 @@ scores the test set for the history. ``run_loop`` owns everything else:
 * the test-selected *oracle* epoch: the evaluated epoch with the best
   (image AUROC + pixel AUROC) / 2 on the test set (METHODS §1; image AUROC
   alone when there is no pixel AUROC). It is labelled as test-selected: it is
-  NOT a result (the last epoch is).
+  NOT a result (the last epoch is);
+* resume with identity: a fingerprint of the config fields that affect
+  training (``training_fingerprint``) is stored as
+  ``<workdir>/checkpoints/fingerprint.json``; resuming under a different one
+  raises ``ResumeMismatchError`` naming the differing keys. ``restart=True``
+  (``--config.restart=True``) deletes the old checkpoints instead.
+
+Crash safety: the history is written (atomically: temporary file +
+``os.replace``) *before* each checkpoint, and only its rows up to the restored
+epoch are kept on resume, so a run killed at any point (mid-epoch, mid-save)
+resumes from its last complete checkpoint with a consistent history. The
+latest 2 checkpoints are kept; a corrupted newest one is logged and the
+previous one restored (``checkpoint.TrainCheckpointer.restore_or``).
 
 Resumed runs are bit-identical to uninterrupted ones as long as
 ``epoch_fn`` is a pure function of ``(state, epoch)`` (its shuffling and PRNG
@@ -29,13 +41,17 @@ keys derived from the epoch number), which both methods guarantee.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable, Optional
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
+import ml_collections
 import numpy as np
 from sklearn import metrics as sk_metrics
 
@@ -50,6 +66,8 @@ EvaluateFn = Callable[[PyTree, int], Optional[dict[str, Any]]]
 CHECKPOINT_DIR = "checkpoints"  # Under the workdir.
 TRAIN_CKPT = "train_ckpt"  # Under CHECKPOINT_DIR: the orbax steps.
 HISTORY_FILE = "history.json"  # Under CHECKPOINT_DIR.
+FINGERPRINT_FILE = "fingerprint.json"  # Under CHECKPOINT_DIR.
+KEEP_CHECKPOINTS = 2  # The latest and a previous one to fall back to.
 EVAL_PREFIX = "test_"  # Evaluation values in a history row.
 ORACLE_NOTE = ("TEST-SELECTED (oracle) epoch: chosen by (image AUROC + pixel "
                "AUROC) / 2 on the test set, as the reference code selects; "
@@ -183,6 +201,104 @@ def write_json_atomic(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
+class ResumeMismatchError(ValueError):
+  """A workdir's checkpoint belongs to a run with a different training config."""
+
+
+# Fields of the method block that do not change what is trained: the length
+# of the run (a resumed run may extend it), schedules and scoring batch sizes.
+_NOT_TRAINING = frozenset({"epochs", "eval_every", "checkpoint_every",
+                           "eval_batch_size", "transductive"})
+_DATASET_FIELDS = ("name", "category", "root", "contamination",
+                   "contamination_seed", "image_size", "crop_fraction",
+                   "synthetic", "folder")
+_BACKBONE_FIELDS = ("name", "weights", "layer")
+
+
+def _plain(x: Any) -> Any:
+  if isinstance(x, ml_collections.ConfigDict):
+    x = x.to_dict()
+  if isinstance(x, dict):
+    return {str(k): _plain(v) for k, v in sorted(x.items())}
+  if isinstance(x, (list, tuple)):
+    return [_plain(v) for v in x]
+  if isinstance(x, np.generic):
+    return x.item()
+  return x
+
+
+def _flat_items(prefix: str, x: Any, out: dict[str, Any]) -> None:
+  if isinstance(x, dict):
+    for k, v in x.items():
+      _flat_items(f"{prefix}.{k}", v, out)
+  else:
+    out[prefix] = x
+
+
+def training_fingerprint(config: ml_collections.ConfigDict,
+                         method: str) -> dict[str, Any]:
+  """The config fields that affect training, and their hash.
+
+  Args:
+    config: the run config.
+    method: the name of the method block (``config.<method>``).
+
+  Returns:
+    ``{"hash": sha256 hex, "values": {"funad.lr": 2e-05, "dataset.name":
+    ...}}`` over the method block (without its epoch count, schedules and
+    scoring batch size), the dataset's identity (name, category, root,
+    contamination and its seed, image size, crop, synthetic/folder settings),
+    the backbone (name, weights, layer) and the seed. Eval and logging
+    fields are not part of it. Missing fields are left out.
+  """
+  values: dict[str, Any] = {}
+  block = _plain(config.get(method) or {})
+  _flat_items(method, {k: v for k, v in block.items()
+                       if k not in _NOT_TRAINING}, values)
+  for name, fields in (("dataset", _DATASET_FIELDS),
+                       ("backbone", _BACKBONE_FIELDS)):
+    sub = config.get(name)
+    for k in fields:
+      if sub is not None and k in sub:
+        _flat_items(f"{name}.{k}", _plain(sub[k]), values)
+  if "seed" in config:
+    values["seed"] = _plain(config.seed)
+  values = json.loads(json.dumps(values, sort_keys=True))
+  digest = hashlib.sha256(
+      json.dumps(values, sort_keys=True).encode()).hexdigest()
+  return {"hash": digest, "values": values}
+
+
+def _check_fingerprint(path: str, fingerprint: dict[str, Any], *,
+                       epoch: int, ckpt_root: str) -> None:
+  """Raises ResumeMismatchError when the stored fingerprint differs."""
+  if not os.path.exists(path):
+    logging.warning("%s holds a checkpoint but no %s; resuming without the "
+                    "config check", ckpt_root, FINGERPRINT_FILE)
+    return
+  with open(path) as f:
+    stored = json.load(f)
+  if stored.get("hash") == fingerprint["hash"]:
+    return
+  old, new = stored.get("values", {}), fingerprint["values"]
+  missing = object()
+  diffs = [f"{k}: {old.get(k, '<absent>')!r} (checkpoint) vs "
+           f"{new.get(k, '<absent>')!r} (now)"
+           for k in sorted(set(old) | set(new))
+           if old.get(k, missing) != new.get(k, missing)]
+  raise ResumeMismatchError(
+      f"{ckpt_root} holds a training checkpoint (epoch {epoch}) of a run with "
+      f"a different config, so it cannot be resumed: "
+      f"{'; '.join(diffs) or 'fingerprint hash differs'}. Either run in a "
+      "new directory (--workdir=<new dir>), or delete these checkpoints and "
+      "train from scratch with --config.restart=True.")
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 def _due(epoch: int, every: int, last: bool) -> bool:
   """After epoch ``epoch`` (1-based): every ``every``-th and the last."""
   return last or (every > 0 and epoch % every == 0)
@@ -193,6 +309,8 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
              workdir: Optional[str] = None, checkpoint_every: int = 1,
              eval_every: int = 0,
              place: Optional[Callable[[PyTree], PyTree]] = None,
+             fingerprint: Optional[dict[str, Any]] = None,
+             restart: bool = False,
              desc: str = "epochs") -> LoopResult:
   """Trains for ``epochs`` epochs with evaluation, history and checkpoints.
 
@@ -214,10 +332,18 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
     eval_every: evaluate every this many epochs (0: after the last only).
     place: puts a state on the devices (mesh shardings); applied to the
       initial or restored state before the first epoch.
+    fingerprint: ``training_fingerprint(config, method)``; stored beside
+      the checkpoint and compared on resume (None: no check).
+    restart: delete ``<workdir>/checkpoints`` first and train from scratch.
     desc: label of the progress lines and log messages.
 
   Returns:
     A ``LoopResult``.
+
+  Raises:
+    ResumeMismatchError: the workdir's checkpoint was written under a
+      different ``fingerprint``, or is past ``epochs``.
+    checkpoint.CheckpointRestoreError: no checkpoint step can be restored.
   """
   epochs = int(epochs)
   eval_every = int(eval_every)
@@ -230,9 +356,27 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
   if workdir is not None:
     ckpt_root = os.path.join(workdir, CHECKPOINT_DIR)
     hist_path = os.path.join(ckpt_root, HISTORY_FILE)
+    fp_path = os.path.join(ckpt_root, FINGERPRINT_FILE)
+    if restart and os.path.exists(ckpt_root):
+      if parallel.is_main_process():
+        logging.warning("restart: deleting the training checkpoints in %s",
+                        ckpt_root)
+        shutil.rmtree(ckpt_root)
+      _sync("dicofun_training_restart")
     ckpt = checkpoint.TrainCheckpointer(
         ckpt_root, every=int(checkpoint_every), keep_best=False,
-        subdir=TRAIN_CKPT)
+        subdir=TRAIN_CKPT, keep_latest=KEEP_CHECKPOINTS)
+    latest = ckpt.latest_epoch()
+    if latest is not None:
+      if fingerprint is not None:
+        _check_fingerprint(fp_path, fingerprint, epoch=latest,
+                           ckpt_root=ckpt_root)
+      if latest > epochs:
+        raise ResumeMismatchError(
+            f"{ckpt_root} holds a training checkpoint at epoch {latest}, past "
+            f"the {epochs} epochs of this config. Either run in a new "
+            "directory (--workdir=<new dir>), or delete these checkpoints and "
+            "train from scratch with --config.restart=True.")
     host_template = jax.tree_util.tree_map(np.asarray, _to_host(template))
     restored, start = ckpt.restore_or(flatten(host_template))
     if start:
@@ -240,6 +384,11 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
       if os.path.exists(hist_path):
         with open(hist_path) as f:
           history = [r for r in json.load(f) if r["epoch"] <= start]
+      logging.info("%s: resumed after epoch %d from %s", desc, start,
+                   ckpt.directory)
+    if fingerprint is not None and parallel.is_main_process() and (
+        not start or not os.path.exists(fp_path)):
+      write_json_atomic(fp_path, fingerprint)
   state = place(state)
 
   t_loop = time.time()
@@ -261,9 +410,11 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
                  {k: (round(v, 5) if isinstance(v, float) else v)
                   for k, v in row.items() if _is_scalar(v)})
     if ckpt is not None and _due(done, ckpt.every, last):
-      saved = ckpt.maybe_save(done, flatten(_to_host(state)), force=True)
-      if saved and parallel.is_main_process():
+      # History first: a run killed between the two resumes from the previous
+      # checkpoint and keeps only the history rows up to it.
+      if parallel.is_main_process():
         write_json_atomic(hist_path, history)
+      ckpt.maybe_save(done, flatten(_to_host(state)), force=True)
   if ckpt is not None:
     ckpt.close()
   return LoopResult(state=state, history=history,

@@ -77,7 +77,9 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
           workdir: Optional[str] = None,
           evaluate: Optional[Callable[[Any, int], dict[str, float]]] = None,
           mesh: Optional[jax.sharding.Mesh] = None,
-          place: Optional[Callable[[np.ndarray], Any]] = None
+          place: Optional[Callable[[np.ndarray], Any]] = None,
+          fingerprint: Optional[dict[str, Any]] = None,
+          restart: bool = False
           ) -> tuple[dict[str, Any], dict[str, Any]]:
   """Trains DiCo with ``training.run_loop`` (resumes from ``<workdir>/checkpoints``).
 
@@ -94,6 +96,9 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
       ``cfg.eval_every`` epochs and after the last one.
     mesh: optional ``data`` mesh.
     place: puts a batch on devices (default: as is / on the mesh).
+    fingerprint: ``training.training_fingerprint(config, "dico")``, checked
+      against the checkpoint's on resume (None: no check).
+    restart: delete the workdir's training checkpoints first.
 
   Returns:
     ``(variables, info)``: ``{"params", "batch_stats"}`` on the host and a
@@ -143,7 +148,8 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
       state=state, epochs=int(cfg.epochs), epoch_fn=epoch_fn,
       evaluate_fn=evaluate_fn, workdir=workdir,
       checkpoint_every=int(cfg.checkpoint_every),
-      eval_every=int(cfg.eval_every), place=place_state, desc="DiCo epochs")
+      eval_every=int(cfg.eval_every), place=place_state,
+      fingerprint=fingerprint, restart=restart, desc="DiCo epochs")
   state = loop.state
   variables = _to_host({"params": state["params"],
                         "batch_stats": state["batch_stats"]})
@@ -178,9 +184,9 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
     std: normalisation std with ``encoder``.
 
   Returns:
-    Predictions; ``extra`` holds the last epoch, the loss history, the
-    test-set history and the test-selected *oracle* epoch (labelled as such,
-    not the reported result).
+    Predictions; ``extra`` holds the last epoch, the history (one row per
+    epoch: losses, and the test-set evaluation on evaluated epochs) and the
+    test-selected *oracle* epoch (labelled as such, not the reported result).
   """
   cfg = config.dico
   size = int(config.dataset.image_size)
@@ -247,7 +253,10 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
   variables, info = train(cfg, encoder=encoder, epoch_batches=epoch_batches,
                           first_batch=first, seed=int(config.seed),
                           workdir=workdir, evaluate=evaluate, mesh=mesh,
-                          place=place)
+                          place=place,
+                          fingerprint=training.training_fingerprint(
+                              config, "dico"),
+                          restart=bool(config.get("restart", False)))
   t1 = time.time()
   test_scores, test_maps = step_lib.score_in_batches(
       score_fn, variables, test["image"], batch_size=ebs, multiple=ndev,
@@ -271,14 +280,11 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
           desc="DiCo train scoring")[0]
   extra: dict[str, Any] = {
       "last_epoch": info["epochs"],
+      "epochs": info["epochs"],  # TensorBoard step of the final metrics.
       "resumed_from_epoch": info["resumed_from_epoch"],
-      "losses": info["losses"],
-      "test_history": [
-          {"epoch": row["epoch"],
-           **{k[len(training.EVAL_PREFIX):]: v for k, v in row.items()
-              if k.startswith(training.EVAL_PREFIX)}}
-          for row in info["history"]
-          if any(k.startswith(training.EVAL_PREFIX) for k in row)],
+      # One row per epoch (losses; test_* on evaluated epochs), where
+      # results.write_summaries reads TensorBoard's history/* scalars.
+      "history": info["history"],
       "train_seconds": info["train_seconds"],
       "train_step_compilations": info["compilations"],
       "num_parameters": info["num_parameters"],

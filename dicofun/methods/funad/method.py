@@ -7,9 +7,11 @@ smoothness loss (``losses``). The whole iteration is one jitted function
 (``step.make_train_step``). Inference needs no bank: the patch scores are the
 anomaly map, their max the image score.
 
-``run`` reports the LAST epoch as the result. The epoch selected on the test
-set (what the reference code reports) is kept in ``extra["oracle"]`` and is
-labelled as test-selected: it is not a valid result.
+``run`` reports the LAST epoch as the result. The epoch the reference code
+reports — the best (image AUROC + pixel AUROC) / 2 on the test set, METHODS
+§1 — is kept in ``extra["oracle"]`` (``training.select_oracle``) and is
+labelled as test-selected: it is not a valid result. The training loop,
+checkpoints and history are ``dicofun.training.run_loop``'s.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from sklearn import metrics as sk_metrics
 
 from dicofun import api
 from dicofun import features as features_lib
 from dicofun import parallel
 from dicofun import progress as progress_lib
 from dicofun import training
+from dicofun.data import pipeline
 from dicofun.methods.funad import step as step_lib
 from dicofun.ops import maps
 
@@ -86,13 +88,6 @@ def patch_scores_to_map(scores: np.ndarray, *, size: int,
   """(N, h, w) patch scores → (N, size, size) maps (bilinear + Gaussian blur)."""
   return np.asarray(maps.patch_scores_to_map(scores, size=size, sigma=sigma),
                     np.float32)
-
-
-def _auroc(labels: np.ndarray, scores: np.ndarray) -> Optional[float]:
-  labels = np.asarray(labels)
-  if len(np.unique(labels)) < 2:
-    return None
-  return float(sk_metrics.roc_auc_score(labels, scores))
 
 
 # --------------------------------------------------------------- inference
@@ -156,17 +151,23 @@ def predict(config: ml_collections.ConfigDict, state: dict,
 def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
         workdir: Optional[str] = None,
         eval_features: Optional[np.ndarray] = None,
-        eval_labels: Optional[np.ndarray] = None) -> dict[str, Any]:
+        eval_labels: Optional[np.ndarray] = None,
+        eval_masks: Optional[np.ndarray] = None) -> dict[str, Any]:
   """Trains FUN-AD on cached features (the loop is ``training.run_loop``).
 
   Args:
     config: run config (``config.funad``, ``config.seed``).
     train_features: (N, h, w, D) training features (unlabeled).
     workdir: the run's directory; training checkpoints and the history go to
-      ``<workdir>/checkpoints`` (None: no checkpointing).
+      ``<workdir>/checkpoints`` (None: no checkpointing). A checkpoint of a
+      different training config is refused (``training.ResumeMismatchError``)
+      unless ``config.restart``.
     eval_features: optional (M, h, w, D) features scored every
-      ``eval_every`` epochs for the history.
+      ``eval_every`` epochs (0: after the last epoch only) for the history.
     eval_labels: optional (M,) labels of those, for the history AUROC only.
+    eval_masks: optional (M, S, S) masks of those, for the history's
+      (subsampled) pixel AUROC; with labels and masks the oracle is chosen by
+      (image AUROC + pixel AUROC) / 2 (METHODS §1).
 
   Returns:
     ``{"params", "history", "oracle", "seconds_per_iteration"}``; ``oracle``
@@ -211,11 +212,13 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
   if eval_features is not None:
     def evaluate_fn(state, epoch):
       del epoch
-      scores, _ = predict_features(config, {"params": state["params"]},
-                                   eval_features, with_maps=False)
+      scores, amaps = predict_features(
+          config, {"params": state["params"]}, eval_features,
+          with_maps=eval_labels is not None and eval_masks is not None)
       out: dict[str, Any] = {}
       if eval_labels is not None:
-        out["image_auroc"] = _auroc(eval_labels, scores)
+        out.update(training.history_metrics(scores, amaps, eval_labels,
+                                            eval_masks))
       out["scores"] = scores.tolist()
       return out
 
@@ -224,7 +227,9 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
       evaluate_fn=evaluate_fn, workdir=workdir,
       checkpoint_every=int(cfg.checkpoint_every),
       eval_every=int(cfg.eval_every),
-      place=lambda s: _place_state(s, mesh), desc="FUN-AD epochs")
+      place=lambda s: _place_state(s, mesh),
+      fingerprint=training.training_fingerprint(config, "funad"),
+      restart=bool(config.get("restart", False)), desc="FUN-AD epochs")
   per_epoch = loop.seconds_per_epoch
   return {"params": jax.device_get(loop.state["params"]),
           "history": loop.history, "oracle": loop.oracle,
@@ -240,14 +245,19 @@ def run(config: ml_collections.ConfigDict, data: api.RunData,
   train_feats = features_lib.load_features(config, data.train, layout="tokens")
   test_feats = features_lib.load_features(config, data.test, layout="tokens")
   t_feat = time.time() - t0
-  # Test labels feed the per-eval history only (and the labelled oracle).
-  # Only the no-overlap view (moved anomalies excluded), as reported.
+  # Test labels and masks feed the per-eval history only (and the labelled
+  # oracle). Only the no-overlap view (moved anomalies excluded), as reported.
   keep = (np.ones(len(data.test), bool) if data.test_is_moved is None
           else ~np.asarray(data.test_is_moved, bool))
   test_labels = np.array([r.label for r in data.test])[keep]
+  test_masks = pipeline.load_arrays(
+      data.test, pipeline.preprocess_for(config),
+      num_workers=int(config.dataset.num_workers), allow_missing_mask=True,
+      with_images=False, desc="FUN-AD history masks")["mask"][keep]
   t1 = time.time()
   out = fit(config, train_feats, workdir=workdir,
-            eval_features=test_feats[keep], eval_labels=test_labels)
+            eval_features=test_feats[keep], eval_labels=test_labels,
+            eval_masks=test_masks)
   fit_s = time.time() - t1
   state = {"params": out["params"]}
   t2 = time.time()
@@ -261,6 +271,9 @@ def run(config: ml_collections.ConfigDict, data: api.RunData,
              for h in out["history"]]
   extra: dict[str, Any] = {
       "result_epoch": int(config.funad.epochs),
+      "epochs": int(config.funad.epochs),  # TensorBoard step of the metrics.
+      # One row per epoch (losses; test_* on evaluated epochs), TensorBoard's
+      # history/* scalars.
       "history": history,
       "oracle": out["oracle"],
       "feature_shape": list(np.shape(train_feats)[1:]),
