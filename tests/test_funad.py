@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
+from dicofun import training
 from dicofun.methods.funad import config as funad_config
 from dicofun.methods.funad import method as funad
 from dicofun.methods.funad import irmb
@@ -326,3 +327,30 @@ def test_end_to_end_training_beats_untrained(tmp_path):
   jax.tree_util.tree_map(
       functools.partial(np.testing.assert_allclose, rtol=0, atol=0),
       resumed["params"], out["params"])
+
+
+def test_eval_every_zero_and_oracle_by_image_and_pixel_auroc(tmp_path):
+  """eval_every=0: test set scored after the last epoch only (no division by
+  zero); the history has the pixel AUROC of the maps and the oracle the mean
+  of image and pixel AUROC (METHODS §1)."""
+  train_x, _ = _blob_features(0, 18, 2)
+  test_x, test_y = _blob_features(1, 6, 6)
+  masks = np.zeros((12, 16, 16), np.float32)
+  masks[test_y == 1, :8, :8] = 1.0
+  cfg = _e2e_config(epochs=2)
+  cfg.funad.eval_every = 0
+  cfg.funad.checkpoint_every = 1
+  out = funad.fit(cfg, train_x, eval_features=test_x, eval_labels=test_y,
+                  eval_masks=masks, workdir=str(tmp_path))
+  assert [h["epoch"] for h in out["history"]] == [1, 2]
+  assert "test_image_auroc" not in out["history"][0]
+  last = out["history"][1]
+  scores, maps = funad.predict_features(cfg, {"params": out["params"]},
+                                        test_x)
+  want = training.history_metrics(scores, maps, test_y, masks)
+  assert last["test_image_auroc"] == pytest.approx(want["image_auroc"])
+  assert last["test_pixel_auroc"] == pytest.approx(want["pixel_auroc"])
+  assert out["oracle"]["epoch"] == 2
+  assert out["oracle"]["selection_value"] == pytest.approx(
+      (want["image_auroc"] + want["pixel_auroc"]) / 2)
+  assert out["oracle"]["pixel_auroc"] == pytest.approx(want["pixel_auroc"])
