@@ -294,6 +294,24 @@ def _check_fingerprint(path: str, fingerprint: dict[str, Any], *,
       "train from scratch with --config.restart=True.")
 
 
+def _check_resumable(ckpt: checkpoint.TrainCheckpointer, fp_path: str,
+                     fingerprint: Optional[dict[str, Any]], *, epochs: int,
+                     ckpt_root: str) -> None:
+  """Raises ResumeMismatchError when the checkpoint is not this run's."""
+  latest = ckpt.latest_epoch()
+  if latest is None:
+    return
+  if fingerprint is not None:
+    _check_fingerprint(fp_path, fingerprint, epoch=latest,
+                       ckpt_root=ckpt_root)
+  if latest > epochs:
+    raise ResumeMismatchError(
+        f"{ckpt_root} holds a training checkpoint at epoch {latest}, past "
+        f"the {epochs} epochs of this config. Either run in a new "
+        "directory (--workdir=<new dir>), or delete these checkpoints and "
+        "train from scratch with --config.restart=True.")
+
+
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
@@ -357,28 +375,23 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
     ckpt_root = os.path.join(workdir, CHECKPOINT_DIR)
     hist_path = os.path.join(ckpt_root, HISTORY_FILE)
     fp_path = os.path.join(ckpt_root, FINGERPRINT_FILE)
-    if restart and os.path.exists(ckpt_root):
-      if parallel.is_main_process():
+    if restart:
+      if parallel.is_main_process() and os.path.exists(ckpt_root):
         logging.warning("restart: deleting the training checkpoints in %s",
                         ckpt_root)
         shutil.rmtree(ckpt_root)
-      _sync("dicofun_training_restart")
+      _sync("dicofun_training_restart")  # Every process: same config.
     ckpt = checkpoint.TrainCheckpointer(
         ckpt_root, every=int(checkpoint_every), keep_best=False,
         subdir=TRAIN_CKPT, keep_latest=KEEP_CHECKPOINTS)
-    latest = ckpt.latest_epoch()
-    if latest is not None:
-      if fingerprint is not None:
-        _check_fingerprint(fp_path, fingerprint, epoch=latest,
-                           ckpt_root=ckpt_root)
-      if latest > epochs:
-        raise ResumeMismatchError(
-            f"{ckpt_root} holds a training checkpoint at epoch {latest}, past "
-            f"the {epochs} epochs of this config. Either run in a new "
-            "directory (--workdir=<new dir>), or delete these checkpoints and "
-            "train from scratch with --config.restart=True.")
-    host_template = jax.tree_util.tree_map(np.asarray, _to_host(template))
-    restored, start = ckpt.restore_or(flatten(host_template))
+    try:
+      _check_resumable(ckpt, fp_path, fingerprint, epochs=epochs,
+                       ckpt_root=ckpt_root)
+      host_template = jax.tree_util.tree_map(np.asarray, _to_host(template))
+      restored, start = ckpt.restore_or(flatten(host_template))
+    except Exception:
+      ckpt.close()
+      raise
     if start:
       state = unflatten(template, restored)
       if os.path.exists(hist_path):
