@@ -25,7 +25,6 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterator, Optional
 
-from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -37,6 +36,7 @@ from dicofun.data import pipeline
 from dicofun.methods.dico import model as model_lib
 from dicofun.methods.dico import scoring
 from dicofun.methods.dico import step as step_lib
+
 
 def step_config(cfg: ml_collections.ConfigDict) -> step_lib.StepConfig:
   """The static ``StepConfig`` of ``config.dico``."""
