@@ -68,6 +68,8 @@ TRAIN_CKPT = "train_ckpt"  # Under CHECKPOINT_DIR: the orbax steps.
 HISTORY_FILE = "history.json"  # Under CHECKPOINT_DIR.
 FINGERPRINT_FILE = "fingerprint.json"  # Under CHECKPOINT_DIR.
 KEEP_CHECKPOINTS = 2  # The latest and a previous one to fall back to.
+# Where DiCo kept its training checkpoints before this loop (not resumed).
+_LEGACY_CKPT = "train_ckpt"
 EVAL_PREFIX = "test_"  # Evaluation values in a history row.
 ORACLE_NOTE = ("TEST-SELECTED (oracle) epoch: chosen by (image AUROC + pixel "
                "AUROC) / 2 on the test set, as the reference code selects; "
@@ -373,6 +375,11 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
   hist_path = None
   if workdir is not None:
     ckpt_root = os.path.join(workdir, CHECKPOINT_DIR)
+    if os.path.isdir(os.path.join(workdir, _LEGACY_CKPT)):
+      logging.warning(
+          "%s is a training checkpoint of the old layout; it is not resumed "
+          "(checkpoints now live in %s)", os.path.join(workdir, _LEGACY_CKPT),
+          ckpt_root)
     hist_path = os.path.join(ckpt_root, HISTORY_FILE)
     fp_path = os.path.join(ckpt_root, FINGERPRINT_FILE)
     if restart:

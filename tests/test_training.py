@@ -273,3 +273,13 @@ def test_json_is_replaced_atomically(tmp_path, monkeypatch):
     training.write_json_atomic(path, [1, 2])
   with open(path) as f:
     assert json.load(f) == [1]  # The old file is intact.
+
+
+def test_old_layout_checkpoint_is_named_not_silently_ignored(tmp_path,
+                                                            caplog):
+  os.makedirs(tmp_path / "train_ckpt" / "3")
+  with caplog.at_level("WARNING"):
+    out = _loop(workdir=str(tmp_path), epochs=1)
+  assert out.start_epoch == 0
+  assert str(tmp_path / "train_ckpt") in caplog.text
+  assert "old layout" in caplog.text
