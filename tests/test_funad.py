@@ -354,3 +354,22 @@ def test_eval_every_zero_and_oracle_by_image_and_pixel_auroc(tmp_path):
   assert out["oracle"]["selection_value"] == pytest.approx(
       (want["image_auroc"] + want["pixel_auroc"]) / 2)
   assert out["oracle"]["pixel_auroc"] == pytest.approx(want["pixel_auroc"])
+
+
+def test_resume_under_another_lr_is_refused_unless_restart(tmp_path):
+  train_x, _ = _blob_features(0, 14, 2)
+  cfg = _e2e_config(epochs=1)
+  cfg.restart = False
+  funad.fit(cfg, train_x, workdir=str(tmp_path))
+  cfg2 = _e2e_config(epochs=2)
+  cfg2.funad.lr = 1e-2
+  cfg2.restart = False
+  with pytest.raises(training.ResumeMismatchError,
+                     match=r"funad.lr: 0.002 \(checkpoint\) vs 0.01 \(now\)"):
+    funad.fit(cfg2, train_x, workdir=str(tmp_path))
+  cfg2.restart = True  # --config.restart=True
+  restarted = funad.fit(cfg2, train_x, workdir=str(tmp_path))
+  fresh = funad.fit(cfg2, train_x)
+  jax.tree_util.tree_map(
+      functools.partial(np.testing.assert_allclose, rtol=0, atol=0),
+      restarted["params"], fresh["params"])
