@@ -2,11 +2,15 @@
 
 Two kinds of checkpoint live in a run's workdir:
 
-* ``<workdir>/train_ckpt``: periodic training checkpoints of a method with a
-  training loop (FUN-AD, DiCo). ``TrainCheckpointer`` saves every
-  ``every`` epochs, keeps the latest and the best (by a metric when one is
-  given), and restores the latest automatically, so a run started again with
-  the same ``--workdir`` resumes where it stopped.
+* ``<workdir>/checkpoints/train_ckpt``: periodic training checkpoints of a
+  method with a training loop (FUN-AD, DiCo; written by
+  ``dicofun.training.run_loop``). ``TrainCheckpointer`` saves every
+  ``every`` epochs, keeps the latest ``keep_latest`` and the best (by a
+  metric when one is given), and restores the latest automatically, so a run
+  started again with the same ``--workdir`` resumes where it stopped. A step
+  that cannot be restored (truncated or corrupted files) is logged with its
+  path and moved aside to ``train_ckpt.corrupt/``, and the previous step is
+  restored instead.
 * ``<workdir>/model``: the inference checkpoint written by the runner at the
   end of a run. It holds everything inference needs — the method's state
   (parameters, memory bank or items, normalisation statistics), the decision
@@ -15,7 +19,9 @@ Two kinds of checkpoint live in a run's workdir:
 
 All processes take part in saving (orbax coordinates multi-host saves);
 orbax writes atomically (temporary directory + rename), so an interrupted save
-never leaves a checkpoint that restores half-written.
+never leaves a checkpoint that restores half-written; the temporary
+directories such a save leaves behind are removed when the next run opens the
+checkpoint directory.
 """
 
 from __future__ import annotations
@@ -25,12 +31,17 @@ from typing import Any, Optional
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
 PyTree = Any
+
+
+class CheckpointRestoreError(RuntimeError):
+  """No step of a training-checkpoint directory can be restored."""
 
 
 def _arrays(tree: PyTree) -> PyTree:
@@ -66,17 +77,19 @@ class TrainCheckpointer:
 
   def __init__(self, workdir: str, *, every: int = 1, keep_best: bool = True,
                best_metric: str = "score", best_mode: str = "max",
-               subdir: str = "train_ckpt"):
+               subdir: str = "train_ckpt", keep_latest: int = 1):
     self.every = max(int(every), 1)
     self.best_metric = best_metric
-    policies = [ocm.LatestN(1)]
+    policies = [ocm.LatestN(max(int(keep_latest), 1))]
     if keep_best:
       policies.append(ocm.BestN(
           get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min",
           n=1, keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocm.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=False, create=True)
+        enable_async_checkpointing=False, create=True,
+        # A save killed half-way leaves a temporary directory: remove it.
+        cleanup_tmp_directories=True)
     self.directory = os.path.abspath(os.path.join(workdir, subdir))
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -84,16 +97,65 @@ class TrainCheckpointer:
     return self._manager.latest_step()
 
   def restore_or(self, state: PyTree) -> tuple[PyTree, int]:
-    """Returns (restored state, completed epochs), or (state, 0) if none."""
-    step = self._manager.latest_step()
-    if step is None:
+    """Returns (restored state, completed epochs), or (state, 0) if none.
+
+    The newest step is tried first; a step whose files are truncated or
+    corrupted is logged (with its path), moved aside to
+    ``<directory>.corrupt/`` and the previous step is tried.
+
+    Raises:
+      CheckpointRestoreError: naming the directory, when steps exist but
+        none of them can be restored.
+    """
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
       return state, 0
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
                                       _arrays(state))
-    restored = self._manager.restore(
-        step, args=ocp.args.StandardRestore(abstract))
-    logging.info("Resumed from %s at epoch %d", self.directory, step)
-    return restored, int(step)
+    failed = []
+    for step in steps:
+      path = os.path.join(self.directory, str(step))
+      try:
+        restored = self._manager.restore(
+            step, args=ocp.args.StandardRestore(abstract))
+      except Exception as e:  # pylint: disable=broad-except
+        # Orbax / TensorStore raise many types for damaged files; all of
+        # them mean "this step is unusable".
+        logging.error(
+            "Training checkpoint %s (epoch %d) cannot be restored: it is "
+            "truncated or corrupted (%s: %s). Falling back to the previous "
+            "checkpoint.", path, step, type(e).__name__,
+            str(e).splitlines()[0] if str(e) else "")
+        failed.append(step)
+        continue
+      self._set_aside(failed)
+      logging.info("Resumed from %s at epoch %d", self.directory, step)
+      return restored, int(step)
+    raise CheckpointRestoreError(
+        f"no step of the training checkpoint directory {self.directory} can "
+        f"be restored (tried epochs {steps}; their files are truncated or "
+        "corrupted). Start again with a new --workdir, or with "
+        "--config.restart=True to delete these checkpoints.")
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves unrestorable steps out of the way, so they can be saved again."""
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      aside = self.directory + ".corrupt"
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        target = os.path.join(aside, str(step))
+        n = 0
+        while os.path.exists(target):
+          n += 1
+          target = os.path.join(aside, f"{step}.{n}")
+        os.rename(os.path.join(self.directory, str(step)), target)
+        logging.warning("Moved the corrupted checkpoint of epoch %d to %s",
+                        step, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("dicofun_ckpt_set_aside")
+    self._manager.reload()
 
   def maybe_save(self, epoch: int, state: PyTree, *,
                  metrics: Optional[dict[str, float]] = None,

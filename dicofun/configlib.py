@@ -186,6 +186,9 @@ def base_config(*, method: str, dataset: ml_collections.ConfigDict,
       train_maps=False,
   ))
   cfg.features_cache = True
+  # Delete the workdir's training checkpoints and train from scratch (a
+  # checkpoint of a different training config is refused otherwise).
+  cfg.restart = False
   return cfg
 
 

@@ -337,7 +337,7 @@ def summary(outcome: InspectOutcome) -> str:
   n = len(outcome.files)
   lines = [f"dicofun inspect: {n} images under {outcome.root} scored in "
            f"{outcome.seconds:.0f}s",
-           f"  flagged: {int(outcome.decisions.sum())} (score > "
+           f"  flagged: {int(outcome.decisions.sum())} (score >= "
            f"{outcome.threshold:.6g}; {outcome.threshold_rule})"]
   lines.append("  highest scores:")
   top = np.argsort(-outcome.scores, kind="stable")[:5]

@@ -5,7 +5,7 @@ function-level imports. The layers are those of docs/architecture.md:
 
 0 core      constants, cpu, progress, parallel, fileio
 1 rooms     data.*, models.*, ops.*, metrics, summary
-2 services  api, configlib, features, evaluate, checkpoint, viz
+2 services  api, configlib, features, evaluate, checkpoint, viz, training
 3 methods   methods.*
 4 runner    protocol, results, runner, predict, sweep, inspection, report, export
 5 cli       cli, __main__
@@ -42,6 +42,8 @@ _LAYERS = {
     "dicofun.evaluate": (2, "evaluate"),
     "dicofun.checkpoint": (2, "checkpoint"),
     "dicofun.viz": (2, "viz"),
+    # The training loop and the checkpoints it writes share a room.
+    "dicofun.training": (2, "checkpoint"),
     "dicofun.methods": (3, "methods"),
     "dicofun.protocol": (4, "runner"),
     "dicofun.results": (4, "runner"),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
+from dicofun import training
 from dicofun.methods.funad import config as funad_config
 from dicofun.methods.funad import method as funad
 from dicofun.methods.funad import irmb
@@ -300,7 +301,10 @@ def test_end_to_end_training_beats_untrained(tmp_path):
   assert maps.shape == (40, 16, 16)
   assert auroc > 0.9, (auroc0, auroc)
   assert auroc0 < 0.8, (auroc0, auroc)
-  assert [h["epoch"] for h in out["history"]] == [2, 4, 6]
+  # One history row per epoch; the test set is evaluated every 2nd.
+  assert [h["epoch"] for h in out["history"]] == [1, 2, 3, 4, 5, 6]
+  assert [h["epoch"] for h in out["history"]
+          if "test_image_auroc" in h] == [2, 4, 6]
   assert "TEST-SELECTED" in out["oracle"]["note"]
 
   # Resume: 4 epochs, then continue to 6 from the checkpoint → identical.
@@ -310,3 +314,49 @@ def test_end_to_end_training_beats_untrained(tmp_path):
   jax.tree_util.tree_map(
       functools.partial(np.testing.assert_allclose, rtol=0, atol=0),
       resumed["params"], out["params"])
+
+
+def test_eval_every_zero_and_oracle_by_image_and_pixel_auroc(tmp_path):
+  """eval_every=0: test set scored after the last epoch only (no division by
+  zero); the history has the pixel AUROC of the maps and the oracle the mean
+  of image and pixel AUROC (METHODS §1)."""
+  train_x, _ = _blob_features(0, 18, 2)
+  test_x, test_y = _blob_features(1, 6, 6)
+  masks = np.zeros((12, 16, 16), np.float32)
+  masks[test_y == 1, :8, :8] = 1.0
+  cfg = _e2e_config(epochs=2)
+  cfg.funad.eval_every = 0
+  cfg.funad.checkpoint_every = 1
+  out = funad.fit(cfg, train_x, eval_features=test_x, eval_labels=test_y,
+                  eval_masks=masks, workdir=str(tmp_path))
+  assert [h["epoch"] for h in out["history"]] == [1, 2]
+  assert "test_image_auroc" not in out["history"][0]
+  last = out["history"][1]
+  scores, maps = funad.predict_features(cfg, {"params": out["params"]},
+                                        test_x)
+  want = training.history_metrics(scores, maps, test_y, masks)
+  assert last["test_image_auroc"] == pytest.approx(want["image_auroc"])
+  assert last["test_pixel_auroc"] == pytest.approx(want["pixel_auroc"])
+  assert out["oracle"]["epoch"] == 2
+  assert out["oracle"]["selection_value"] == pytest.approx(
+      (want["image_auroc"] + want["pixel_auroc"]) / 2)
+  assert out["oracle"]["pixel_auroc"] == pytest.approx(want["pixel_auroc"])
+
+
+def test_resume_under_another_lr_is_refused_unless_restart(tmp_path):
+  train_x, _ = _blob_features(0, 14, 2)
+  cfg = _e2e_config(epochs=1)
+  cfg.restart = False
+  funad.fit(cfg, train_x, workdir=str(tmp_path))
+  cfg2 = _e2e_config(epochs=2)
+  cfg2.funad.lr = 1e-2
+  cfg2.restart = False
+  with pytest.raises(training.ResumeMismatchError,
+                     match=r"funad.lr: 0.002 \(checkpoint\) vs 0.01 \(now\)"):
+    funad.fit(cfg2, train_x, workdir=str(tmp_path))
+  cfg2.restart = True  # --config.restart=True
+  restarted = funad.fit(cfg2, train_x, workdir=str(tmp_path))
+  fresh = funad.fit(cfg2, train_x)
+  jax.tree_util.tree_map(
+      functools.partial(np.testing.assert_allclose, rtol=0, atol=0),
+      restarted["params"], fresh["params"])

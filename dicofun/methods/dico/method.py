@@ -22,27 +22,20 @@ Run (see configs/dico_*.py)::
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from typing import Any, Callable, Iterator, Optional
 
-from absl import logging
 import jax
 import ml_collections
 import numpy as np
-from sklearn import metrics as sk_metrics
 
 from dicofun import api
-from dicofun import checkpoint
 from dicofun import parallel
-from dicofun import progress as progress_lib
+from dicofun import training
 from dicofun.data import pipeline
 from dicofun.methods.dico import model as model_lib
 from dicofun.methods.dico import scoring
 from dicofun.methods.dico import step as step_lib
-
-HISTORY_FILE = "dico_history.json"
 
 
 def step_config(cfg: ml_collections.ConfigDict) -> step_lib.StepConfig:
@@ -78,30 +71,17 @@ def _place_global(mesh, x: np.ndarray):
   return jax.device_put(x, parallel.data_sharding(mesh, x.ndim))
 
 
-def _flat(tree: Any) -> dict[str, Any]:
-  """Pytree → {"00000": leaf, ...}: a structure orbax restores exactly."""
-  return {f"{i:05d}": x for i, x in enumerate(jax.tree_util.tree_leaves(tree))}
-
-
-def _unflat(template: Any, flat: dict[str, Any]) -> Any:
-  leaves = [flat[k] for k in sorted(flat)]
-  return jax.tree_util.tree_unflatten(
-      jax.tree_util.tree_structure(template), leaves)
-
-
-def _to_host(tree: Any) -> Any:
-  return jax.tree_util.tree_map(parallel.gather_to_host, tree)
-
-
 def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
           epoch_batches: Callable[[int], Iterator[np.ndarray]],
           first_batch: np.ndarray, seed: int = 0,
           workdir: Optional[str] = None,
           evaluate: Optional[Callable[[Any, int], dict[str, float]]] = None,
           mesh: Optional[jax.sharding.Mesh] = None,
-          place: Optional[Callable[[np.ndarray], Any]] = None
+          place: Optional[Callable[[np.ndarray], Any]] = None,
+          fingerprint: Optional[dict[str, Any]] = None,
+          restart: bool = False
           ) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Trains DiCo; resumes from ``<workdir>/train_ckpt`` when present.
+  """Trains DiCo with ``training.run_loop`` (resumes from ``<workdir>/checkpoints``).
 
   Args:
     cfg: ``config.dico``.
@@ -111,16 +91,20 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
       ``place`` assembles global arrays).
     first_batch: a batch used to initialise the parameters and memory items.
     seed: PRNG seed.
-    workdir: checkpoint / history directory (None: no checkpoints).
+    workdir: the run's directory (None: no checkpoints).
     evaluate: optional ``(variables, epoch) -> metrics`` run every
       ``cfg.eval_every`` epochs and after the last one.
     mesh: optional ``data`` mesh.
     place: puts a batch on devices (default: as is / on the mesh).
+    fingerprint: ``training.training_fingerprint(config, "dico")``, checked
+      against the checkpoint's on resume (None: no check).
+    restart: delete the workdir's training checkpoints first.
 
   Returns:
     ``(variables, info)``: ``{"params", "batch_stats"}`` on the host and a
-    dict with ``history``, ``epochs``, ``losses``, ``train_seconds``,
-    ``compilations``.
+    dict with ``history`` (one row per epoch: losses and, on evaluated
+    epochs, ``test_*`` values), ``oracle``, ``losses``, ``epochs``,
+    ``train_seconds``, ``compilations``.
   """
   net = build_net(cfg, encoder.channels)
   tx = step_lib.make_optimizer(lr=cfg.lr, b1=cfg.b1, b2=cfg.b2)
@@ -132,33 +116,9 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
   if place is None:
     place = ((lambda x: _place_global(mesh, x)) if mesh is not None
              else (lambda x: x))
-  if mesh is not None:
-    state = jax.device_put(state, parallel.replicated(mesh))
-  ckpt = None
-  start = 0
-  history: list[dict[str, Any]] = []
-  losses: list[dict[str, float]] = []
-  if workdir is not None:
-    ckpt = checkpoint.TrainCheckpointer(
-        workdir, every=int(cfg.checkpoint_every), keep_best=False)
-    template = jax.tree_util.tree_map(np.asarray, _to_host(state))
-    restored, start = ckpt.restore_or(_flat(template))
-    if start:
-      state = _unflat(template, restored)
-      if mesh is not None:
-        state = jax.device_put(state, parallel.replicated(mesh))
-      hpath = os.path.join(workdir, HISTORY_FILE)
-      if os.path.exists(hpath):
-        with open(hpath) as f:
-          saved = json.load(f)
-        history, losses = saved.get("history", []), saved.get("losses", [])
   train_step = step_lib.make_train_step(net, encoder, tx, scfg, mesh=mesh)
-  epochs = int(cfg.epochs)
-  t0 = time.time()
-  epoch_iter = progress_lib.progress(range(start, epochs),
-                                     total=epochs - start, desc="DiCo epochs")
-  for epoch in epoch_iter:
-    sums: dict[str, float] = {}
+
+  def epoch_fn(state, epoch):
     count = 0
     step_metrics = []
     for batch in epoch_batches(epoch):
@@ -167,52 +127,45 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
       state, m = train_step(state, place(np.asarray(batch, np.float32)), rng)
       step_metrics.append(m)
       count += 1
+    sums: dict[str, float] = {}
     for m in jax.device_get(step_metrics):
       for k, v in m.items():
         sums[k] = sums.get(k, 0.0) + float(v)
-    mean = {k: v / max(count, 1) for k, v in sums.items()}
-    mean["epoch"] = epoch + 1
-    losses.append(mean)
-    logging.info("DiCo epoch %d/%d: %s", epoch + 1, epochs,
-                 {k: round(v, 5) for k, v in mean.items()})
-    last = epoch + 1 == epochs
-    every = int(cfg.eval_every)
-    if evaluate is not None and (last or (every and (epoch + 1) % every == 0)):
-      variables = {"params": state["params"],
-                   "batch_stats": state["batch_stats"]}
-      entry = {"epoch": epoch + 1}
-      entry.update(evaluate(variables, epoch + 1))
-      history.append(entry)
-      logging.info("DiCo evaluation (test set, history only): %s", entry)
-    if ckpt is not None and (last or (epoch + 1) % ckpt.every == 0):
-      saved = ckpt.maybe_save(epoch + 1, _flat(_to_host(state)), force=True)
-      if saved and jax.process_index() == 0:
-        with open(os.path.join(workdir, HISTORY_FILE), "w") as f:
-          json.dump({"history": history, "losses": losses}, f)
-  if ckpt is not None:
-    ckpt.close()
+    return state, {k: v / max(count, 1) for k, v in sums.items()}
+
+  evaluate_fn = None
+  if evaluate is not None:
+    def evaluate_fn(state, epoch):
+      return evaluate({"params": state["params"],
+                       "batch_stats": state["batch_stats"]}, epoch)
+
+  def place_state(state):
+    if mesh is None:
+      return state
+    return jax.device_put(state, parallel.replicated(mesh))
+
+  loop = training.run_loop(
+      state=state, epochs=int(cfg.epochs), epoch_fn=epoch_fn,
+      evaluate_fn=evaluate_fn, workdir=workdir,
+      checkpoint_every=int(cfg.checkpoint_every),
+      eval_every=int(cfg.eval_every), place=place_state,
+      fingerprint=fingerprint, restart=restart, desc="DiCo epochs")
+  state = loop.state
   variables = _to_host({"params": state["params"],
                         "batch_stats": state["batch_stats"]})
-  info = {"history": history, "losses": losses, "epochs": epochs,
-          "resumed_from_epoch": start, "train_seconds": time.time() - t0,
+  losses = [{k: v for k, v in row.items()
+             if not k.startswith(training.EVAL_PREFIX)}
+            for row in loop.history]
+  info = {"history": loop.history, "oracle": loop.oracle, "losses": losses,
+          "epochs": int(cfg.epochs), "resumed_from_epoch": loop.start_epoch,
+          "train_seconds": loop.train_seconds,
           "compilations": len(train_step.traces),
           "num_parameters": model_lib.tree_size(variables["params"])}
   return variables, info
 
 
-def _history_metrics(scores: np.ndarray, maps: np.ndarray, labels: np.ndarray,
-                     masks: np.ndarray) -> dict[str, float]:
-  """Image AUROC and (every 4th pixel per axis) pixel AUROC, for history."""
-  out = {}
-  if len(np.unique(labels)) == 2:
-    out["image_auroc"] = float(sk_metrics.roc_auc_score(labels, scores))
-  # Subsampled pixels bound the cost of this intermediate evaluation
-  # **(ours)**; the reported pixel metrics are the runner's, on all pixels.
-  m = (masks[:, ::4, ::4] > 0.5).reshape(-1)
-  if m.any() and not m.all():
-    out["pixel_auroc"] = float(sk_metrics.roc_auc_score(
-        m, maps[:, ::4, ::4].reshape(-1)))
-  return out
+def _to_host(tree: Any) -> Any:
+  return jax.tree_util.tree_map(parallel.gather_to_host, tree)
 
 
 def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
@@ -231,9 +184,9 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
     std: normalisation std with ``encoder``.
 
   Returns:
-    Predictions; ``extra`` holds the last epoch, the loss history, the
-    test-set history and the test-selected *oracle* epoch (labelled as such,
-    not the reported result).
+    Predictions; ``extra`` holds the last epoch, the history (one row per
+    epoch: losses, and the test-set evaluation on evaluated epochs) and the
+    test-selected *oracle* epoch (labelled as such, not the reported result).
   """
   cfg = config.dico
   size = int(config.dataset.image_size)
@@ -294,14 +247,18 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
     s, m = step_lib.score_in_batches(
         score_fn, variables, test["image"][keep], batch_size=ebs,
         multiple=ndev, desc="DiCo test scoring")
-    return _history_metrics(s, m, test["label"][keep], test["mask"][keep])
+    return training.history_metrics(s, m, test["label"][keep],
+                                    test["mask"][keep])
 
   variables, info = train(cfg, encoder=encoder, epoch_batches=epoch_batches,
                           first_batch=first, seed=int(config.seed),
                           workdir=workdir,
                           # dicofun inspect runs without a test set.
                           evaluate=evaluate if data.test else None, mesh=mesh,
-                          place=place)
+                          place=place,
+                          fingerprint=training.training_fingerprint(
+                              config, "dico"),
+                          restart=bool(config.get("restart", False)))
   t1 = time.time()
   test_scores, test_maps = step_lib.score_in_batches(
       score_fn, variables, test["image"], batch_size=ebs, multiple=ndev,
@@ -331,9 +288,11 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
       train_maps = train_maps if want_maps else None
   extra: dict[str, Any] = {
       "last_epoch": info["epochs"],
+      "epochs": info["epochs"],  # TensorBoard step of the final metrics.
       "resumed_from_epoch": info["resumed_from_epoch"],
-      "losses": info["losses"],
-      "test_history": info["history"],
+      # One row per epoch (losses; test_* on evaluated epochs), where
+      # results.write_summaries reads TensorBoard's history/* scalars.
+      "history": info["history"],
       "train_seconds": info["train_seconds"],
       "train_step_compilations": info["compilations"],
       "num_parameters": info["num_parameters"],
@@ -341,14 +300,8 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
       "devices": ndev,
       "inference_images_per_s": len(data.test) / max(infer_s, 1e-9),
   }
-  scored = [h for h in info["history"] if "image_auroc" in h]
-  if scored:
-    def key(h):
-      return (h["image_auroc"] + h.get("pixel_auroc", h["image_auroc"])) / 2
-    best = max(scored, key=key)
-    extra["oracle"] = dict(
-        best, note="ORACLE: epoch selected on the test set; not the "
-        "reported result (the last epoch is)")
+  if info["oracle"] is not None:
+    extra["oracle"] = info["oracle"]
   return api.Predictions(test_scores=test_scores, test_maps=test_maps,
                          train_scores=train_scores, train_maps=train_maps,
                          extra=extra, state={"params": variables["params"],

@@ -7,15 +7,15 @@ smoothness loss (``losses``). The whole iteration is one jitted function
 (``step.make_train_step``). Inference needs no bank: the patch scores are the
 anomaly map, their max the image score.
 
-``run`` reports the LAST epoch as the result. The epoch selected on the test
-set (what the reference code reports) is kept in ``extra["oracle"]`` and is
-labelled as test-selected: it is not a valid result.
+``run`` reports the LAST epoch as the result. The epoch the reference code
+reports — the best (image AUROC + pixel AUROC) / 2 on the test set, METHODS
+§1 — is kept in ``extra["oracle"]`` (``training.select_oracle``) and is
+labelled as test-selected: it is not a valid result. The training loop,
+checkpoints and history are ``dicofun.training.run_loop``'s.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from typing import Any, Optional
 
@@ -24,13 +24,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from sklearn import metrics as sk_metrics
 
 from dicofun import api
-from dicofun import checkpoint
 from dicofun import features as features_lib
 from dicofun import parallel
 from dicofun import progress as progress_lib
+from dicofun import training
+from dicofun.data import pipeline
 from dicofun.methods.funad import step as step_lib
 from dicofun.ops import maps
 
@@ -88,13 +88,6 @@ def patch_scores_to_map(scores: np.ndarray, *, size: int,
   """(N, h, w) patch scores → (N, size, size) maps (bilinear + Gaussian blur)."""
   return np.asarray(maps.patch_scores_to_map(scores, size=size, sigma=sigma),
                     np.float32)
-
-
-def _auroc(labels: np.ndarray, scores: np.ndarray) -> Optional[float]:
-  labels = np.asarray(labels)
-  if len(np.unique(labels)) < 2:
-    return None
-  return float(sk_metrics.roc_auc_score(labels, scores))
 
 
 # --------------------------------------------------------------- inference
@@ -155,41 +148,31 @@ def predict(config: ml_collections.ConfigDict, state: dict,
 # ----------------------------------------------------------------- training
 
 
-def _ckpt_tree(state) -> dict:
-  """The train state as a dict of arrays (optax namedtuples flattened)."""
-  return {"params": state["params"],
-          "opt": {str(i): leaf for i, leaf in
-                  enumerate(jax.tree_util.tree_leaves(state["opt_state"]))},
-          "scores": state["scores"], "step": state["step"]}
-
-
-def _from_ckpt_tree(tree: dict, template) -> dict:
-  treedef = jax.tree_util.tree_structure(template["opt_state"])
-  leaves = [jnp.asarray(tree["opt"][str(i)]) for i in range(len(tree["opt"]))]
-  return {"params": jax.tree_util.tree_map(jnp.asarray, tree["params"]),
-          "opt_state": jax.tree_util.tree_unflatten(treedef, leaves),
-          "scores": jnp.asarray(tree["scores"]),
-          "step": jnp.asarray(tree["step"], jnp.int32)}
-
-
 def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
         workdir: Optional[str] = None,
         eval_features: Optional[np.ndarray] = None,
-        eval_labels: Optional[np.ndarray] = None) -> dict[str, Any]:
-  """Trains FUN-AD on cached features.
+        eval_labels: Optional[np.ndarray] = None,
+        eval_masks: Optional[np.ndarray] = None) -> dict[str, Any]:
+  """Trains FUN-AD on cached features (the loop is ``training.run_loop``).
 
   Args:
     config: run config (``config.funad``, ``config.seed``).
     train_features: (N, h, w, D) training features (unlabeled).
-    workdir: where training checkpoints go (None: no checkpointing).
+    workdir: the run's directory; training checkpoints and the history go to
+      ``<workdir>/checkpoints`` (None: no checkpointing). A checkpoint of a
+      different training config is refused (``training.ResumeMismatchError``)
+      unless ``config.restart``.
     eval_features: optional (M, h, w, D) features scored every
-      ``eval_every`` epochs for the history.
+      ``eval_every`` epochs (0: after the last epoch only) for the history.
     eval_labels: optional (M,) labels of those, for the history AUROC only.
+    eval_masks: optional (M, S, S) masks of those, for the history's
+      (subsampled) pixel AUROC; with labels and masks the oracle is chosen by
+      (image AUROC + pixel AUROC) / 2 (METHODS §1).
 
   Returns:
     ``{"params", "history", "oracle", "seconds_per_iteration"}``; ``oracle``
-    is the evaluated epoch with the best image AUROC on ``eval_*`` (None
-    without labels).
+    is the test-selected evaluated epoch (``training.select_oracle``; None
+    without labels), labelled as such.
   """
   cfg = config.funad
   flat, _ = _flat_tokens(train_features)
@@ -208,84 +191,51 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
   valid = _place(np.arange(rows) < n, mesh, shard=True)
   base_key = jax.random.key(int(config.seed))
   state = step_lib.init_state(scfg, jax.random.fold_in(base_key, 0), rows)
-  template = state
-
-  ckpt = None
-  start_epoch = 0
-  history: list[dict[str, Any]] = []
-  hist_path = None
-  if workdir is not None:
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    ckpt = checkpoint.TrainCheckpointer(
-        ckpt_dir, every=int(cfg.checkpoint_every), keep_best=False)
-    tree, start_epoch = ckpt.restore_or(_ckpt_tree(state))
-    if start_epoch:
-      state = _from_ckpt_tree(tree, template)
-    hist_path = os.path.join(ckpt.directory, "history.json")
-    if start_epoch and os.path.exists(hist_path):
-      with open(hist_path) as f:
-        history = [h for h in json.load(f) if h["epoch"] <= start_epoch]
-  state = _place_state(state, mesh)
-
   step = step_lib.make_train_step(scfg)
   iters = n // b
-  epochs = int(cfg.epochs)
-  t_train = 0.0
-  n_timed = 0
-  for epoch in progress_lib.progress(range(start_epoch, epochs), total=epochs - start_epoch,
-                         desc="FUN-AD epochs"):
+
+  def epoch_fn(state, epoch):
+    # A pure function of the epoch: resumed runs see the same batches.
     perm = np.random.default_rng([int(config.seed), epoch]).permutation(n)
     ekey = jax.random.fold_in(jax.random.fold_in(base_key, 1), epoch)
-    t0 = time.time()
-    timed_from = 0
     sums: dict[str, Any] = {}
     for it in progress_lib.progress(range(iters), total=iters,
-                        desc=f"FUN-AD epoch {epoch + 1} iterations"):
+                                    desc=f"FUN-AD epoch {epoch + 1} iterations"):
       idx = _place(perm[it * b:(it + 1) * b].astype(np.int32), mesh,
                    shard=False)
       state, m = step(state, idx, jax.random.fold_in(ekey, it), feats, valid)
       sums = m if not sums else jax.tree_util.tree_map(jnp.add, sums, m)
-      if epoch == start_epoch and it == 0:
-        # The first iteration includes compilation: time from the second.
-        jax.block_until_ready(state)
-        t0, timed_from = time.time(), 1
-    sums = {k: float(v) / max(iters, 1) for k, v in
-            jax.device_get(sums).items()}
-    t_train += time.time() - t0
-    n_timed += iters - timed_from
-    last = epoch + 1 == epochs
-    if (epoch + 1) % int(cfg.eval_every) == 0 or last:
-      entry: dict[str, Any] = {"epoch": epoch + 1, **sums}
-      if eval_features is not None:
-        scores, _ = predict_features(config, {"params": state["params"]},
-                                     eval_features, with_maps=False)
-        if eval_labels is not None:
-          entry["test_image_auroc"] = _auroc(eval_labels, scores)
-        entry["test_scores"] = scores.tolist()
-      history.append(entry)
-      logging.info("FUN-AD epoch %d: %s", epoch + 1,
-                   {k: v for k, v in entry.items() if k != "test_scores"})
-    if ckpt is not None and ckpt.maybe_save(epoch + 1, _ckpt_tree(state),
-                                            force=last):
-      with open(hist_path, "w") as f:
-        json.dump(history, f)
-  if ckpt is not None:
-    ckpt.close()
+    return state, {k: float(v) / max(iters, 1)
+                   for k, v in jax.device_get(sums).items()}
 
-  oracle = None
-  scored = [h for h in history if h.get("test_image_auroc") is not None]
-  if scored:
-    best = max(scored, key=lambda h: h["test_image_auroc"])
-    oracle = {
-        "note": ("TEST-SELECTED (oracle) epoch, chosen by image AUROC on the "
-                 "test set as the reference code does; not a valid result"),
-        "epoch": best["epoch"],
-        "image_auroc": best["test_image_auroc"],
-        "test_scores": best.get("test_scores"),
-    }
-  return {"params": jax.device_get(state["params"]), "history": history,
-          "oracle": oracle,
-          "seconds_per_iteration": t_train / n_timed if n_timed else None}
+  evaluate_fn = None
+  if eval_features is not None:
+    def evaluate_fn(state, epoch):
+      del epoch
+      scores, amaps = predict_features(
+          config, {"params": state["params"]}, eval_features,
+          with_maps=eval_labels is not None and eval_masks is not None)
+      out: dict[str, Any] = {}
+      if eval_labels is not None:
+        out.update(training.history_metrics(scores, amaps, eval_labels,
+                                            eval_masks))
+      out["scores"] = scores.tolist()
+      return out
+
+  loop = training.run_loop(
+      state=state, epochs=int(cfg.epochs), epoch_fn=epoch_fn,
+      evaluate_fn=evaluate_fn, workdir=workdir,
+      checkpoint_every=int(cfg.checkpoint_every),
+      eval_every=int(cfg.eval_every),
+      place=lambda s: _place_state(s, mesh),
+      fingerprint=training.training_fingerprint(config, "funad"),
+      restart=bool(config.get("restart", False)), desc="FUN-AD epochs")
+  per_epoch = loop.seconds_per_epoch
+  return {"params": jax.device_get(loop.state["params"]),
+          "history": loop.history, "oracle": loop.oracle,
+          "seconds_per_iteration": (per_epoch / iters
+                                    if per_epoch is not None and iters
+                                    else None)}
 
 
 def run(config: ml_collections.ConfigDict, data: api.RunData,
@@ -297,15 +247,22 @@ def run(config: ml_collections.ConfigDict, data: api.RunData,
   test_feats = (features_lib.load_features(config, data.test, layout="tokens")
                 if data.test else None)
   t_feat = time.time() - t0
-  # Test labels feed the per-eval history only (and the labelled oracle).
-  # Only the no-overlap view (moved anomalies excluded), as reported.
+  # Test labels and masks feed the per-eval history only (and the labelled
+  # oracle). Only the no-overlap view (moved anomalies excluded), as reported.
   keep = (np.ones(len(data.test), bool) if data.test_is_moved is None
           else ~np.asarray(data.test_is_moved, bool))
   test_labels = np.array([r.label for r in data.test])[keep]
+  test_masks = None
+  if data.test:
+    test_masks = pipeline.load_arrays(
+        data.test, pipeline.preprocess_for(config),
+        num_workers=int(config.dataset.num_workers), allow_missing_mask=True,
+        with_images=False, desc="FUN-AD history masks")["mask"][keep]
   t1 = time.time()
   out = fit(config, train_feats, workdir=workdir,
             eval_features=None if test_feats is None else test_feats[keep],
-            eval_labels=None if test_feats is None else test_labels)
+            eval_labels=None if test_feats is None else test_labels,
+            eval_masks=test_masks)
   fit_s = time.time() - t1
   state = {"params": out["params"]}
   t2 = time.time()
@@ -325,6 +282,9 @@ def run(config: ml_collections.ConfigDict, data: api.RunData,
              for h in out["history"]]
   extra: dict[str, Any] = {
       "result_epoch": int(config.funad.epochs),
+      "epochs": int(config.funad.epochs),  # TensorBoard step of the metrics.
+      # One row per epoch (losses; test_* on evaluated epochs), TensorBoard's
+      # history/* scalars.
       "history": history,
       "oracle": out["oracle"],
       "feature_shape": list(np.shape(train_feats)[1:]),

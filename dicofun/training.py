@@ -1,0 +1,443 @@
+"""The training loop shared by the trained methods (FUN-AD, DiCo, ...).
+
+A method supplies only what is its own: the initial train state (a pytree of
+arrays), ``epoch_fn(state, epoch) -> (state, metrics)`` that runs one epoch of
+its jitted step(s), and optionally ``evaluate_fn(state, epoch) -> dict`` that
+scores the test set for the history. ``run_loop`` owns everything else:
+
+* the epoch loop with progress (rate and ETA through ``dicofun.progress``)
+  and per-epoch timing;
+* periodic evaluation: after every ``eval_every``-th epoch and after the last
+  one (``eval_every=0``: after the last one only);
+* the history: one row per epoch, ``{"epoch", **train metrics,
+  **{"test_<k>": v for the evaluation}}``, kept as
+  ``<workdir>/checkpoints/history.json``;
+* orbax checkpoints in ``<workdir>/checkpoints/train_ckpt`` every
+  ``checkpoint_every`` epochs and after the last one, and automatic resume
+  from them (the state is saved as its flat list of leaves and restored into
+  the structure of the initial state);
+* the test-selected *oracle* epoch: the evaluated epoch with the best
+  (image AUROC + pixel AUROC) / 2 on the test set (METHODS §1; image AUROC
+  alone when there is no pixel AUROC). It is labelled as test-selected: it is
+  NOT a result (the last epoch is);
+* resume with identity: a fingerprint of the config fields that affect
+  training (``training_fingerprint``) is stored as
+  ``<workdir>/checkpoints/fingerprint.json``; resuming under a different one
+  raises ``ResumeMismatchError`` naming the differing keys. ``restart=True``
+  (``--config.restart=True``) deletes the old checkpoints instead.
+
+Crash safety: the history is written (atomically: temporary file +
+``os.replace``) *before* each checkpoint, and only its rows up to the restored
+epoch are kept on resume, so a run killed at any point (mid-epoch, mid-save)
+resumes from its last complete checkpoint with a consistent history. The
+latest 2 checkpoints are kept; a corrupted newest one is logged and the
+previous one restored (``checkpoint.TrainCheckpointer.restore_or``).
+
+Resumed runs are bit-identical to uninterrupted ones as long as
+``epoch_fn`` is a pure function of ``(state, epoch)`` (its shuffling and PRNG
+keys derived from the epoch number), which both methods guarantee.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from typing import Any, Callable, Optional
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+from sklearn import metrics as sk_metrics
+
+from dicofun import checkpoint
+from dicofun import parallel
+from dicofun import progress as progress_lib
+
+PyTree = Any
+EpochFn = Callable[[PyTree, int], tuple[PyTree, dict[str, Any]]]
+EvaluateFn = Callable[[PyTree, int], Optional[dict[str, Any]]]
+
+CHECKPOINT_DIR = "checkpoints"  # Under the workdir.
+TRAIN_CKPT = "train_ckpt"  # Under CHECKPOINT_DIR: the orbax steps.
+HISTORY_FILE = "history.json"  # Under CHECKPOINT_DIR.
+FINGERPRINT_FILE = "fingerprint.json"  # Under CHECKPOINT_DIR.
+KEEP_CHECKPOINTS = 2  # The latest and a previous one to fall back to.
+# Where DiCo kept its training checkpoints before this loop (not resumed).
+_LEGACY_CKPT = "train_ckpt"
+EVAL_PREFIX = "test_"  # Evaluation values in a history row.
+ORACLE_NOTE = ("TEST-SELECTED (oracle) epoch: chosen by (image AUROC + pixel "
+               "AUROC) / 2 on the test set, as the reference code selects; "
+               "not a valid result (the reported result is the last epoch)")
+ORACLE_CRITERION = "(test image AUROC + test pixel AUROC) / 2"
+
+
+@dataclasses.dataclass
+class LoopResult:
+  """What ``run_loop`` returns.
+
+  Attributes:
+    state: the train state after the last epoch (as ``epoch_fn`` left it).
+    history: one row per epoch (``epoch``, the train metrics, the
+      evaluation's values as ``test_<name>`` on evaluated epochs), including
+      the epochs restored from a checkpoint.
+    oracle: the test-selected epoch (see ``select_oracle``), or None.
+    start_epoch: completed epochs restored from the checkpoint (0: fresh).
+    epoch_seconds: wall time of each epoch run by this process (training
+      only, without evaluation and checkpointing).
+    train_seconds: wall time of the whole loop (training, evaluations,
+      checkpoints).
+  """
+  state: PyTree
+  history: list[dict[str, Any]]
+  oracle: Optional[dict[str, Any]]
+  start_epoch: int
+  epoch_seconds: list[float]
+  train_seconds: float
+
+  @property
+  def seconds_per_epoch(self) -> Optional[float]:
+    """Mean epoch time; the first epoch (compilation) is left out if others ran."""
+    times = self.epoch_seconds[1:] or self.epoch_seconds
+    return float(np.mean(times)) if times else None
+
+  def scalar_history(self) -> list[dict[str, Any]]:
+    """The history without its non-scalar values (e.g. per-image scores)."""
+    return [{k: v for k, v in row.items() if _is_scalar(v)}
+            for row in self.history]
+
+
+def _is_scalar(v: Any) -> bool:
+  return v is None or isinstance(v, (bool, int, float, str, np.generic))
+
+
+def history_metrics(scores: np.ndarray, maps: Optional[np.ndarray],
+                    labels: np.ndarray, masks: Optional[np.ndarray], *,
+                    stride: int = 4) -> dict[str, float]:
+  """Image AUROC and a subsampled pixel AUROC, for the training history.
+
+  Args:
+    scores: (N,) image scores.
+    maps: (N, S, S) anomaly maps, or None (no pixel AUROC).
+    labels: (N,) 0/1 image labels.
+    masks: (N, S, S) ground-truth masks, or None.
+    stride: every ``stride``-th pixel per axis enters the pixel AUROC.
+
+  Returns:
+    ``image_auroc`` (when both classes are present) and ``pixel_auroc``
+    (when the subsampled masks hold both classes).
+  """
+  out = {}
+  labels = np.asarray(labels)
+  if len(np.unique(labels)) == 2:
+    out["image_auroc"] = float(sk_metrics.roc_auc_score(labels, scores))
+  if maps is None or masks is None:
+    return out
+  # Subsampled pixels bound the cost of this intermediate evaluation
+  # **(ours)**; the reported pixel metrics are the runner's, on all pixels.
+  m = (np.asarray(masks)[:, ::stride, ::stride] > 0.5).reshape(-1)
+  if m.any() and not m.all():
+    out["pixel_auroc"] = float(sk_metrics.roc_auc_score(
+        m, np.asarray(maps)[:, ::stride, ::stride].reshape(-1)))
+  return out
+
+
+def oracle_value(row: dict[str, Any]) -> Optional[float]:
+  """(image AUROC + pixel AUROC) / 2 of a history row (image alone without pixel)."""
+  image = row.get(EVAL_PREFIX + "image_auroc")
+  if image is None:
+    return None
+  pixel = row.get(EVAL_PREFIX + "pixel_auroc")
+  return float(image) if pixel is None else (float(image) + float(pixel)) / 2
+
+
+def select_oracle(history: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+  """The test-selected epoch of a history, labelled as such (not a result).
+
+  Returns:
+    None when no row has a test image AUROC; else ``{"note", "criterion",
+    "epoch", "selection_value"}`` and the evaluation's values of that epoch
+    without their ``test_`` prefix (``image_auroc``, ``pixel_auroc``, ...).
+    Ties go to the earliest epoch.
+  """
+  scored = [(oracle_value(r), r) for r in history]
+  scored = [(v, r) for v, r in scored if v is not None]
+  if not scored:
+    return None
+  value, best = max(scored, key=lambda vr: vr[0])  # First maximum wins.
+  oracle = {"note": ORACLE_NOTE, "criterion": ORACLE_CRITERION,
+            "epoch": best["epoch"], "selection_value": value}
+  oracle.update({k[len(EVAL_PREFIX):]: v for k, v in best.items()
+                 if k.startswith(EVAL_PREFIX)})
+  return oracle
+
+
+def flatten(tree: PyTree) -> dict[str, Any]:
+  """Pytree → ``{"00000": leaf, ...}``: a structure orbax restores exactly."""
+  return {f"{i:05d}": x for i, x in enumerate(jax.tree_util.tree_leaves(tree))}
+
+
+def unflatten(template: PyTree, flat: dict[str, Any]) -> PyTree:
+  """Inverse of ``flatten`` into the structure of ``template``."""
+  leaves = [flat[k] for k in sorted(flat)]
+  return jax.tree_util.tree_unflatten(
+      jax.tree_util.tree_structure(template), leaves)
+
+
+def _to_host(tree: PyTree) -> PyTree:
+  return jax.tree_util.tree_map(parallel.gather_to_host, tree)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes JSON to a temporary file and renames it over ``path``."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+class ResumeMismatchError(ValueError):
+  """A workdir's checkpoint belongs to a run with a different training config."""
+
+
+# Fields of the method block that do not change what is trained: the length
+# of the run (a resumed run may extend it), schedules and scoring batch sizes.
+_NOT_TRAINING = frozenset({"epochs", "eval_every", "checkpoint_every",
+                           "eval_batch_size", "transductive"})
+_DATASET_FIELDS = ("name", "category", "root", "contamination",
+                   "contamination_seed", "image_size", "crop_fraction",
+                   "synthetic", "folder")
+_BACKBONE_FIELDS = ("name", "weights", "layer")
+
+
+def _plain(x: Any) -> Any:
+  if isinstance(x, ml_collections.ConfigDict):
+    x = x.to_dict()
+  if isinstance(x, dict):
+    return {str(k): _plain(v) for k, v in sorted(x.items())}
+  if isinstance(x, (list, tuple)):
+    return [_plain(v) for v in x]
+  if isinstance(x, np.generic):
+    return x.item()
+  return x
+
+
+def _flat_items(prefix: str, x: Any, out: dict[str, Any]) -> None:
+  if isinstance(x, dict):
+    for k, v in x.items():
+      _flat_items(f"{prefix}.{k}", v, out)
+  else:
+    out[prefix] = x
+
+
+def training_fingerprint(config: ml_collections.ConfigDict,
+                         method: str) -> dict[str, Any]:
+  """The config fields that affect training, and their hash.
+
+  Args:
+    config: the run config.
+    method: the name of the method block (``config.<method>``).
+
+  Returns:
+    ``{"hash": sha256 hex, "values": {"funad.lr": 2e-05, "dataset.name":
+    ...}}`` over the method block (without its epoch count, schedules and
+    scoring batch size), the dataset's identity (name, category, root,
+    contamination and its seed, image size, crop, synthetic/folder settings),
+    the backbone (name, weights, layer) and the seed. Eval and logging
+    fields are not part of it. Missing fields are left out.
+  """
+  values: dict[str, Any] = {}
+  block = _plain(config.get(method) or {})
+  _flat_items(method, {k: v for k, v in block.items()
+                       if k not in _NOT_TRAINING}, values)
+  for name, fields in (("dataset", _DATASET_FIELDS),
+                       ("backbone", _BACKBONE_FIELDS)):
+    sub = config.get(name)
+    for k in fields:
+      if sub is not None and k in sub:
+        _flat_items(f"{name}.{k}", _plain(sub[k]), values)
+  if "seed" in config:
+    values["seed"] = _plain(config.seed)
+  values = json.loads(json.dumps(values, sort_keys=True))
+  digest = hashlib.sha256(
+      json.dumps(values, sort_keys=True).encode()).hexdigest()
+  return {"hash": digest, "values": values}
+
+
+def _check_fingerprint(path: str, fingerprint: dict[str, Any], *,
+                       epoch: int, ckpt_root: str) -> None:
+  """Raises ResumeMismatchError when the stored fingerprint differs."""
+  if not os.path.exists(path):
+    logging.warning("%s holds a checkpoint but no %s; resuming without the "
+                    "config check", ckpt_root, FINGERPRINT_FILE)
+    return
+  with open(path) as f:
+    stored = json.load(f)
+  if stored.get("hash") == fingerprint["hash"]:
+    return
+  old, new = stored.get("values", {}), fingerprint["values"]
+  missing = object()
+  diffs = [f"{k}: {old.get(k, '<absent>')!r} (checkpoint) vs "
+           f"{new.get(k, '<absent>')!r} (now)"
+           for k in sorted(set(old) | set(new))
+           if old.get(k, missing) != new.get(k, missing)]
+  raise ResumeMismatchError(
+      f"{ckpt_root} holds a training checkpoint (epoch {epoch}) of a run with "
+      f"a different config, so it cannot be resumed: "
+      f"{'; '.join(diffs) or 'fingerprint hash differs'}. Either run in a "
+      "new directory (--workdir=<new dir>), or delete these checkpoints and "
+      "train from scratch with --config.restart=True.")
+
+
+def _check_resumable(ckpt: checkpoint.TrainCheckpointer, fp_path: str,
+                     fingerprint: Optional[dict[str, Any]], *, epochs: int,
+                     ckpt_root: str) -> None:
+  """Raises ResumeMismatchError when the checkpoint is not this run's."""
+  latest = ckpt.latest_epoch()
+  if latest is None:
+    return
+  if fingerprint is not None:
+    _check_fingerprint(fp_path, fingerprint, epoch=latest,
+                       ckpt_root=ckpt_root)
+  if latest > epochs:
+    raise ResumeMismatchError(
+        f"{ckpt_root} holds a training checkpoint at epoch {latest}, past "
+        f"the {epochs} epochs of this config. Either run in a new "
+        "directory (--workdir=<new dir>), or delete these checkpoints and "
+        "train from scratch with --config.restart=True.")
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _due(epoch: int, every: int, last: bool) -> bool:
+  """After epoch ``epoch`` (1-based): every ``every``-th and the last."""
+  return last or (every > 0 and epoch % every == 0)
+
+
+def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
+             evaluate_fn: Optional[EvaluateFn] = None,
+             workdir: Optional[str] = None, checkpoint_every: int = 1,
+             eval_every: int = 0,
+             place: Optional[Callable[[PyTree], PyTree]] = None,
+             fingerprint: Optional[dict[str, Any]] = None,
+             restart: bool = False,
+             desc: str = "epochs") -> LoopResult:
+  """Trains for ``epochs`` epochs with evaluation, history and checkpoints.
+
+  Args:
+    state: the initial train state (a pytree of arrays); its structure is the
+      checkpoint's restore template.
+    epochs: total number of epochs (a resumed run runs the remaining ones).
+    epoch_fn: ``(state, epoch) -> (state, metrics)`` runs epoch ``epoch``
+      (0-based); ``metrics`` is a dict of floats (epoch means) for the
+      history. It must depend on ``epoch`` only, not on how many epochs this
+      process ran, so resumed runs equal uninterrupted ones.
+    evaluate_fn: optional ``(state, epoch) -> dict`` (``epoch`` 1-based, the
+      completed epochs) run after every ``eval_every``-th and the last
+      epoch; its values enter the history row as ``test_<name>``
+      (``image_auroc`` and ``pixel_auroc`` select the oracle).
+    workdir: the run's directory; checkpoints and history go to
+      ``<workdir>/checkpoints`` (None: no checkpoints, no resume).
+    checkpoint_every: save every this many epochs (and after the last).
+    eval_every: evaluate every this many epochs (0: after the last only).
+    place: puts a state on the devices (mesh shardings); applied to the
+      initial or restored state before the first epoch.
+    fingerprint: ``training_fingerprint(config, method)``; stored beside
+      the checkpoint and compared on resume (None: no check).
+    restart: delete ``<workdir>/checkpoints`` first and train from scratch.
+    desc: label of the progress lines and log messages.
+
+  Returns:
+    A ``LoopResult``.
+
+  Raises:
+    ResumeMismatchError: the workdir's checkpoint was written under a
+      different ``fingerprint``, or is past ``epochs``.
+    checkpoint.CheckpointRestoreError: no checkpoint step can be restored.
+  """
+  epochs = int(epochs)
+  eval_every = int(eval_every)
+  place = place or (lambda s: s)
+  template = state
+  history: list[dict[str, Any]] = []
+  start = 0
+  ckpt = None
+  hist_path = None
+  if workdir is not None:
+    ckpt_root = os.path.join(workdir, CHECKPOINT_DIR)
+    if os.path.isdir(os.path.join(workdir, _LEGACY_CKPT)):
+      logging.warning(
+          "%s is a training checkpoint of the old layout; it is not resumed "
+          "(checkpoints now live in %s)", os.path.join(workdir, _LEGACY_CKPT),
+          ckpt_root)
+    hist_path = os.path.join(ckpt_root, HISTORY_FILE)
+    fp_path = os.path.join(ckpt_root, FINGERPRINT_FILE)
+    if restart:
+      if parallel.is_main_process() and os.path.exists(ckpt_root):
+        logging.warning("restart: deleting the training checkpoints in %s",
+                        ckpt_root)
+        shutil.rmtree(ckpt_root)
+      _sync("dicofun_training_restart")  # Every process: same config.
+    ckpt = checkpoint.TrainCheckpointer(
+        ckpt_root, every=int(checkpoint_every), keep_best=False,
+        subdir=TRAIN_CKPT, keep_latest=KEEP_CHECKPOINTS)
+    try:
+      _check_resumable(ckpt, fp_path, fingerprint, epochs=epochs,
+                       ckpt_root=ckpt_root)
+      host_template = jax.tree_util.tree_map(np.asarray, _to_host(template))
+      restored, start = ckpt.restore_or(flatten(host_template))
+    except Exception:
+      ckpt.close()
+      raise
+    if start:
+      state = unflatten(template, restored)
+      if os.path.exists(hist_path):
+        with open(hist_path) as f:
+          history = [r for r in json.load(f) if r["epoch"] <= start]
+      logging.info("%s: resumed after epoch %d from %s", desc, start,
+                   ckpt.directory)
+    if fingerprint is not None and parallel.is_main_process() and (
+        not start or not os.path.exists(fp_path)):
+      write_json_atomic(fp_path, fingerprint)
+  state = place(state)
+
+  t_loop = time.time()
+  epoch_seconds: list[float] = []
+  for epoch in progress_lib.progress(range(start, epochs),
+                                     total=max(epochs - start, 0), desc=desc):
+    t0 = time.time()
+    state, metrics = epoch_fn(state, epoch)
+    epoch_seconds.append(time.time() - t0)
+    done = epoch + 1
+    last = done == epochs
+    row: dict[str, Any] = {"epoch": done}
+    row.update({k: float(v) for k, v in metrics.items()})
+    if evaluate_fn is not None and _due(done, eval_every, last):
+      evaluation = evaluate_fn(state, done) or {}
+      row.update({EVAL_PREFIX + k: v for k, v in evaluation.items()})
+    history.append(row)
+    logging.info("%s %d/%d: %s", desc, done, epochs,
+                 {k: (round(v, 5) if isinstance(v, float) else v)
+                  for k, v in row.items() if _is_scalar(v)})
+    if ckpt is not None and _due(done, ckpt.every, last):
+      # History first: a run killed between the two resumes from the previous
+      # checkpoint and keeps only the history rows up to it.
+      if parallel.is_main_process():
+        write_json_atomic(hist_path, history)
+      ckpt.maybe_save(done, flatten(_to_host(state)), force=True)
+  if ckpt is not None:
+    ckpt.close()
+  return LoopResult(state=state, history=history,
+                    oracle=select_oracle(history), start_epoch=start,
+                    epoch_seconds=epoch_seconds,
+                    train_seconds=time.time() - t_loop)
