@@ -15,6 +15,8 @@ A cell whose results.json exists is not run again (delete it to re-measure).
 
 import json
 import os
+import shlex
+import sys
 import time
 
 from absl import app
@@ -35,6 +37,10 @@ _RUNS = flags.DEFINE_multi_string(
 _CONTAMINATION = flags.DEFINE_list("contamination", ["0", "0.1"],
                                    "Contamination ratios.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/bench_methods", "Output root.")
+_RESULTS = flags.DEFINE_string(
+    "results", "", "Also write the rows to this JSON file (e.g. "
+    "benchmarks/results/funad_magnetic_tile.json): one row per (method, args, "
+    "contamination) with the commit that measured it and this command.")
 
 _COLS = ("image_auroc", "pixel_auroc", "aupro")
 
@@ -71,7 +77,13 @@ def main(argv):
       with open(results_path) as f:
         res = json.load(f)
       m, extra = res["metrics"], res.get("extra", {})
+      preset = next((kv.split("=", 1)[1] for kv in arg.split(",")
+                     if kv.startswith("preset=")), None)
+      epochs = extra.get("epochs") or extra.get("result_epoch") or extra.get(
+          "last_epoch")
       row = {"method": method, "args": arg, "contamination": float(c),
+             "preset": preset, "dataset": _DATASET.value,
+             "commit": res.get("commit"),
              "backbone": config.backbone.name, "layer": config.backbone.layer,
              "image_size": config.dataset.image_size,
              "seconds": res.get("seconds")}
@@ -83,6 +95,10 @@ def main(argv):
                 "result_epoch"):
         if k in extra:
           row[k] = extra[k]
+      if epochs and extra.get("fit_seconds") is not None:
+        row["seconds_per_epoch"] = extra["fit_seconds"] / epochs
+      elif epochs and extra.get("train_seconds") is not None:
+        row["seconds_per_epoch"] = extra["train_seconds"] / epochs
       oracle = extra.get("oracle") or {}
       for k in _COLS:
         if k in oracle:
@@ -103,6 +119,16 @@ def main(argv):
     f.write(table)
   with open(os.path.join(_WORKDIR.value, "rows.json"), "w") as f:
     json.dump(rows, f, indent=1)
+  if _RESULTS.value:
+    command = "python " + " ".join(
+        [os.path.relpath(sys.argv[0])] + [shlex.quote(a) for a in sys.argv[1:]])
+    for r in rows:
+      r["command"] = command
+    os.makedirs(os.path.dirname(os.path.abspath(_RESULTS.value)), exist_ok=True)
+    tmp = _RESULTS.value + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(rows, f, indent=1)
+    os.replace(tmp, _RESULTS.value)
 
 
 if __name__ == "__main__":
