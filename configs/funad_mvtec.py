@@ -15,7 +15,8 @@ Run::
 
 Args: category, contamination, rho (memory-bank ratio ρ), epochs, lr,
 smoothness (mae|mse|kl), refresh_every (1 = rescore every iteration),
-eval_every, backbone, layer (ViT block), image_size, crop, seed, root,
+eval_every, backbone, layer (ViT block), norm (ViT intermediate tokens
+through the final LayerNorm; default on), image_size, crop, seed, root,
 runlocal (the CPU smoke size of get_config).
 Defaults: ``default_config()`` of dicofun/methods/funad/config.py, the
 shared blocks of ``configlib.run_config`` and the values below; an arg given

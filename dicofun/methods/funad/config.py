@@ -20,6 +20,7 @@ SMOOTHNESS = ("mae", "mse", "kl")  # The mutual-smoothness loss L_MS.
 ARGS: dict[str, str] = {
     **configlib.SHARED_ARGS,
     "layer": "backbone.layer",
+    "norm": "backbone.norm_intermediate",
     "rho": "funad.rho",
     "epochs": "funad.epochs",
     "lr": "funad.lr",
