@@ -214,7 +214,9 @@ _NOT_TRAINING = frozenset({"epochs", "eval_every", "checkpoint_every",
 _DATASET_FIELDS = ("name", "category", "root", "contamination",
                    "contamination_seed", "image_size", "crop_fraction",
                    "synthetic", "folder")
-_BACKBONE_FIELDS = ("name", "weights", "layer")
+# The features a method trains on depend on these (vit_local_average only
+# shapes the PatchCore layout, which no trained method uses).
+_BACKBONE_FIELDS = ("name", "weights", "layer", "norm_intermediate")
 
 
 def _plain(x: Any) -> Any:
@@ -250,7 +252,8 @@ def training_fingerprint(config: ml_collections.ConfigDict,
     ...}}`` over the method block (without its epoch count, schedules and
     scoring batch size), the dataset's identity (name, category, root,
     contamination and its seed, image size, crop, synthetic/folder settings),
-    the backbone (name, weights, layer) and the seed. Eval and logging
+    the backbone (name, weights, layer, intermediate LayerNorm) and the
+    seed. Eval and logging
     fields are not part of it. Missing fields are left out.
   """
   values: dict[str, Any] = {}
