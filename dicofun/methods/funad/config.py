@@ -4,8 +4,11 @@ checks.
 
 Presets (METHODS §1): ``"paper"`` is the published recipe unchanged;
 ``"default"`` (``DEFAULT_PRESET``) differs only in knobs marked **(ours)** and
-is the one measured best on magnetic tile (c = 0.1, research notes of issue
-12: test image AUROC 0.784 / AUPRO 0.728 at the last epoch).
+is the one measured best on magnetic tile (224, DINOv2-S block 8 with the
+intermediate LayerNorm; last epoch of 10: test image AUROC 0.803 / AUPRO
+0.736 at c = 0.1, 0.836 / 0.752 at c = 0.2; BENCHMARKS.md, issue 12). Its
+values were chosen on that category's c = 0.1 test set (5 runs); the paper
+recipe costs ~33 min per epoch there and was not run to the end.
 
 A ``configs/funad_<dataset>.py`` file builds
 ``configlib.run_config(method_config=default_config(preset_in(arg)), ...)``,
