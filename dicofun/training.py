@@ -46,7 +46,7 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from absl import logging
 import jax
@@ -239,13 +239,16 @@ def _flat_items(prefix: str, x: Any, out: dict[str, Any]) -> None:
     out[prefix] = x
 
 
-def training_fingerprint(config: ml_collections.ConfigDict,
-                         method: str) -> dict[str, Any]:
+def training_fingerprint(config: ml_collections.ConfigDict, method: str, *,
+                         extra: Optional[Mapping[str, Any]] = None
+                         ) -> dict[str, Any]:
   """The config fields that affect training, and their hash.
 
   Args:
     config: the run config.
     method: the name of the method block (``config.<method>``).
+    extra: more values that affect training (name → JSON-able value), e.g.
+      the run length of a learning-rate schedule that depends on it.
 
   Returns:
     ``{"hash": sha256 hex, "values": {"funad.lr": 2e-05, "dataset.name":
@@ -268,6 +271,7 @@ def training_fingerprint(config: ml_collections.ConfigDict,
         _flat_items(f"{name}.{k}", _plain(sub[k]), values)
   if "seed" in config:
     values["seed"] = _plain(config.seed)
+  values.update(extra or {})
   values = json.loads(json.dumps(values, sort_keys=True))
   digest = hashlib.sha256(
       json.dumps(values, sort_keys=True).encode()).hexdigest()

@@ -545,3 +545,20 @@ def test_score_logits_ranks_like_probabilities_and_old_models_load():
   again, _ = funad.predict_features(old, {"params": params}, x,
                                     with_maps=False)
   np.testing.assert_array_equal(again, probs)
+
+
+def test_cosine_run_length_is_part_of_the_resume_fingerprint(tmp_path):
+  """Extending a constant-lr run resumes (above); a cosine run's schedule
+  depends on its length, so a checkpoint of another length is refused."""
+  train_x, _ = _blob_features(0, 14, 2)
+  cfg = _e2e_config(epochs=1)
+  cfg.restart = False
+  cfg.funad.schedule = "cosine"
+  funad.fit(cfg, train_x, workdir=str(tmp_path))
+  cfg2 = _e2e_config(epochs=2)
+  cfg2.restart = False
+  cfg2.funad.schedule = "cosine"
+  with pytest.raises(training.ResumeMismatchError,
+                     match=r"funad.total_steps: 2 \(checkpoint\) vs 4 "
+                     r"\(now\)"):
+    funad.fit(cfg2, train_x, workdir=str(tmp_path))

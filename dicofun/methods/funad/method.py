@@ -253,7 +253,12 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
       checkpoint_every=int(cfg.checkpoint_every),
       eval_every=int(cfg.eval_every),
       place=lambda s: _place_state(s, mesh),
-      fingerprint=training.training_fingerprint(config, "funad"),
+      # The epoch count is not part of the fingerprint (a run may be
+      # extended), but a cosine schedule's length is (ours).
+      fingerprint=training.training_fingerprint(
+          config, "funad",
+          extra=({"funad.total_steps": scfg.total_steps}
+                 if scfg.schedule != "constant" else None)),
       restart=bool(config.get("restart", False)), desc="FUN-AD epochs")
   per_epoch = loop.seconds_per_epoch
   return {"params": jax.device_get(_infer_params(loop.state)),
