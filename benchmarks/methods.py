@@ -85,6 +85,8 @@ def main(argv):
              "preset": preset, "dataset": _DATASET.value,
              "commit": res.get("commit"),
              "backbone": config.backbone.name, "layer": config.backbone.layer,
+             "norm": config.backbone.norm_intermediate,
+             "local_average": config.backbone.vit_local_average,
              "image_size": config.dataset.image_size,
              "seconds": res.get("seconds")}
       for view in ("test", "test_overlap", "transductive"):
@@ -104,7 +106,8 @@ def main(argv):
         if k in oracle:
           row[f"oracle.{k}"] = oracle[k]
       rows.append(row)
-  cols = ["method", "args", "contamination", "test.image_auroc",
+  cols = ["method", "args", "contamination", "layer", "norm",
+          "local_average", "test.image_auroc",
           "test.pixel_auroc", "test.aupro", "test_overlap.image_auroc",
           "transductive.image_auroc", "oracle.image_auroc", "fit_seconds",
           "seconds_per_iteration", "train_seconds", "inference_images_per_s",

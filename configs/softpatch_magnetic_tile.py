@@ -11,8 +11,10 @@ Run::
       --workdir=runs/softpatch_magnetic_tile
 
 Args: category, contamination, coreset (fraction of patches kept), backbone,
-layer (ViT block), image_size, crop, seed, root, runlocal (the CPU smoke size
-of get_config).
+layer (ViT block), norm (ViT intermediate tokens through the final
+LayerNorm; default on), local_average (side of the ViT patch tokens' local
+average; default 1 = none), image_size, crop, seed, root, runlocal (the CPU
+smoke size of get_config).
 Defaults: ``default_config()`` of dicofun/methods/softpatch/config.py, the
 shared blocks of ``configlib.run_config`` and the values below; an arg given
 explicitly wins over runlocal.

@@ -170,6 +170,12 @@ def base_config(*, method: str, dataset: ml_collections.ConfigDict,
       weights="pretrained",  # "pretrained", "random" or a checkpoint path.
       # ViT block whose tokens are used (METHODS §1 note).
       layer=backbone_names.DEFAULT_VIT_LAYER,
+      # ViT: intermediate tokens (CLS too) through the final LayerNorm, as
+      # DINOv2's get_intermediate_layers(norm=True) (METHODS §1).
+      norm_intermediate=backbone_names.DEFAULT_NORM_INTERMEDIATE,
+      # ViT PatchCore layout: side of the patch tokens' local average (1 =
+      # none, METHODS §1; CNN stages always use 3×3).
+      vit_local_average=backbone_names.DEFAULT_VIT_LOCAL_AVERAGE,
       batch_size=16,
   ))
   cfg.eval = ml_collections.ConfigDict(dict(
@@ -354,6 +360,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   check_choice("backbone.name", config.backbone.name,
                backbone_names.BACKBONE_NAMES)
   check_positive_int("dataset.image_size", ds.image_size)
+  bb = config.backbone
+  check_that(isinstance(bb.norm_intermediate, bool),
+             "backbone.norm_intermediate", bb.norm_intermediate, "a boolean")
+  check_that(isinstance(bb.vit_local_average, int) and
+             bb.vit_local_average >= 1 and bb.vit_local_average % 2 == 1,
+             "backbone.vit_local_average", bb.vit_local_average,
+             "an odd integer >= 1 (1 = no local average)")
   patch = backbone_names.PATCH_SIZES[config.backbone.name]
   if patch and ds.image_size % patch:
     lower = max(patch, ds.image_size // patch * patch)

@@ -61,7 +61,9 @@ class NotExportableError(ValueError):
 def scoring_function(config, state: dict[str, Any], backbone
                      ) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
   """The pure ``uint8 (B, S, S, 3) → (scores, maps)`` of a bank model."""
-  layout = features_lib.layout_fn(backbone, "patchcore")
+  layout = features_lib.layout_fn(
+      backbone, "patchcore",
+      vit_local_average=int(config.backbone.vit_local_average))
   variables = backbone.variables
   bank = jnp.asarray(np.asarray(state["bank"], np.float32))
   valid = jnp.ones((bank.shape[0],), bool)

@@ -6,7 +6,9 @@ FUN-AD) gets them from ``extract_records``:
 * ``layout="patchcore"``: locally aware patch features (METHODS §3). For a CNN
   the stride-8 and stride-16 stages, each 3×3 locally averaged, the stride-16
   one bilinearly resized to the stride-8 grid, concatenated on channels. For a
-  ViT the selected block's patch tokens, 3×3 locally averaged **(ours)**.
+  ViT the selected block's patch tokens, ``config.backbone.vit_local_average``
+  × that locally averaged **(ours)**; default 1, none (METHODS §1: bank
+  methods on ViT tokens use no local average by default).
 * ``layout="tokens"``: FUN-AD's per-patch ``[CLS ‖ patch token]`` of the
   selected block (METHODS §1). For a CNN (no CLS token) the PatchCore layout is
   used instead **(ours)**.
@@ -16,7 +18,8 @@ compiled function, padded fixed-size batches); in a multi-process run each
 process decodes only its slice of every batch and the features are gathered on
 every host. Results are cached on disk under ``$DICOFUN_CACHE/features``
 (default ``~/.cache/dicofun/features``): one folder per backbone, weights
-checksum, layer, layout and preprocessing, one file per image keyed by its
+checksum, layer, intermediate LayerNorm, ViT local average, layout and
+preprocessing, one file per image keyed by its
 path, size and modification time (a ``tfds://`` record by its URI and the size
 and modification time of its split's array_record files).
 """
@@ -38,6 +41,7 @@ from dicofun import parallel
 from dicofun import progress as progress_lib
 from dicofun.data import pipeline
 from dicofun.data import tfds_source
+from dicofun.models import names
 from dicofun.models import registry
 from dicofun.ops import maps
 
@@ -56,8 +60,21 @@ def _is_vit(backbone) -> bool:
   return bool(getattr(backbone, "patch", 0))
 
 
-def layout_fn(backbone, layout: str) -> Callable[[Any, jax.Array], jax.Array]:
-  """A pure ``fn(variables, images NHWC) -> (B, h, w, C)`` for ``layout``."""
+def layout_fn(backbone, layout: str, *,
+              vit_local_average: int = names.DEFAULT_VIT_LOCAL_AVERAGE
+              ) -> Callable[[Any, jax.Array], jax.Array]:
+  """A pure ``fn(variables, images NHWC) -> (B, h, w, C)`` for ``layout``.
+
+  Args:
+    backbone: a ``dicofun.models.registry.Backbone``.
+    layout: one of ``LAYOUTS``.
+    vit_local_average: ViT PatchCore layout only: the side of the local
+      average of the patch tokens (1 = none); CNN stages always use 3×3
+      (METHODS §3).
+
+  Returns:
+    The pure layout function.
+  """
   if layout not in LAYOUTS:
     raise ValueError(f"feature layout {layout!r} is not one of {LAYOUTS}")
 
@@ -68,7 +85,7 @@ def layout_fn(backbone, layout: str) -> Callable[[Any, jax.Array], jax.Array]:
       if layout == "tokens":
         cls = jnp.broadcast_to(feats["cls"][:, None, None, :], tokens.shape)
         return jnp.concatenate([cls, tokens], axis=-1)
-      return maps.local_average(tokens, size=3)
+      return maps.local_average(tokens, size=int(vit_local_average))
     f8 = maps.local_average(feats["stride8"], size=3)
     f16 = maps.local_average(feats["stride16"], size=3)
     f16 = maps.resize_features(f16, f8.shape[1:3])
@@ -87,13 +104,37 @@ def _file_signature(path: str) -> list:
     return [path, -1, -1]
 
 
+# The ViT local average the version-2 cache was written with.
+_V2_LOCAL_AVERAGE = 3
+
+
 def cache_key(*, backbone_name: str, weights_sha256: str, layer: Any,
-              layout: str, preprocess_key: str) -> str:
-  """A hash of everything but the image that a cached feature depends on."""
+              layout: str, preprocess_key: str, norm_intermediate: bool,
+              vit_local_average: Optional[int]) -> str:
+  """A hash of everything but the image that a cached feature depends on.
+
+  Args:
+    backbone_name, weights_sha256, layer: the backbone.
+    layout: one of ``LAYOUTS``.
+    preprocess_key: ``Preprocess.key()``.
+    norm_intermediate: the backbone's ``norm_intermediate`` (False for CNNs
+      and for the final layer, final-normed either way).
+    vit_local_average: the ViT PatchCore layout's local average; None when
+      it does not apply (a CNN).
+
+  The LayerNorm flag and the local average enter the payload only when they
+  differ from what the version-2 cache was written with (raw tokens, 3×3),
+  so existing caches stay valid; the tokens layout has no local average.
+  """
   payload = {
       "backbone": backbone_name, "weights": weights_sha256, "layer": layer,
       "layout": layout, "preprocess": preprocess_key, "version": 2,
   }
+  if norm_intermediate:
+    payload["norm_intermediate"] = True
+  if (layout == "patchcore" and vit_local_average is not None and
+      int(vit_local_average) != _V2_LOCAL_AVERAGE):
+    payload["vit_local_average"] = int(vit_local_average)
   blob = json.dumps(payload, sort_keys=True).encode()
   return hashlib.sha256(blob).hexdigest()[:32]
 
@@ -108,20 +149,25 @@ def _image_key(path: str) -> str:
 _COMPILED: dict[tuple, Callable] = {}
 
 
-def _compiled(backbone, layout: str) -> Callable:
-  """One jitted layout function per (backbone, weights, layer, layout)."""
-  key = (backbone.name, backbone.weights_sha256, backbone.layer, layout)
+def _compiled(backbone, layout: str, vit_local_average: int) -> Callable:
+  """One jitted layout function per backbone setting and layout."""
+  key = (backbone.name, backbone.weights_sha256, backbone.layer,
+         backbone.norm_intermediate, layout, int(vit_local_average))
   if key not in _COMPILED:
-    _COMPILED[key] = jax.jit(layout_fn(backbone, layout))
+    _COMPILED[key] = jax.jit(layout_fn(backbone, layout,
+                                       vit_local_average=vit_local_average))
   return _COMPILED[key]
 
 
 def extract_arrays(backbone, images: np.ndarray, *, layout: str,
                    batch_size: int = 16, mesh=None,
-                   desc: str = "features") -> np.ndarray:
+                   desc: str = "features",
+                   vit_local_average: int = names.DEFAULT_VIT_LOCAL_AVERAGE
+                   ) -> np.ndarray:
   """Features of already preprocessed images (N, S, S, 3) float32.
 
   Every process holds all ``images``; each feeds its slice of every batch.
+  ``vit_local_average`` as in ``layout_fn``.
   """
   gbs, per_proc, mesh = _batch_geometry(batch_size, mesh)
   pindex = jax.process_index()
@@ -130,7 +176,8 @@ def extract_arrays(backbone, images: np.ndarray, *, layout: str,
     for start in range(0, len(images), gbs):
       yield images[start + pindex * per_proc:start + (pindex + 1) * per_proc]
   return _run(backbone, batches(), len(images), layout=layout, gbs=gbs,
-              per_proc=per_proc, mesh=mesh, desc=desc)
+              per_proc=per_proc, mesh=mesh, desc=desc,
+              vit_local_average=vit_local_average)
 
 
 def _batch_geometry(batch_size: int, mesh):
@@ -142,9 +189,10 @@ def _batch_geometry(batch_size: int, mesh):
 
 
 def _run(backbone, batch_iter, n: int, *, layout: str, gbs: int,
-         per_proc: int, mesh, desc: str) -> np.ndarray:
+         per_proc: int, mesh, desc: str,
+         vit_local_average: int) -> np.ndarray:
   """Runs the jitted layout function over host-local slices of each batch."""
-  fn = _compiled(backbone, layout)
+  fn = _compiled(backbone, layout, vit_local_average)
   variables = jax.device_put(backbone.variables, parallel.replicated(mesh))
   out = None
   t0 = time.time()
@@ -172,7 +220,9 @@ def _run(backbone, batch_iter, n: int, *, layout: str, gbs: int,
 def extract_records(backbone, records, pre, *, layout: str,
                     batch_size: int = 16, num_workers: int = 4,
                     use_cache: bool = True, mesh=None,
-                    desc: str = "features") -> np.ndarray:
+                    desc: str = "features",
+                    vit_local_average: int = names.DEFAULT_VIT_LOCAL_AVERAGE
+                    ) -> np.ndarray:
   """Features of dataset records, cached on disk.
 
   Args:
@@ -185,10 +235,14 @@ def extract_records(backbone, records, pre, *, layout: str,
     use_cache: read/write the on-disk cache.
     mesh: device mesh (default: all devices on a ``data`` axis).
     desc: progress label.
+    vit_local_average: ViT PatchCore layout only: the local-average side
+      (1 = none; ignored by CNNs).
 
   Returns:
     (N, h, w, C) float32 features, in record order.
   """
+  if not _is_vit(backbone):
+    vit_local_average = _V2_LOCAL_AVERAGE  # Not used by CNNs.
   files = [None] * len(records)
   todo = list(range(len(records)))
   cached = {}
@@ -197,7 +251,9 @@ def extract_records(backbone, records, pre, *, layout: str,
     # folder) reuses what an earlier run extracted.
     folder = os.path.join(cache_dir(), "features", cache_key(
         backbone_name=backbone.name, weights_sha256=backbone.weights_sha256,
-        layer=backbone.layer, layout=layout, preprocess_key=pre.key()))
+        layer=backbone.layer, layout=layout, preprocess_key=pre.key(),
+        norm_intermediate=backbone.norm_intermediate,
+        vit_local_average=vit_local_average if _is_vit(backbone) else None))
     files = [os.path.join(folder, _image_key(r.image_path) + ".npy")
              for r in records]
     todo = []
@@ -213,7 +269,8 @@ def extract_records(backbone, records, pre, *, layout: str,
   if todo:
     fresh = _extract_uncached(backbone, [records[i] for i in todo], pre,
                               layout=layout, batch_size=batch_size,
-                              num_workers=num_workers, mesh=mesh, desc=desc)
+                              num_workers=num_workers, mesh=mesh, desc=desc,
+                              vit_local_average=vit_local_average)
     if use_cache and jax.process_index() == 0:
       os.makedirs(os.path.dirname(files[0]), exist_ok=True)
       for row, i in enumerate(todo):
@@ -232,7 +289,8 @@ def extract_records(backbone, records, pre, *, layout: str,
 
 
 def _extract_uncached(backbone, records, pre, *, layout: str, batch_size: int,
-                      num_workers: int, mesh, desc: str) -> np.ndarray:
+                      num_workers: int, mesh, desc: str,
+                      vit_local_average: int) -> np.ndarray:
   gbs, per_proc, mesh = _batch_geometry(batch_size, mesh)
   pindex = jax.process_index()
 
@@ -248,13 +306,15 @@ def _extract_uncached(backbone, records, pre, *, layout: str, batch_size: int,
                                  with_masks=False)["image"]
 
   return _run(backbone, batches(), len(records), layout=layout, gbs=gbs,
-              per_proc=per_proc, mesh=mesh, desc=desc)
+              per_proc=per_proc, mesh=mesh, desc=desc,
+              vit_local_average=vit_local_average)
 
 
 def backbone_for(config) -> Any:
   """The backbone named by ``config.backbone`` (weights loaded)."""
   bb = config.backbone
-  return registry.get_backbone(bb.name, weights=bb.weights, layer=bb.layer)
+  return registry.get_backbone(bb.name, weights=bb.weights, layer=bb.layer,
+                               norm_intermediate=bool(bb.norm_intermediate))
 
 
 def check_input_size(backbone, image_size: int) -> None:
@@ -276,4 +336,6 @@ def load_features(config, records, *, layout: str,
   return extract_records(backbone, records, pre, layout=layout,
                          batch_size=config.backbone.batch_size,
                          num_workers=config.dataset.num_workers,
-                         use_cache=bool(config.features_cache), desc=desc)
+                         use_cache=bool(config.features_cache), desc=desc,
+                         vit_local_average=int(
+                             config.backbone.vit_local_average))

@@ -46,7 +46,7 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from absl import logging
 import jax
@@ -214,7 +214,9 @@ _NOT_TRAINING = frozenset({"epochs", "eval_every", "checkpoint_every",
 _DATASET_FIELDS = ("name", "category", "root", "contamination",
                    "contamination_seed", "image_size", "crop_fraction",
                    "synthetic", "folder")
-_BACKBONE_FIELDS = ("name", "weights", "layer")
+# The features a method trains on depend on these (vit_local_average only
+# shapes the PatchCore layout, which no trained method uses).
+_BACKBONE_FIELDS = ("name", "weights", "layer", "norm_intermediate")
 
 
 def _plain(x: Any) -> Any:
@@ -237,20 +239,24 @@ def _flat_items(prefix: str, x: Any, out: dict[str, Any]) -> None:
     out[prefix] = x
 
 
-def training_fingerprint(config: ml_collections.ConfigDict,
-                         method: str) -> dict[str, Any]:
+def training_fingerprint(config: ml_collections.ConfigDict, method: str, *,
+                         extra: Optional[Mapping[str, Any]] = None
+                         ) -> dict[str, Any]:
   """The config fields that affect training, and their hash.
 
   Args:
     config: the run config.
     method: the name of the method block (``config.<method>``).
+    extra: more values that affect training (name → JSON-able value), e.g.
+      the run length of a learning-rate schedule that depends on it.
 
   Returns:
     ``{"hash": sha256 hex, "values": {"funad.lr": 2e-05, "dataset.name":
     ...}}`` over the method block (without its epoch count, schedules and
     scoring batch size), the dataset's identity (name, category, root,
     contamination and its seed, image size, crop, synthetic/folder settings),
-    the backbone (name, weights, layer) and the seed. Eval and logging
+    the backbone (name, weights, layer, intermediate LayerNorm) and the
+    seed. Eval and logging
     fields are not part of it. Missing fields are left out.
   """
   values: dict[str, Any] = {}
@@ -265,6 +271,7 @@ def training_fingerprint(config: ml_collections.ConfigDict,
         _flat_items(f"{name}.{k}", _plain(sub[k]), values)
   if "seed" in config:
     values["seed"] = _plain(config.seed)
+  values.update(extra or {})
   values = json.loads(json.dumps(values, sort_keys=True))
   digest = hashlib.sha256(
       json.dumps(values, sort_keys=True).encode()).hexdigest()

@@ -113,8 +113,11 @@ def test_dinov2_matches_onnxruntime_on_chelsea():
   assert final.shape == (1, 257, 384)
   assert np.abs(np.asarray(final) - ref_final).max() < 1e-3
   assert np.abs(np.asarray(feats["block8"]) - ref_b8).max() < 1e-3
-  # Registry features: block 8 raw tokens; layer 12 = final-normed tokens.
-  f8 = bb.apply_features(bb.variables, x)
+  # Registry features: block 8 raw tokens (norm_intermediate=False);
+  # layer 12 = final-normed tokens.
+  raw = registry.get_backbone("dinov2_vits14", layer=8,
+                              norm_intermediate=False)
+  f8 = raw.apply_features(raw.variables, x)
   assert f8["tokens"].shape == (1, 16, 16, 384) and f8["cls"].shape == (1, 384)
   np.testing.assert_allclose(np.asarray(f8["tokens"]).reshape(256, 384),
                              ref_b8[0, 1:], atol=1e-3)
@@ -198,3 +201,42 @@ def test_original_dinov2_names_convert():
   assert shapes(init) == shapes(var)
   out, _ = jax.jit(model.apply)(var, jnp.ones((1, 4, 4, 3)))
   assert out.shape == (1, 5, d) and np.isfinite(np.asarray(out)).all()
+
+
+def _layer_norm(x, scale, bias, eps=1e-6):
+  x = np.asarray(x, np.float64)
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + eps) * scale + bias
+
+
+@pytest.mark.parametrize("weights_name", ["random", "pretrained"])
+def test_norm_intermediate_is_final_layernorm_of_block_tokens(weights_name):
+  """The default LayerNorm path == the final norm applied to raw block tokens."""
+  raw = registry.get_backbone("dinov2_vits14", weights=weights_name, layer=8,
+                              norm_intermediate=False)
+  normed = registry.get_backbone("dinov2_vits14", weights=weights_name,
+                                 layer=8)
+  assert normed.norm_intermediate and not raw.norm_intermediate
+  x = np.random.default_rng(0).normal(size=(2, 56, 42, 3)).astype(np.float32)
+  fr = jax.jit(raw.apply_features)(raw.variables, x)
+  fn = jax.jit(normed.apply_features)(normed.variables, x)
+  ln = raw.variables["params"]["norm"]
+  scale, bias = np.asarray(ln["scale"]), np.asarray(ln["bias"])
+  np.testing.assert_allclose(np.asarray(fn["tokens"]),
+                             _layer_norm(fr["tokens"], scale, bias),
+                             atol=2e-4, rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(fn["cls"]),
+                             _layer_norm(fr["cls"], scale, bias),
+                             atol=2e-4, rtol=1e-4)
+  assert not np.allclose(np.asarray(fn["tokens"]), np.asarray(fr["tokens"]),
+                         atol=1e-2)
+  # The last layer is final-normed either way (one setting, one cache key).
+  a = registry.get_backbone("dinov2_vits14", weights=weights_name, layer=12,
+                            norm_intermediate=False)
+  b = registry.get_backbone("dinov2_vits14", weights=weights_name, layer=12)
+  assert not a.norm_intermediate and not b.norm_intermediate
+  np.testing.assert_allclose(
+      np.asarray(jax.jit(a.apply_features)(a.variables, x)["tokens"]),
+      np.asarray(jax.jit(b.apply_features)(b.variables, x)["tokens"]),
+      atol=1e-5)

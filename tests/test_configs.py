@@ -159,7 +159,8 @@ def test_a_misspelt_field_in_a_config_is_refused(path):
 
 @pytest.mark.parametrize("method,field,value,arg", [
     ("funad", "rho", 0.3, "rho"),
-    ("funad", "lr", 1e-3, "lr"),
+    ("funad", "lr", 5e-4, "lr"),
+    ("funad", "d_norm", "rank", "d_norm"),
     ("funad", "smoothness", "kl", "smoothness"),
     ("dico", "memory_size", 7, "memory"),
     ("dico", "score_mode", "max", "score"),
@@ -172,8 +173,8 @@ def test_arg_defaults_come_from_default_config(monkeypatch, method, field,
   lib = METHOD_CONFIGS[method]
   original = lib.default_config
 
-  def changed():
-    cfg = original()
+  def changed(*args, **kwargs):
+    cfg = original(*args, **kwargs)
     cfg[field] = value
     return cfg
 
@@ -196,7 +197,61 @@ def test_funad_synthetic_runlocal_block():
           funad.checkpoint_every) == (3, 8, 1, 1)
   full = _get_config("funad_synthetic")
   assert full.dataset.image_size == 224
-  assert (full.funad.epochs, full.funad.eval_every) == (1500, 50)
+  assert (full.funad.epochs, full.funad.eval_every) == (10, 1)  # default
+  paper = _get_config("funad_synthetic", "preset=paper")
+  assert (paper.funad.epochs, paper.funad.eval_every) == (1500, 50)
+
+
+def test_funad_preset_then_runlocal_then_explicit_args():
+  """The preset builds the block, runlocal shrinks it, explicit args win."""
+  paper = _get_config("funad_synthetic", "runlocal,preset=paper")
+  assert paper.funad.preset == "paper"
+  assert (paper.funad.epochs, paper.funad.batch_size, paper.funad.lr,
+          paper.funad.d_norm, paper.funad.bce) == (3, 8, 2e-5, "minmax",
+                                                   "clamped")
+  assert paper.funad.to_dict() == {
+      **funad_config.default_config("paper").to_dict(),
+      "epochs": 3, "batch_size": 8, "eval_every": 1, "checkpoint_every": 1}
+  mixed = _get_config("funad_magnetic_tile",
+                      "preset=paper,d_norm=percentile,d_lo=90,bce=logit,"
+                      "soft,ema=0.9,batch=16,exclude=1,dist_input=1")
+  f = mixed.funad
+  assert (f.refresh_every, f.lr, f.d_norm, f.d_norm_lo, f.bce, f.soft_labels,
+          f.ema, f.batch_size, f.bank_exclude_batch,
+          f.distance_on_input) == (1, 2e-5, "percentile", 90.0, "logit",
+                                   True, 0.9, 16, True, True)
+  default = _get_config("funad_mvtec", "refresh_every=5").funad
+  assert (default.preset, default.refresh_every, default.bank_patches) == (
+      "default", 5, 8192)
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("preset=fast", "config.funad.preset='fast': expected one of "
+     "['default', 'paper']"),
+    ("preset=paper,soft", "config.funad.soft_labels=True: expected False "
+     "unless funad.bce='logit' (soft targets)"),
+    ("d_norm=zscore", "config.funad.d_norm='zscore': expected one of "
+     "['minmax', 'percentile', 'rank']"),
+    ("d_lo=99.9,d_hi=99", "config.funad.d_norm_lo/d_norm_hi=(99.9, 99.0): "
+     "expected percentiles 0 <= lo < hi <= 100"),
+    ("ema=1", "config.funad.ema=1.0: expected a decay in [0, 1) (0 = off)"),
+    ("schedule=step", "config.funad.schedule='step': expected one of "
+     "['constant', 'cosine']"),
+])
+def test_funad_knob_errors_are_named(arg, message):
+  with pytest.raises(configlib.ConfigArgError) as e:
+    _get_config("funad_synthetic", arg)
+  assert str(e.value) == message
+
+
+def test_funad_preset_must_match_the_block():
+  config = configlib.run_config(
+      method="funad", method_config=funad_config.default_config("paper"),
+      dataset="synthetic", backbone="dinov2_vits14", image_size=224)
+  with pytest.raises(configlib.ConfigArgError,
+                     match=r"^config\.funad\.preset='default': expected the "
+                     r"preset the method block was built with \('paper'\)"):
+    funad_config.apply_args(config, "preset=default")
 
 
 def test_explicit_args_win_over_runlocal():

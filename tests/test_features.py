@@ -1,9 +1,12 @@
 """Feature extraction: layouts, the per-image cache, padding of the last batch."""
 
+import hashlib
+import json
+
 import numpy as np
 import pytest
 
-from dicofun import features
+from dicofun import configlib
 from dicofun import features
 from dicofun.data import mvtec
 from dicofun.data import synthetic
@@ -61,3 +64,59 @@ def test_vit_input_size_must_be_a_patch_multiple(records):
   cfg.dataset.image_size = 60
   with pytest.raises(ValueError, match="multiple of the dinov2_vits14 patch"):
     features.load_features(cfg, records[:1], layout="tokens")
+
+
+def test_cache_key_separates_layernorm_and_local_average():
+  kw = dict(backbone_name="dinov2_vits14", weights_sha256="x", layer=8,
+            preprocess_key="p")
+  # Raw tokens with the 3×3 average keep the version-2 key (old caches).
+  v2 = {"backbone": "dinov2_vits14", "weights": "x", "layer": 8,
+        "layout": "patchcore", "preprocess": "p", "version": 2}
+  old = hashlib.sha256(json.dumps(v2, sort_keys=True).encode()).hexdigest()
+  assert features.cache_key(layout="patchcore", norm_intermediate=False,
+                            vit_local_average=3, **kw) == old[:32]
+  keys = {features.cache_key(layout="patchcore", norm_intermediate=n,
+                             vit_local_average=a, **kw)
+          for n in (False, True) for a in (1, 3, 5)}
+  assert len(keys) == 6
+  # The local average does not change the tokens layout (nor a CNN's).
+  tokens = {features.cache_key(layout="tokens", norm_intermediate=True,
+                               vit_local_average=a, **kw) for a in (1, 3)}
+  assert len(tokens) == 1
+  assert (features.cache_key(layout="patchcore", norm_intermediate=False,
+                             vit_local_average=None, **kw) == old[:32])
+  assert (features.cache_key(layout="tokens", norm_intermediate=True,
+                             vit_local_average=1, **kw) !=
+          features.cache_key(layout="tokens", norm_intermediate=False,
+                             vit_local_average=1, **kw))
+
+
+def test_vit_bank_features_default_to_normed_tokens_without_average(
+    records, tmp_path, monkeypatch):
+  monkeypatch.setenv("DICOFUN_CACHE", str(tmp_path))
+  cfg = patchcore_synthetic.get_config("backbone=dinov2_vits14,image_size=56")
+  # METHODS §1: LayerNorm on, no local average for bank methods on ViT tokens.
+  assert cfg.backbone.norm_intermediate is True
+  assert cfg.backbone.vit_local_average == 1
+  tokens = features.load_features(cfg, records[:2], layout="tokens")
+  patch = features.load_features(cfg, records[:2], layout="patchcore")
+  np.testing.assert_allclose(patch, tokens[..., 384:], atol=1e-5)
+  cfg3 = patchcore_synthetic.get_config(
+      "backbone=dinov2_vits14,image_size=56,local_average=3")
+  avg = features.load_features(cfg3, records[:2], layout="patchcore")
+  # Hand-computed 3×3 zero-padded mean at the corner (0, 0): 4 of 9 cells.
+  np.testing.assert_allclose(avg[:, 0, 0],
+                             patch[:, :2, :2].sum(axis=(1, 2)) / 9, atol=1e-5)
+  raw = patchcore_synthetic.get_config(
+      "backbone=dinov2_vits14,image_size=56,norm=0")
+  assert raw.backbone.norm_intermediate is False
+  unnormed = features.load_features(raw, records[:2], layout="patchcore")
+  assert not np.allclose(unnormed, patch, atol=1e-2)
+  # The three settings are three cache folders.
+  assert len(list((tmp_path / "features").iterdir())) == 4  # + tokens.
+
+
+def test_backbone_settings_are_checked_by_name():
+  with pytest.raises(configlib.ConfigArgError,
+                     match="backbone.vit_local_average=2: expected an odd"):
+    patchcore_synthetic.get_config("local_average=2")

@@ -170,7 +170,7 @@ def test_mutual_smoothness_hand_values():
 
 def _step_config(*, dim, num_images, **overrides):
   """A StepConfig from the FUN-AD defaults with some fields replaced."""
-  cfg = funad_config.default_config()
+  cfg = funad_config.default_config("paper")
   for k, v in overrides.items():
     cfg[k] = v
   return funad.step_config(cfg, dim=dim, num_images=num_images)
@@ -278,7 +278,7 @@ def _e2e_config(epochs):
   cfg = ml_collections.ConfigDict()
   cfg.seed = 0
   cfg.dataset = ml_collections.ConfigDict(dict(image_size=16))
-  cfg.funad = funad_config.default_config()
+  cfg.funad = funad_config.default_config("paper")
   cfg.funad.update(dict(epochs=epochs, batch_size=8, eval_every=2,
                         checkpoint_every=2, hidden=(64, 16), lr=2e-3,
                         score_chunk=8, knn_chunk=256))
@@ -360,3 +360,205 @@ def test_resume_under_another_lr_is_refused_unless_restart(tmp_path):
   jax.tree_util.tree_map(
       functools.partial(np.testing.assert_allclose, rtol=0, atol=0),
       restarted["params"], fresh["params"])
+
+
+# --------------------------------------------- (ours) knobs and presets
+
+
+def test_draw_bank_patches_without_replacement_from_valid_images():
+  idx = jnp.asarray([4, 1, 3, 0], jnp.int32)
+  valid = jnp.asarray([True, True, False, False])
+  img, patch, ok = irmb.draw_bank_patches(
+      jax.random.key(0), idx, valid, patches_per_image=5, num_patches=8)
+  img, patch, ok = map(np.asarray, (img, patch, ok))
+  assert ok.all() and set(img.tolist()) <= {4, 1}
+  assert len({(i, q) for i, q in zip(img, patch)}) == 8  # no repeats
+  # More rows asked than the 10 valid positions: the rest are invalid.
+  img, patch, ok = irmb.draw_bank_patches(
+      jax.random.key(1), idx, valid, patches_per_image=5, num_patches=14)
+  img, patch, ok = map(np.asarray, (img, patch, ok))
+  assert int(np.sum(ok)) == 10
+  assert sorted(zip(img[ok].tolist(), patch[ok].tolist())) == sorted(
+      (i, q) for i in (1, 4) for q in range(5))
+
+
+def test_percentile_and_rank_normalisation_hand_values():
+  d = jnp.asarray([0.0, 1.0, 2.0, 3.0, 4.0, 100.0], jnp.float32)
+  # numpy-style linear percentiles: q20 = 1.0, q60 = 3.0.
+  np.testing.assert_allclose(
+      np.asarray(irmb.percentile_norm(d, lo=20, hi=60)),
+      [0.0, 0.0, 0.5, 1.0, 1.0, 1.0], atol=1e-6)
+  # One extreme patch squeezes min-max: only it is above 0.5.
+  np.testing.assert_allclose(np.asarray(irmb.minmax(d)),
+                             [0, .01, .02, .03, .04, 1.0], atol=1e-6)
+  np.testing.assert_allclose(
+      np.asarray(irmb.rank_norm(jnp.asarray([3.0, 1.0, 2.0, 0.0]))),
+      [1.0, 1 / 3, 2 / 3, 0.0], atol=1e-6)
+  # A zero span is 0 everywhere, not NaN.
+  np.testing.assert_array_equal(
+      np.asarray(irmb.percentile_norm(jnp.ones(4), lo=50, hi=99)), 0.0)
+  with pytest.raises(ValueError, match="d_norm 'nope'"):
+    irmb.normalise_distances(d, kind="nope", lo=50, hi=99)
+
+
+def test_logit_bce_has_no_dead_clamp():
+  z = jnp.asarray([-300.0, 5.0])
+  y = jnp.asarray([1.0, 0.0])
+  g_clamped = jax.grad(lambda q: losses.balanced_bce(q, y))(z)
+  g_logit = jax.grad(lambda q: losses.balanced_bce_logit(q, y))(z)
+  # 100 (clamped −log σ(−300)) + softplus(5) = 100 + 5.006715.
+  assert float(losses.balanced_bce(z, y)) == pytest.approx(105.006715,
+                                                           abs=1e-4)
+  assert float(losses.balanced_bce_logit(z, y)) == pytest.approx(
+      300.0 + 5.006715, abs=1e-3)
+  assert float(g_clamped[0]) == 0.0  # saturated: no gradient at all
+  assert float(g_logit[0]) == pytest.approx(-1.0)
+  # Same values where the clamp is inactive.
+  z2 = jnp.asarray([0.3, -1.2])
+  assert float(losses.balanced_bce_logit(z2, y)) == pytest.approx(
+      float(losses.balanced_bce(z2, y)), rel=1e-6)
+  # Soft targets: −[t log σ(z) + (1−t) log σ(−z)] at z = 0 is log 2 whatever
+  # t; the labels still split the two terms.
+  zero = jnp.zeros(2)
+  assert float(losses.balanced_bce_logit(zero, y, jnp.asarray([.7, .2]))
+               ) == pytest.approx(2 * np.log(2), rel=1e-6)
+
+
+def test_lr_schedule_warmup_then_cosine_to_one_percent():
+  cfg = _step_config(dim=2, num_images=1, lr=1e-3, schedule="cosine",
+                     warmup_steps=2)
+  cfg = step_lib.StepConfig(**{**cfg.__dict__, "total_steps": 6})
+  lr = step_lib.learning_rate(cfg)
+  assert float(lr(0)) == 0.0 and float(lr(1)) == pytest.approx(5e-4)
+  assert float(lr(2)) == pytest.approx(1e-3)
+  # Halfway through the 4 decay steps: 1e-5 + (1e-3 − 1e-5)·(1 + cos π/2)/2.
+  assert float(lr(4)) == pytest.approx(1e-5 + 0.99e-3 / 2, rel=1e-5)
+  assert float(lr(6)) == pytest.approx(1e-5)
+  paper = _step_config(dim=2, num_images=1)
+  assert step_lib.learning_rate(paper) == 2e-5  # constant, a float
+
+
+def test_ema_state_is_a_copy_and_tracks_the_parameters():
+  cfg, feats, valid, rows = _small_setup(
+      bank_patches=40, d_norm="percentile", bce="logit", ema=0.9)
+  step = step_lib.make_train_step(cfg)  # donated: EMA must be a copy
+  state = step_lib.init_state(cfg, jax.random.key(0), rows)
+  leaf = lambda t: np.asarray(jax.tree_util.tree_leaves(t)[0])
+  p0 = leaf(state["params"])
+  np.testing.assert_array_equal(leaf(state["ema"]), p0)
+  state, m = step(state, jnp.arange(6, dtype=jnp.int32), jax.random.key(0),
+                  feats, valid)
+  assert np.isfinite(float(m["loss"]))
+  # One step: ema = 0.9·p0 + 0.1·p1.
+  np.testing.assert_allclose(leaf(state["ema"]),
+                             0.9 * p0 + 0.1 * leaf(state["params"]),
+                             rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(bank_exclude_batch=True),
+    dict(distance_on_input=True, batch_patches=4),
+    dict(bank_exclude_batch=True, bank_patches=30, distance_on_input=True),
+    dict(soft_labels=True, d_norm="rank", score_logits=True)])
+def test_ours_bank_variants_step(kw):
+  cfg, feats, valid, rows = _small_setup(bce="logit", **kw)
+  step = step_lib.make_train_step(cfg)
+  state = step_lib.init_state(cfg, jax.random.key(0), rows)
+  for i in range(2):
+    state, m = step(state, jnp.arange(6, dtype=jnp.int32), jax.random.key(i),
+                    feats, valid)
+  assert np.isfinite(float(m["loss"]))
+  if kw.get("batch_patches"):  # pairs among 6·4 patches at most
+    assert int(m["num_pairs"]) <= 12
+
+
+@pytest.mark.parametrize("on_input,exclude,want", [
+    (True, True, 2 / 8), (True, False, 1 / 8), (False, True, 0.0)])
+def test_distance_on_input_and_exclusion_pseudo_labels_by_hand(
+    on_input, exclude, want):
+  """A zero adaptor kernel makes every adapted feature equal (all adapted
+  distances 0, all scores tied: every image a candidate, bank = all 8).
+  On the input features, image 0's two shifted patches are 0.2 apart
+  (d = 0.12, not a self-match) and ~10 from every other image; image 1's
+  patch 3 is shifted by 0.5 (d ≈ 0.66). Without exclusion image 0's patches
+  find each other (d̃ = 0.12/0.66 < τ_n: only image 1's patch is labelled);
+  with it they are the farthest (2 of the batch's 8 patches)."""
+  n, p, d = 8, 4, 3
+  x = np.zeros((n, p, d), np.float32)
+  x += np.arange(p, dtype=np.float32)[None, :, None] * 0.01
+  x[0, 0] += 10.0
+  x[0, 1] += 10.2 - 0.01
+  x[1, 3] += 0.5
+  cfg = _step_config(dim=d, num_images=n, hidden=(4, 2), score_chunk=8,
+                     knn_chunk=32, rho=1.0, tau_n=0.5, noise=False,
+                     distance_on_input=on_input, bank_exclude_batch=exclude)
+  state = step_lib.init_state(cfg, jax.random.key(0), n)
+  adaptor = state["params"]["adaptor"]
+  adaptor["kernel"] = jnp.zeros_like(adaptor["kernel"])
+  _, m = step_lib.train_step_fn(cfg, state, jnp.asarray([0, 1], jnp.int32),
+                                jax.random.key(0), jnp.asarray(x),
+                                jnp.ones(n, bool))
+  assert int(m["num_candidates"]) == 8 and int(m["bank_images"]) == 8
+  assert float(m["pseudo_anomalous_fraction"]) == pytest.approx(want)
+
+
+def test_presets_paper_is_todays_recipe_and_default_is_the_measured_best():
+  paper = funad_config.default_config("paper")
+  assert paper.preset == "paper"
+  assert (paper.refresh_every, paper.lr, paper.epochs, paper.eval_every,
+          paper.bank_patches, paper.batch_patches, paper.d_norm, paper.bce,
+          paper.schedule, paper.warmup_steps, paper.ema, paper.score_logits,
+          paper.soft_labels, paper.distance_on_input,
+          paper.bank_exclude_batch) == (1, 2e-5, 1500, 50, 0, 0, "minmax",
+                                        "clamped", "constant", 0, 0.0,
+                                        False, False, False, False)
+  default = funad_config.default_config()
+  assert funad_config.DEFAULT_PRESET == "default" == default.preset
+  assert (default.refresh_every, default.bank_patches, default.batch_patches,
+          default.d_norm, default.d_norm_lo, default.d_norm_hi,
+          default.distance_on_input, default.bce, default.lr,
+          default.schedule, default.warmup_steps, default.ema,
+          default.score_logits, default.epochs) == (
+              25, 8192, 64, "percentile", 99.0, 99.9, True, "logit", 1e-3,
+              "cosine", 25, 0.99, True, 10)
+  # The two differ only in (ours) knobs, lr, epochs and eval cadence.
+  diff = {k for k in paper if paper[k] != default[k]}
+  assert diff == set(funad_config.PRESETS["default"]) | {"preset"}
+  with pytest.raises(ValueError, match="funad.preset='nope'"):
+    funad_config.default_config("nope")
+
+
+def test_score_logits_ranks_like_probabilities_and_old_models_load():
+  x, _ = _blob_features(1, 6, 6)
+  cfg = _e2e_config(epochs=1)
+  params = model_lib.init_params(jax.random.key(0), 16, hidden=(64, 16))
+  probs, _ = funad.predict_features(cfg, {"params": params}, x,
+                                    with_maps=False)
+  cfg.funad.score_logits = True
+  logits, _ = funad.predict_features(cfg, {"params": params}, x,
+                                     with_maps=False)
+  # max of σ(z) = σ(max z): the logit scores are the probabilities' logits.
+  np.testing.assert_allclose(1 / (1 + np.exp(-logits)), probs, rtol=1e-5)
+  # A config saved before the knob existed scores probabilities.
+  old = ml_collections.ConfigDict(cfg.to_dict())
+  del old.funad["score_logits"]
+  again, _ = funad.predict_features(old, {"params": params}, x,
+                                    with_maps=False)
+  np.testing.assert_array_equal(again, probs)
+
+
+def test_cosine_run_length_is_part_of_the_resume_fingerprint(tmp_path):
+  """Extending a constant-lr run resumes (above); a cosine run's schedule
+  depends on its length, so a checkpoint of another length is refused."""
+  train_x, _ = _blob_features(0, 14, 2)
+  cfg = _e2e_config(epochs=1)
+  cfg.restart = False
+  cfg.funad.schedule = "cosine"
+  funad.fit(cfg, train_x, workdir=str(tmp_path))
+  cfg2 = _e2e_config(epochs=2)
+  cfg2.restart = False
+  cfg2.funad.schedule = "cosine"
+  with pytest.raises(training.ResumeMismatchError,
+                     match=r"funad.total_steps: 2 \(checkpoint\) vs 4 "
+                     r"\(now\)"):
+    funad.fit(cfg2, train_x, workdir=str(tmp_path))

@@ -127,7 +127,7 @@ def test_history_metrics_hand_values():
 
 
 def _fp(**changes):
-  cfg = funad_synthetic.get_config("runlocal")
+  cfg = funad_synthetic.get_config("runlocal,preset=paper")
   for key, value in changes.items():
     node = cfg
     *path, leaf = key.split(".")
@@ -152,7 +152,9 @@ def test_fingerprint_covers_training_fields_only():
   for key, value in [("dataset.contamination", 0.1), ("funad.lr", 1e-3),
                      ("seed", 3), ("backbone.name", "other"),
                      ("dataset.contamination_seed", 1),
-                     ("dataset.image_size", 56), ("dataset.category", "x")]:
+                     ("dataset.image_size", 56), ("dataset.category", "x"),
+                     ("backbone.norm_intermediate", False),
+                     ("funad.d_norm", "rank"), ("funad.bank_patches", 64)]:
     changed = _fp(**{key: value})
     assert changed["hash"] != base["hash"], key
     assert changed["values"][key] == value

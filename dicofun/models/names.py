@@ -18,3 +18,13 @@ BACKBONE_NAMES: tuple[str, ...] = tuple(PATCH_SIZES)
 # ViT block whose tokens are used when none is named (METHODS §1 note):
 # ``config.backbone.layer``'s default and ``registry.get_backbone``'s.
 DEFAULT_VIT_LAYER = 8
+
+# Intermediate ViT tokens (CLS too) pass through the final LayerNorm, as
+# DINOv2's ``get_intermediate_layers(norm=True)`` (METHODS §1):
+# ``config.backbone.norm_intermediate``'s default and ``get_backbone``'s.
+DEFAULT_NORM_INTERMEDIATE = True
+
+# Side of the local average of ViT patch tokens in the PatchCore layout
+# (1 = none; METHODS §1: bank methods on ViT tokens use no local average by
+# default): ``config.backbone.vit_local_average``'s default.
+DEFAULT_VIT_LOCAL_AVERAGE = 1

@@ -8,9 +8,12 @@ NHWC images:
 * EfficientNet-Lite: ``stride4``, ``stride8``, ``stride16``, ``stride32``
   (NHWC; see ``efficientnet_lite``).
 * DINOv2: ``cls`` (B, D) and ``tokens`` (B, h, w, D) of block ``layer``
-  (1..12). Default 8, an intermediate block (METHODS §1; **ours**): its raw
-  residual-stream tokens. ``layer=12`` gives the last block after the final
-  LayerNorm, i.e. HF ``last_hidden_state`` (the paper's setting).
+  (1..12). Default 8, an intermediate block (METHODS §1; **ours**). With
+  ``norm_intermediate=True`` (default) its tokens, CLS included, pass through
+  the backbone's final LayerNorm as DINOv2's ``get_intermediate_layers(
+  norm=True)`` returns them; ``False`` gives the raw residual stream (HF
+  ``hidden_states``). ``layer=12`` gives the last block after the final
+  LayerNorm, i.e. HF ``last_hidden_state`` (the paper's setting), either way.
 
 Weights: ``"pretrained"`` (the packaged files, see ``weights``), ``"random"``
 (seeded init, for tests and for users who load their own later) or a path to
@@ -84,6 +87,8 @@ class Backbone:
     default_size: native input size.
     patch: ViT patch size (0 for CNNs).
     layer: ViT block used for ``tokens``/``cls`` (None for CNNs).
+    norm_intermediate: ViT only: the tokens of an intermediate ``layer`` pass
+      through the final LayerNorm (False for CNNs).
     weights_sha256: sha256 of the weights file ("random-<seed>" if none).
   """
   name: str
@@ -95,6 +100,7 @@ class Backbone:
   patch: int
   layer: Optional[int]
   weights_sha256: str
+  norm_intermediate: bool = False
   _features: Callable[[Any, jax.Array], Dict[str, jax.Array]] = (
       dataclasses.field(repr=False, default=None))
 
@@ -113,13 +119,15 @@ def _cnn_features(module, variables, images):
   return feats
 
 
-def _vit_features(module, layer: int, variables, images):
+def _vit_features(module, layer: int, norm_intermediate: bool, variables,
+                  images):
   b, h, w, _ = images.shape
   gh, gw = h // module.patch, w // module.patch
   if layer == module.depth:
     tokens, _ = module.apply(variables, images)
   else:
     _, feats = module.apply(variables, images, layers=(layer,),
+                            norm_intermediate=norm_intermediate,
                             stop_after=layer)
     tokens = feats[f"block{layer}"]
   return {"cls": tokens[:, 0],
@@ -127,7 +135,9 @@ def _vit_features(module, layer: int, variables, images):
 
 
 def get_backbone(name: str, *, weights: str = "pretrained",
-                 layer: Optional[int] = None, seed: int = 0) -> Backbone:
+                 layer: Optional[int] = None, seed: int = 0,
+                 norm_intermediate: bool = names.DEFAULT_NORM_INTERMEDIATE
+                 ) -> Backbone:
   """Builds backbone ``name`` with its weights.
 
   Args:
@@ -136,6 +146,9 @@ def get_backbone(name: str, *, weights: str = "pretrained",
     layer: ViT block (1..depth) for ``tokens``/``cls``; default 8; ignored
       by CNNs.
     seed: init seed for ``weights="random"``.
+    norm_intermediate: ViT only: apply the final LayerNorm to the tokens of
+      an intermediate ``layer`` (METHODS §1); ignored by CNNs and by the last
+      layer (final-normed either way).
 
   Returns:
     A ``Backbone``.
@@ -155,6 +168,7 @@ def get_backbone(name: str, *, weights: str = "pretrained",
     convert = efficientnet_lite.convert_torch_weights
     features = functools.partial(_cnn_features, module)
     layer = None
+    norm_intermediate = False
   else:
     module = vit.VisionTransformer(**kwargs)
     convert = vit.convert_hf_weights
@@ -162,7 +176,10 @@ def get_backbone(name: str, *, weights: str = "pretrained",
     if not 1 <= layer <= module.depth:
       raise ValueError(f"{name}: layer must be in 1..{module.depth}, got "
                        f"{layer}")
-    features = functools.partial(_vit_features, module, layer)
+    # The last block is final-normed either way: no separate setting.
+    norm_intermediate = bool(norm_intermediate) and layer != module.depth
+    features = functools.partial(_vit_features, module, layer,
+                                 norm_intermediate)
 
   if weights == "random":
     size = spec.patch * 2 if spec.patch else 32
@@ -185,4 +202,5 @@ def get_backbone(name: str, *, weights: str = "pretrained",
   return Backbone(name=name, module=module, variables=variables,
                   mean=spec.mean, std=spec.std,
                   default_size=spec.default_size, patch=spec.patch,
-                  layer=layer, weights_sha256=sha, _features=features)
+                  layer=layer, weights_sha256=sha,
+                  norm_intermediate=norm_intermediate, _features=features)

@@ -14,7 +14,7 @@ Steps (per training iteration, without gradients):
 4. ``pseudo_labels``: ``d̃ > τ_n``.
 5. ``gaussian_synthesis``: noise on the input features of τ_n < d̃ < τ_c.
 6. Mutual pairs: ``dicofun.ops.knn.mutual_nn_pairs`` of the batch's adapted
-   features (called from ``train.py``).
+   features (called from ``step.py``).
 
 All neighbour searches go through ``dicofun.ops.knn.knn_padded``.
 """
@@ -104,6 +104,71 @@ def draw_bank_images(key: jax.Array, candidates: jax.Array, *, rho: float,
   m = bank_size(jnp.sum(candidates), rho=rho)
   valid = jnp.arange(max_images) < m
   return order, valid
+
+
+def draw_bank_patches(key: jax.Array, bank_idx: jax.Array,
+                      bank_img_valid: jax.Array, *, patches_per_image: int,
+                      num_patches: int) -> tuple[jax.Array, jax.Array,
+                                                 jax.Array]:
+  """A random subset of the drawn bank images' patches **(ours)**.
+
+  Instead of all ``m·P`` patches of the ``m`` drawn images, ``num_patches``
+  of them are drawn uniformly without replacement (fixed shapes: uniform
+  keys, valid positions ranked first). The bank then costs ``num_patches``
+  features and distance columns per iteration instead of ``m·P``.
+
+  Args:
+    key: PRNG key.
+    bank_idx: (max_images,) image indices from ``draw_bank_images``.
+    bank_img_valid: (max_images,) bool.
+    patches_per_image: P.
+    num_patches: rows of the subsampled bank (static).
+
+  Returns:
+    ``(image_idx, patch_idx, valid)``, each (num_patches,); rows beyond the
+    ``m·P`` valid positions are invalid.
+  """
+  total = bank_idx.shape[0] * patches_per_image
+  num_patches = min(int(num_patches), total)
+  flat_valid = jnp.repeat(bank_img_valid, patches_per_image)
+  u = jax.random.uniform(key, (total,))
+  priority = jnp.where(flat_valid, u, 2.0 + u)
+  _, flat = jax.lax.top_k(-priority, num_patches)
+  img = bank_idx[flat // patches_per_image]
+  return img, (flat % patches_per_image).astype(jnp.int32), flat_valid[flat]
+
+
+def percentile_norm(x: jax.Array, *, lo: float, hi: float) -> jax.Array:
+  """(x − q_lo)/(q_hi − q_lo) clipped to [0, 1], q = percentiles of x.
+
+  **(ours)** A robust replacement of ``minmax`` for heavy-tailed distances:
+  the few most extreme patches of a batch no longer set the range. A zero
+  span gives 0 everywhere.
+  """
+  q_lo = jnp.percentile(x, lo)
+  q_hi = jnp.percentile(x, hi)
+  span = q_hi - q_lo
+  out = (x - q_lo) / jnp.where(span > 0, span, 1.0)
+  return jnp.clip(jnp.where(span > 0, out, 0.0), 0.0, 1.0)
+
+
+def rank_norm(x: jax.Array) -> jax.Array:
+  """Ranks of x scaled to [0, 1] (0 = smallest) **(ours)**."""
+  flat = x.reshape(-1)
+  ranks = jnp.argsort(jnp.argsort(flat)).astype(jnp.float32)
+  return (ranks / max(flat.shape[0] - 1, 1)).reshape(x.shape)
+
+
+def normalise_distances(d: jax.Array, *, kind: str, lo: float,
+                        hi: float) -> jax.Array:
+  """d̃ over the batch: "minmax" (paper), "percentile" or "rank" (ours)."""
+  if kind == "minmax":
+    return minmax(d)
+  if kind == "percentile":
+    return percentile_norm(d, lo=lo, hi=hi)
+  if kind == "rank":
+    return rank_norm(d)
+  raise ValueError(f"d_norm {kind!r} not in ('minmax', 'percentile', 'rank')")
 
 
 def bank_distances(queries: jax.Array, bank: jax.Array, bank_valid: jax.Array,

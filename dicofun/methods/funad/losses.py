@@ -8,8 +8,11 @@ representable **(ours; same values, stabler gradients)**.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
+import optax
 
 # PyTorch's BCELoss clamps log terms at -100; the reference inherits it.
 LOG_CLAMP = -100.0
@@ -36,6 +39,30 @@ def balanced_bce(logits: jax.Array, labels: jax.Array) -> jax.Array:
   log_1ms = jnp.maximum(jax.nn.log_sigmoid(-logits), LOG_CLAMP)
   pos = labels > 0.5
   return -_masked_mean(log_s, pos) - _masked_mean(log_1ms, ~pos)
+
+
+def balanced_bce_logit(logits: jax.Array, labels: jax.Array,
+                       targets: Optional[jax.Array] = None) -> jax.Array:
+  """Balanced BCE in logit space without the −100 clamp **(ours)**.
+
+  ``optax.sigmoid_binary_cross_entropy`` per patch, averaged separately over
+  the pseudo-anomalous (label > 0.5) and pseudo-normal patches and summed, as
+  ``balanced_bce``. Unlike the clamped form, a saturated wrong logit keeps a
+  gradient of magnitude ~1 instead of 0 (the clamp is an absorbing state).
+
+  Args:
+    logits: (...,) discriminator logits.
+    labels: (...,) pseudo-labels; they split the two terms.
+    targets: optional soft BCE targets in [0, 1] (d̃, ``soft_labels``)
+      replacing ``labels`` inside the BCE.
+
+  Returns:
+    The scalar loss.
+  """
+  per = optax.sigmoid_binary_cross_entropy(
+      logits, labels if targets is None else targets)
+  pos = labels > 0.5
+  return _masked_mean(per, pos) + _masked_mean(per, ~pos)
 
 
 def mutual_smoothness(logits: jax.Array, partner: jax.Array,

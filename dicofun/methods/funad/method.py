@@ -36,8 +36,12 @@ from dicofun.ops import maps
 
 
 def step_config(cfg: ml_collections.ConfigDict, *, dim: int,
-                num_images: int) -> step_lib.StepConfig:
-  """The static train-step settings from ``config.funad``."""
+                num_images: int, total_steps: int = 0) -> step_lib.StepConfig:
+  """The static train-step settings from ``config.funad``.
+
+  ``total_steps`` (iterations of the whole run) sets the length of the
+  cosine lr schedule **(ours)**; unused by the paper's constant lr.
+  """
   return step_lib.StepConfig(
       dim=int(dim), num_images=int(num_images),
       hidden=tuple(int(h) for h in cfg.hidden), rho=float(cfg.rho),
@@ -47,7 +51,15 @@ def step_config(cfg: ml_collections.ConfigDict, *, dim: int,
       refresh_every=int(cfg.refresh_every), noise=bool(cfg.noise),
       noise_ddof=int(cfg.noise_ddof), score_chunk=int(cfg.score_chunk),
       knn_chunk=int(cfg.knn_chunk), lr=float(cfg.lr), decay=float(cfg.decay),
-      eps=float(cfg.eps), momentum=float(cfg.momentum))
+      eps=float(cfg.eps), momentum=float(cfg.momentum),
+      total_steps=int(total_steps), bank_patches=int(cfg.bank_patches),
+      batch_patches=int(cfg.batch_patches), d_norm=str(cfg.d_norm),
+      d_norm_lo=float(cfg.d_norm_lo), d_norm_hi=float(cfg.d_norm_hi),
+      distance_on_input=bool(cfg.distance_on_input),
+      bank_exclude_batch=bool(cfg.bank_exclude_batch), bce=str(cfg.bce),
+      soft_labels=bool(cfg.soft_labels), schedule=str(cfg.schedule),
+      warmup_steps=int(cfg.warmup_steps), ema=float(cfg.ema),
+      score_logits=bool(cfg.score_logits))
 
 
 # ----------------------------------------------------------------- helpers
@@ -106,13 +118,18 @@ def predict_features(config: ml_collections.ConfigDict, state: dict,
     with_maps: also compute the (N, S, S) maps.
 
   Returns:
-    ``(scores (N,), maps (N, S, S) or None)``; image score = max patch score.
+    ``(scores (N,), maps (N, S, S) or None)``; image score = max patch score
+    (a patch score is a probability, or a logit with ``score_logits``,
+    **ours**).
   """
   cfg = config.funad
   flat, (h, w) = _flat_tokens(features)
   n, _, d = flat.shape
   patch = _score_patches(state["params"], flat, dim=d,
-                         hidden=tuple(cfg.hidden), chunk=int(cfg.score_chunk))
+                         hidden=tuple(cfg.hidden), chunk=int(cfg.score_chunk),
+                         # A model saved before the knob existed scored
+                         # probabilities.
+                         logits=bool(cfg.get("score_logits", False)))
   patch = patch[:n].reshape(n, h, w)
   scores = patch.reshape(n, -1).max(1)
   if not with_maps:
@@ -126,13 +143,15 @@ _SCORE_FNS: dict[Any, Any] = {}
 
 
 def _score_patches(params, flat: np.ndarray, *, dim: int,
-                   hidden: tuple[int, ...], chunk: int) -> np.ndarray:
-  """(N, P) patch probabilities with a cached jitted scorer."""
+                   hidden: tuple[int, ...], chunk: int,
+                   logits: bool) -> np.ndarray:
+  """(N, P) patch probabilities (or logits) with a cached jitted scorer."""
   n = flat.shape[0]
   rows, chunk = step_lib.padded_size(n, chunk)
-  key = (dim, hidden, chunk)
+  key = (dim, hidden, chunk, logits)
   if key not in _SCORE_FNS:
-    _SCORE_FNS[key] = step_lib.make_score_fn(dim, hidden, chunk=chunk)
+    _SCORE_FNS[key] = step_lib.make_score_fn(dim, hidden, chunk=chunk,
+                                             logits=logits)
   out = _SCORE_FNS[key](params, jnp.asarray(step_lib.pad_images(flat, rows)))
   return np.asarray(out)[:n]
 
@@ -146,6 +165,11 @@ def predict(config: ml_collections.ConfigDict, state: dict,
 
 
 # ----------------------------------------------------------------- training
+
+
+def _infer_params(state) -> Any:
+  """The parameters used for inference: their EMA when kept **(ours)**."""
+  return state["ema"] if "ema" in state else state["params"]
 
 
 def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
@@ -185,14 +209,15 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
   mesh = _mesh()
   ndev = 1 if mesh is None else mesh.size
   rows, chunk = step_lib.padded_size(n, int(cfg.score_chunk), ndev)
-  scfg = step_config(cfg, dim=d, num_images=n)
+  iters = n // b
+  scfg = step_config(cfg, dim=d, num_images=n,
+                     total_steps=int(cfg.epochs) * iters)
   scfg = step_lib.StepConfig(**{**scfg.__dict__, "score_chunk": chunk})
   feats = _place(step_lib.pad_images(flat, rows), mesh, shard=True)
   valid = _place(np.arange(rows) < n, mesh, shard=True)
   base_key = jax.random.key(int(config.seed))
   state = step_lib.init_state(scfg, jax.random.fold_in(base_key, 0), rows)
   step = step_lib.make_train_step(scfg)
-  iters = n // b
 
   def epoch_fn(state, epoch):
     # A pure function of the epoch: resumed runs see the same batches.
@@ -213,7 +238,7 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
     def evaluate_fn(state, epoch):
       del epoch
       scores, amaps = predict_features(
-          config, {"params": state["params"]}, eval_features,
+          config, {"params": _infer_params(state)}, eval_features,
           with_maps=eval_labels is not None and eval_masks is not None)
       out: dict[str, Any] = {}
       if eval_labels is not None:
@@ -228,10 +253,15 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
       checkpoint_every=int(cfg.checkpoint_every),
       eval_every=int(cfg.eval_every),
       place=lambda s: _place_state(s, mesh),
-      fingerprint=training.training_fingerprint(config, "funad"),
+      # The epoch count is not part of the fingerprint (a run may be
+      # extended), but a cosine schedule's length is (ours).
+      fingerprint=training.training_fingerprint(
+          config, "funad",
+          extra=({"funad.total_steps": scfg.total_steps}
+                 if scfg.schedule != "constant" else None)),
       restart=bool(config.get("restart", False)), desc="FUN-AD epochs")
   per_epoch = loop.seconds_per_epoch
-  return {"params": jax.device_get(loop.state["params"]),
+  return {"params": jax.device_get(_infer_params(loop.state)),
           "history": loop.history, "oracle": loop.oracle,
           "seconds_per_iteration": (per_epoch / iters
                                     if per_epoch is not None and iters

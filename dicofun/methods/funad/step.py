@@ -54,6 +54,35 @@ class StepConfig:
     score_chunk: images per ``lax.map`` step when scoring the training set.
     knn_chunk: bank rows per scan step of the nearest-neighbour search.
     lr, decay, eps, momentum: RMSprop (PyTorch semantics).
+    total_steps: iterations of the whole run (for ``schedule="cosine"``).
+    bank_patches: **(ours)** draw this many patches of the drawn bank images
+      per iteration instead of all of them (0 = all, faithful): the bank
+      costs a fixed number of rows whatever |C|.
+    batch_patches: **(ours)** train each iteration on this many random patch
+      positions (the same for every image of the batch) instead of all P:
+      pseudo-labels, synthesis, pairs and loss on B·batch_patches patches
+      (0 = all, faithful).
+    d_norm: normalisation of the bank distances over the batch: "minmax"
+      (paper), "percentile" or "rank" **(ours)**.
+    d_norm_lo, d_norm_hi: percentiles of "percentile" **(ours)**.
+    distance_on_input: **(ours)** bank distances (pseudo-labels) on the
+      frozen input features instead of the adapted ones: the adaptor is
+      trained by the BCE with no constraint on distances, so adapted-space
+      distances drift with the model that they label. Mutual pairs stay on
+      the adapted features.
+    bank_exclude_batch: **(ours)** bank rows from the batch's own images are
+      ignored, so a patch's distance is to *other* images (the paper only
+      skips an exact self-match, 1st distance < 1e-2).
+    bce: "clamped" (paper: log clamped at −100, zero gradient beyond) or
+      "logit" (optax sigmoid BCE, no clamp) **(ours)**.
+    soft_labels: BCE targets d̃ instead of 1[d̃ > τ_n] **(ours)**; needs
+      ``bce="logit"``.
+    schedule: "constant" (paper) or "cosine" decay to 1 % of lr **(ours)**.
+    warmup_steps: linear lr warm-up from 0 **(ours; 0 = none)**.
+    ema: decay of an exponential moving average of the parameters used to
+      score the training set and returned for inference **(ours; 0 = off)**.
+    score_logits: patch scores (training-set S_n and inference) are logits
+      **(ours)**: same ranking, no float32 ties where the sigmoid saturates.
   """
 
   dim: int
@@ -74,6 +103,20 @@ class StepConfig:
   decay: float
   eps: float
   momentum: float
+  total_steps: int
+  bank_patches: int
+  batch_patches: int
+  d_norm: str
+  d_norm_lo: float
+  d_norm_hi: float
+  distance_on_input: bool
+  bank_exclude_batch: bool
+  bce: str
+  soft_labels: bool
+  schedule: str
+  warmup_steps: int
+  ema: float
+  score_logits: bool
 
   @property
   def max_bank_images(self) -> int:
@@ -86,12 +129,30 @@ def make_optimizer(cfg: StepConfig) -> optax.GradientTransformation:
   v ← α v + (1−α) g²;  buf ← μ buf + g / (√v + ε);  p ← p − lr·buf.
   optax computes g/(√v + ε) (``eps_in_sqrt=False``, ``initial_scale=0``),
   scales by −lr and then accumulates the momentum trace; with a constant lr
-  this equals PyTorch's update (tested against a numpy reference).
+  this equals PyTorch's update (tested against a numpy reference). With a
+  schedule **(ours)** the momentum trace accumulates lr-scaled steps.
   """
-  return optax.rmsprop(cfg.lr, decay=cfg.decay, eps=cfg.eps,
+  return optax.rmsprop(learning_rate(cfg), decay=cfg.decay, eps=cfg.eps,
                        initial_scale=0.0, eps_in_sqrt=False, centered=False,
                        momentum=cfg.momentum if cfg.momentum else None,
                        nesterov=False)
+
+
+def learning_rate(cfg: StepConfig):
+  """The constant lr (paper) or a warm-up / cosine schedule **(ours)**."""
+  if cfg.schedule == "constant" and cfg.warmup_steps <= 0:
+    return cfg.lr
+  warm = max(int(cfg.warmup_steps), 0)
+  if cfg.schedule == "cosine":
+    total = max(int(cfg.total_steps), warm + 1)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=cfg.lr, warmup_steps=warm,
+        decay_steps=total, end_value=0.01 * cfg.lr)
+  if cfg.schedule != "constant":
+    raise ValueError(f"schedule {cfg.schedule!r} not in ('constant', 'cosine')")
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, cfg.lr, warm),
+       optax.constant_schedule(cfg.lr)], [warm])
 
 
 def padded_size(n: int, chunk: int, multiple: int = 1) -> tuple[int, int]:
@@ -110,7 +171,7 @@ def pad_images(x: np.ndarray, rows: int) -> np.ndarray:
 
 
 def patch_scores(net: model_lib.LocalNet, params, features: jax.Array, *,
-                 chunk: int) -> jax.Array:
+                 chunk: int, logits: bool = False) -> jax.Array:
   """(N, P) patch probabilities, ``chunk`` images per ``lax.map`` step.
 
   The image axis is split as (chunk, N/chunk) and the map runs over the
@@ -123,6 +184,9 @@ def patch_scores(net: model_lib.LocalNet, params, features: jax.Array, *,
     params: its parameters.
     features: (N, P, D), N a multiple of ``chunk``.
     chunk: images per step.
+    logits: return the discriminator logits instead of the probabilities
+      (same ranking, no ties where the sigmoid saturates to 1 in float32)
+      **(ours)**.
 
   Returns:
     (N, P) float32 scores.
@@ -133,7 +197,7 @@ def patch_scores(net: model_lib.LocalNet, params, features: jax.Array, *,
 
   def one(i):
     x = jax.lax.dynamic_index_in_dim(grid, i, axis=1, keepdims=False)
-    s, _ = net.apply({"params": params}, x)
+    s, _ = net.apply({"params": params}, x, return_logits=logits)
     return s
 
   out = jax.lax.map(one, jnp.arange(steps))  # (steps, chunk, P)
@@ -143,7 +207,11 @@ def patch_scores(net: model_lib.LocalNet, params, features: jax.Array, *,
 def init_state(cfg: StepConfig, key: jax.Array, num_rows: int) -> State:
   """Parameters, optimiser state, cached image scores and step counter."""
   params = model_lib.init_params(key, cfg.dim, hidden=cfg.hidden)
+  # A copy: the state is donated, and one buffer must not appear twice.
+  extra = ({"ema": jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True),
+                                          params)} if cfg.ema > 0 else {})
   return {
+      **extra,
       "params": params,
       "opt_state": make_optimizer(cfg).init(params),
       "scores": jnp.zeros((num_rows,), jnp.float32),
@@ -173,9 +241,13 @@ def train_step_fn(cfg: StepConfig, state: State, batch_idx: jax.Array,
   sg_params = jax.lax.stop_gradient(params)
   k_bank, k_noise = jax.random.split(rng)
 
-  # 1. Training-set image scores S_n with the current parameters.
+  # 1. Training-set image scores S_n with the current parameters (or their
+  # EMA, ours).
+  score_params = state["ema"] if cfg.ema > 0 else sg_params
+
   def fresh_scores(_):
-    s = patch_scores(net, sg_params, features, chunk=cfg.score_chunk)
+    s = patch_scores(net, score_params, features, chunk=cfg.score_chunk,
+                     logits=cfg.score_logits)
     return jnp.where(image_valid, jnp.max(s, axis=1), 0.0)
 
   if cfg.refresh_every <= 1:
@@ -184,23 +256,52 @@ def train_step_fn(cfg: StepConfig, state: State, batch_idx: jax.Array,
     scores = jax.lax.cond(state["step"] % cfg.refresh_every == 0,
                           fresh_scores, lambda _: state["scores"], None)
 
-  # 2–3. Candidate normals and a fresh bank draw of adapted features.
+  # 2–3. Candidate normals and a fresh bank draw of adapted features (input
+  # features with distance_on_input, ours).
   cand = irmb.candidate_normals(scores, image_valid, tau_n=cfg.tau_n)
   bank_idx, bank_img_valid = irmb.draw_bank_images(
       k_bank, cand, rho=cfg.rho, max_images=cfg.max_bank_images)
   p, d = features.shape[1:]
-  bank = net.apply({"params": sg_params}, features[bank_idx],
-                   method=model_lib.LocalNet.adapt).reshape(-1, d)
-  bank_valid = jnp.repeat(bank_img_valid, p)
 
-  # 4–5. Bank distances of the batch, min-max over B·P, pseudo-labels.
+  def bank_features(v):
+    if cfg.distance_on_input:
+      return v
+    return net.apply({"params": sg_params}, v,
+                     method=model_lib.LocalNet.adapt)
+
+  if cfg.bank_patches > 0:  # (ours) a fixed-size random subset.
+    k_bank, k_sub = jax.random.split(k_bank)
+    img_i, patch_i, bank_valid = irmb.draw_bank_patches(
+        k_sub, bank_idx, bank_img_valid, patches_per_image=p,
+        num_patches=cfg.bank_patches)
+    bank = bank_features(features[img_i, patch_i])
+    bank_src = img_i
+  else:
+    bank = bank_features(features[bank_idx]).reshape(-1, d)
+    bank_valid = jnp.repeat(bank_img_valid, p)
+    bank_src = jnp.repeat(bank_idx, p)
+  if cfg.bank_exclude_batch:  # (ours) leave the batch's own images out.
+    in_batch = jnp.any(bank_src[:, None] == batch_idx[None, :], axis=1)
+    bank_valid = bank_valid & ~in_batch
+
+  # 4–5. Bank distances of the batch, min-max over B·P (or ours),
+  # pseudo-labels.
   x = features[batch_idx]  # (B, P, D)
+  if 0 < cfg.batch_patches < p:  # (ours) random patch positions.
+    k_bank, k_pos = jax.random.split(k_bank)
+    pos = jax.random.permutation(k_pos, p)[:cfg.batch_patches]
+    x = x[:, pos]
+    p = cfg.batch_patches
   b = x.shape[0]
   f = net.apply({"params": sg_params}, x,
                 method=model_lib.LocalNet.adapt).reshape(b * p, d)
-  dist = irmb.bank_distances(f, bank, bank_valid, chunk=cfg.knn_chunk)
-  d_norm = irmb.minmax(dist).reshape(b, p)
+  q = x.reshape(b * p, d) if cfg.distance_on_input else f
+  dist = irmb.bank_distances(q, bank, bank_valid, chunk=cfg.knn_chunk)
+  d_norm = irmb.normalise_distances(
+      dist, kind=cfg.d_norm, lo=cfg.d_norm_lo, hi=cfg.d_norm_hi).reshape(b, p)
   y = irmb.pseudo_labels(d_norm, tau_n=cfg.tau_n)
+  if cfg.soft_labels and cfg.bce != "logit":
+    raise ValueError("soft_labels needs bce='logit'")
 
   # 6. Gaussian anomaly synthesis on the input features.
   if cfg.noise:
@@ -216,7 +317,11 @@ def train_step_fn(cfg: StepConfig, state: State, batch_idx: jax.Array,
 
   def loss_fn(prm):
     z_noised, _ = net.apply({"params": prm}, x_noised, return_logits=True)
-    bce = losses.balanced_bce(z_noised, y)
+    if cfg.bce == "logit":  # (ours) no dead clamp; soft targets d̃ optional.
+      bce = losses.balanced_bce_logit(
+          z_noised, y, d_norm if cfg.soft_labels else None)
+    else:
+      bce = losses.balanced_bce(z_noised, y)
     if cfg.smoothness_on_noised:
       z_ms = z_noised
     else:
@@ -230,6 +335,10 @@ def train_step_fn(cfg: StepConfig, state: State, batch_idx: jax.Array,
   new_params = optax.apply_updates(params, updates)
   new_state = {"params": new_params, "opt_state": opt_state,
                "scores": scores, "step": state["step"] + 1}
+  if cfg.ema > 0:
+    new_state["ema"] = jax.tree_util.tree_map(
+        lambda e, w: cfg.ema * e + (1.0 - cfg.ema) * w, state["ema"],
+        new_params)
   metrics = {
       "loss": loss, "bce": bce, "smoothness": ms,
       "num_candidates": jnp.sum(cand),
@@ -260,7 +369,10 @@ def make_train_step(cfg: StepConfig, *, donate: bool = True):
   return jax.jit(fn, **kw)
 
 
-def make_score_fn(dim: int, hidden: tuple[int, ...], *, chunk: int):
-  """Jitted ``(params, features (N, P, D)) -> (N, P)`` patch scores."""
+def make_score_fn(dim: int, hidden: tuple[int, ...], *, chunk: int,
+                  logits: bool = False):
+  """Jitted ``(params, features (N, P, D)) -> (N, P)`` patch scores
+  (``logits``: discriminator logits, **ours**)."""
   net = model_lib.LocalNet(dim, tuple(hidden))
-  return jax.jit(lambda prm, feats: patch_scores(net, prm, feats, chunk=chunk))
+  return jax.jit(lambda prm, feats: patch_scores(net, prm, feats, chunk=chunk,
+                                                 logits=logits))

@@ -30,6 +30,8 @@ def bank_args(method: str) -> dict[str, str]:
   """Config-file argument → field of a memory-bank method's run config."""
   return {**configlib.SHARED_ARGS,
           "layer": "backbone.layer",
+          "norm": "backbone.norm_intermediate",
+          "local_average": "backbone.vit_local_average",
           "coreset": f"{method}.coreset_fraction"}
 
 
