@@ -68,7 +68,20 @@ def _mesh():
 
 def _place_global(mesh, x: np.ndarray):
   """Puts a global batch (the same on every process) on the data axis."""
-  return jax.device_put(x, parallel.data_sharding(mesh, x.ndim))
+  return parallel.global_batch(mesh, x)
+
+
+def epoch_batch_indices(n: int, batch_size: int, seed: int
+                        ) -> list[np.ndarray]:
+  """The global batches of one epoch: sorted training-set indices.
+
+  ``permutation(n)`` of ``default_rng(seed)`` cut into ``n // batch_size``
+  batches (the remainder is dropped), each sorted. The in-memory and the
+  streaming path, on any number of processes, train on these batches.
+  """
+  order = np.random.default_rng(seed).permutation(n)
+  return [np.sort(order[b * batch_size:(b + 1) * batch_size])
+          for b in range(n // batch_size)]
 
 
 def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
@@ -210,26 +223,37 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
     train_images = pipeline.load_arrays(
         data.train, pre, num_workers=workers, allow_missing_mask=True,
         desc="DiCo train images")["image"]
-    nb = n // bs
 
     def epoch_batches(epoch):
-      order = np.random.default_rng(config.seed + epoch).permutation(n)
-      for b in range(nb):
-        yield train_images[np.sort(order[b * bs:(b + 1) * bs])]
+      for idx in epoch_batch_indices(n, bs, config.seed + epoch):
+        yield train_images[idx]
 
     first = train_images[:bs]
     place = None
   else:
-    pc = jax.process_count()
-    local_bs = bs // pc if bs % pc == 0 else bs
+    # Streaming: process p loads rows [p * local_bs, (p + 1) * local_bs) of
+    # every global batch, so the global batches are those of the in-memory
+    # path on any number of processes.
+    pi, pc = jax.process_index(), jax.process_count()
+    if bs % pc:
+      raise ValueError(f"DiCo batch size {bs} is not divisible by the "
+                       f"{pc} processes")
+    local_bs = bs // pc
 
     def epoch_batches(epoch):
+      mine = [i for idx in epoch_batch_indices(n, bs, config.seed + epoch)
+              for i in idx[pi * local_bs:(pi + 1) * local_bs]]
       for batch in pipeline.iterate_batches(
-          data.train, pre, batch_size=local_bs, shuffle=True,
-          seed=config.seed + epoch, drop_last=True, num_workers=workers):
+          [data.train[i] for i in mine], pre, batch_size=local_bs,
+          shuffle=False, drop_last=True, process_index=0, process_count=1,
+          num_workers=workers):
         yield batch["image"]
 
-    first = next(iter(epoch_batches(0)))
+    # The same init batch on every process (as in the in-memory path): the
+    # memory items are drawn from it.
+    first = pipeline.load_arrays(data.train[:bs], pre, num_workers=workers,
+                                 allow_missing_mask=True, with_masks=False,
+                                 desc="DiCo init batch")["image"]
     place = lambda x: parallel.shard_batch(mesh, x)  # pylint: disable=unnecessary-lambda-assignment
   test = pipeline.load_arrays(data.test, pre, num_workers=workers,
                               allow_missing_mask=True,

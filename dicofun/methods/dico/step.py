@@ -281,7 +281,10 @@ def make_score_fn(net: model_lib.DiCoNet, encoder: Encoder, cfg: StepConfig, *,
     mesh: optional ``data`` mesh (batch sharded, variables replicated).
 
   Returns:
-    ``score(variables, images)`` where variables = ``{"params", "batch_stats"}``.
+    ``score(variables, images)`` where variables = ``{"params", "batch_stats"}``;
+    with a mesh, numpy ``images`` must be the same global batch on every
+    process (they are placed with ``parallel.global_batch``) and the outputs
+    are split over the devices (``parallel.gather_to_host`` reads them).
   """
 
   def fn(variables, enc_vars, images):
@@ -317,6 +320,11 @@ def make_score_fn(net: model_lib.DiCoNet, encoder: Encoder, cfg: StepConfig, *,
     jitted = jax.jit(fn)
 
   def score(variables, images):
+    if mesh is not None:
+      # Host batches (the same on every process) become global arrays: a jit
+      # whose in_shardings split the batch refuses numpy inputs when there
+      # are several processes.
+      images = parallel.global_batch(mesh, images)
     return jitted(variables, encoder.variables, images)
 
   score.jitted = jitted
@@ -332,7 +340,7 @@ def score_in_batches(score: Callable[[Any, Array], tuple[Array, Array]],
   Args:
     score: from ``make_score_fn``.
     variables: ``{"params", "batch_stats"}``.
-    images: (N, H, W, 3) numpy.
+    images: (N, H, W, 3) numpy (the same on every process).
     batch_size: batch size (rounded up to ``multiple``).
     multiple: device count the batch must divide into.
     desc: progress label.
@@ -352,8 +360,9 @@ def score_in_batches(score: Callable[[Any, Array], tuple[Array, Array]],
     if m < bs:
       x = np.concatenate([x, np.zeros((bs - m,) + x.shape[1:], x.dtype)])
     sc, mp = score(variables, x)
-    scores.append(np.asarray(jax.device_get(sc))[:m])
-    maps.append(np.asarray(jax.device_get(mp))[:m])
+    # Split over the devices of every process: gathered to every host.
+    scores.append(parallel.gather_to_host(sc)[:m])
+    maps.append(parallel.gather_to_host(mp)[:m])
   if not scores:
     h, w = images.shape[1:3]
     return np.zeros((0,), np.float32), np.zeros((0, h, w), np.float32)
