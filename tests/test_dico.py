@@ -177,6 +177,43 @@ def test_gate_larger_far_from_items():
   np.testing.assert_allclose(np.asarray(out_near), np.asarray(near), atol=0.01)
 
 
+def _check_shrinkage_read(shrink):
+  """The memory read of one query against N = 4 items, by hand.
+
+  Items e_1..e_4 of C = 5 scaled by 2, 4, 1, 1; the query has cosines
+  (0.5, 0.45, 0.3, 0.2) with them (its fifth coordinate holds the rest of the
+  unit norm). With τ = 0.1 the softmax is ∝ (e^3, e^2.5, e^1, e^0) =
+  (0.558, 0.339, 0.076, 0.028); the hard shrinkage at λ = 1/N = 0.25 keeps
+  the first two, renormalised to (σ(0.5), 1 − σ(0.5)) = (0.6225, 0.3775).
+  Then ẑ = (2·0.6225, 4·0.3775, 0, 0, 0), g = 1 − 0.5 and z' = g·ẑ + (1−g)·z.
+  """
+  items = jnp.array([[2.0, 0, 0, 0, 0], [0, 4.0, 0, 0, 0],
+                     [0, 0, 1.0, 0, 0], [0, 0, 0, 1.0, 0]])
+  cos = np.array([0.5, 0.45, 0.3, 0.2])
+  z = np.append(cos, np.sqrt(1.0 - np.sum(cos ** 2)))
+  mem = model_lib.DynamicMemory(4, temperature=0.1, shrink=shrink)
+  out, aux = mem.apply({"params": {"items": items}},
+                       jnp.asarray(z, jnp.float32)[None, None, None])
+  w0 = 1.0 / (1.0 + np.exp(-0.5))
+  np.testing.assert_allclose(np.asarray(aux["weights"])[0, 0, 0],
+                             [w0, 1.0 - w0, 0.0, 0.0], atol=1e-6)
+  z_hat = np.array([2.0 * w0, 4.0 * (1.0 - w0), 0.0, 0.0, 0.0])
+  np.testing.assert_allclose(np.asarray(aux["gate"])[0, 0, 0], 0.5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(out)[0, 0, 0], 0.5 * z_hat + 0.5 * z,
+                             atol=1e-6)
+
+
+def test_hard_shrinkage_read_hand_values_at_one_over_n():
+  _check_shrinkage_read(None)  # Default λ = 1/N.
+  _check_shrinkage_read(0.25)  # The same, explicit.
+
+
+def test_hard_shrinkage_hand_values_need_lambda_one_over_n():
+  # λ ten times smaller keeps all four weights: the hand values fail.
+  with pytest.raises(AssertionError):
+    _check_shrinkage_read(0.025)
+
+
 def test_memory_size_zero_is_identity():
   mem = model_lib.DynamicMemory(0)
   z = jnp.ones((1, 2, 2, 4))
