@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterator, Optional
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -48,7 +49,8 @@ def step_config(cfg: ml_collections.ConfigDict) -> step_lib.StepConfig:
       flat_weight=float(cfg.flat_weight), momentum=float(cfg.momentum),
       blur_sigma=float(cfg.blur_sigma), score_mode=str(cfg.score_mode),
       kappa=float(cfg.kappa), topk_fraction=float(cfg.topk_fraction),
-      k_masks=int(cfg.k_masks))
+      k_masks=int(cfg.k_masks),
+      fuse_encoder=bool(cfg.get("fuse_encoder", False)))
 
 
 def build_net(cfg: ml_collections.ConfigDict,
@@ -101,7 +103,9 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
     encoder: the frozen encoder.
     epoch_batches: ``epoch -> iterator`` of (B, H, W, 3) normalised batches
       of a fixed size (the global batch, or this process's part when
-      ``place`` assembles global arrays).
+      ``place`` assembles global arrays), or of ``(images, targets)`` pairs
+      whose cached targets ``{level: (B, h, w, C)}`` replace the clean
+      encoder pass (``step_lib.compute_targets``).
     first_batch: a batch used to initialise the parameters and memory items.
     seed: PRNG seed.
     workdir: the run's directory (None: no checkpoints).
@@ -135,9 +139,15 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
     count = 0
     step_metrics = []
     for batch in epoch_batches(epoch):
+      targets = None
+      if isinstance(batch, tuple):
+        batch, targets = batch
+        targets = {k: place(np.asarray(v, np.float32))
+                   for k, v in targets.items()}
       # A pure function of (epoch, batch): resumed runs see the same masks.
       rng = jax.random.fold_in(k_steps, epoch * 1_000_003 + count)
-      state, m = train_step(state, place(np.asarray(batch, np.float32)), rng)
+      state, m = train_step(state, place(np.asarray(batch, np.float32)), rng,
+                            targets=targets)
       step_metrics.append(m)
       count += 1
     sums: dict[str, float] = {}
@@ -223,10 +233,27 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
     train_images = pipeline.load_arrays(
         data.train, pre, num_workers=workers, allow_missing_mask=True,
         desc="DiCo train images")["image"]
+    targets = None
+    if cfg.get("cache_targets", False):
+      need = (n * size * size * 3 * 4
+              + step_lib.target_bytes(encoder, size, n))
+      if need <= float(cfg.max_in_memory_gb) * 2**30:
+        targets = step_lib.compute_targets(
+            step_lib.make_target_fn(encoder, mesh=mesh), train_images,
+            batch_size=int(cfg.eval_batch_size), multiple=ndev,
+            desc="DiCo cached targets")
+      else:
+        logging.warning(
+            "DiCo: images + cached targets need %.2f GiB > max_in_memory_gb="
+            "%s; recomputing the targets every step", need / 2**30,
+            cfg.max_in_memory_gb)
 
     def epoch_batches(epoch):
       for idx in epoch_batch_indices(n, bs, config.seed + epoch):
-        yield train_images[idx]
+        if targets is None:
+          yield train_images[idx]
+        else:
+          yield train_images[idx], {k: v[idx] for k, v in targets.items()}
 
     first = train_images[:bs]
     place = None
