@@ -207,6 +207,32 @@ def shard_batch(mesh: Mesh, batch: Batch, *,
   return jax.tree_util.tree_map(place, batch)
 
 
+def global_batch(mesh: Mesh, x: Union[np.ndarray, jax.Array]) -> jax.Array:
+  """A host array that every process holds whole, split over ``data``.
+
+  Unlike ``shard_batch`` (each process passes its own rows), every process
+  passes the same full array and keeps the rows of its own devices
+  (``jax.make_array_from_callback``), so a numpy batch can go to a jit whose
+  ``in_shardings`` split the batch axis in a multi-process run. A
+  ``jax.Array`` is returned unchanged.
+
+  Args:
+    mesh: a mesh from ``make_mesh``.
+    x: the global array (identical on every process), leading axis divisible
+      by the mesh size.
+
+  Returns:
+    A ``jax.Array`` of shape ``x.shape`` sharded along axis 0.
+  """
+  if isinstance(x, jax.Array):
+    return x
+  x = np.asarray(x)
+  if x.ndim == 0:
+    raise ValueError("global_batch needs an array with a leading batch axis")
+  return jax.make_array_from_callback(x.shape, data_sharding(mesh, x.ndim),
+                                      lambda idx: x[idx])
+
+
 def pad_to_multiple(x: Union[np.ndarray, jax.Array], m: int, *,
                     axis: int = 0) -> tuple[Any, int]:
   """Pads ``x`` with zeros along ``axis`` up to a multiple of ``m``.

@@ -209,8 +209,11 @@ class ResumeMismatchError(ValueError):
 
 # Fields of the method block that do not change what is trained: the length
 # of the run (a resumed run may extend it), schedules and scoring batch sizes.
+# Fields that change how, not what, training computes (DiCo's target cache and
+# fused encoder pass give the same function) stay out of the fingerprint.
 _NOT_TRAINING = frozenset({"epochs", "eval_every", "checkpoint_every",
-                           "eval_batch_size", "transductive"})
+                           "eval_batch_size", "transductive", "cache_targets",
+                           "fuse_encoder"})
 _DATASET_FIELDS = ("name", "category", "root", "contamination",
                    "contamination_seed", "image_size", "crop_fraction",
                    "synthetic", "folder")

@@ -1,5 +1,7 @@
 """DiCo (METHODS §2): masking, losses, memory, adaptive score, train step."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,6 +179,43 @@ def test_gate_larger_far_from_items():
   np.testing.assert_allclose(np.asarray(out_near), np.asarray(near), atol=0.01)
 
 
+def _check_shrinkage_read(shrink):
+  """The memory read of one query against N = 4 items, by hand.
+
+  Items e_1..e_4 of C = 5 scaled by 2, 4, 1, 1; the query has cosines
+  (0.5, 0.45, 0.3, 0.2) with them (its fifth coordinate holds the rest of the
+  unit norm). With τ = 0.1 the softmax is ∝ (e^3, e^2.5, e^1, e^0) =
+  (0.558, 0.339, 0.076, 0.028); the hard shrinkage at λ = 1/N = 0.25 keeps
+  the first two, renormalised to (σ(0.5), 1 − σ(0.5)) = (0.6225, 0.3775).
+  Then ẑ = (2·0.6225, 4·0.3775, 0, 0, 0), g = 1 − 0.5 and z' = g·ẑ + (1−g)·z.
+  """
+  items = jnp.array([[2.0, 0, 0, 0, 0], [0, 4.0, 0, 0, 0],
+                     [0, 0, 1.0, 0, 0], [0, 0, 0, 1.0, 0]])
+  cos = np.array([0.5, 0.45, 0.3, 0.2])
+  z = np.append(cos, np.sqrt(1.0 - np.sum(cos ** 2)))
+  mem = model_lib.DynamicMemory(4, temperature=0.1, shrink=shrink)
+  out, aux = mem.apply({"params": {"items": items}},
+                       jnp.asarray(z, jnp.float32)[None, None, None])
+  w0 = 1.0 / (1.0 + np.exp(-0.5))
+  np.testing.assert_allclose(np.asarray(aux["weights"])[0, 0, 0],
+                             [w0, 1.0 - w0, 0.0, 0.0], atol=1e-6)
+  z_hat = np.array([2.0 * w0, 4.0 * (1.0 - w0), 0.0, 0.0, 0.0])
+  np.testing.assert_allclose(np.asarray(aux["gate"])[0, 0, 0], 0.5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(out)[0, 0, 0], 0.5 * z_hat + 0.5 * z,
+                             atol=1e-6)
+
+
+def test_hard_shrinkage_read_hand_values_at_one_over_n():
+  _check_shrinkage_read(None)  # Default λ = 1/N.
+  _check_shrinkage_read(0.25)  # The same, explicit.
+
+
+def test_hard_shrinkage_hand_values_need_lambda_one_over_n():
+  # λ ten times smaller keeps all four weights: the hand values fail.
+  with pytest.raises(AssertionError):
+    _check_shrinkage_read(0.025)
+
+
 def test_memory_size_zero_is_identity():
   mem = model_lib.DynamicMemory(0)
   z = jnp.ones((1, 2, 2, 4))
@@ -302,3 +341,77 @@ def test_end_to_end_training_beats_untrained(data):
 def _predict_config(cfg):
   import ml_collections  # pylint: disable=g-import-not-at-top
   return ml_collections.ConfigDict({"dico": cfg, "backbone": {"name": "x"}})
+
+
+# --- speed: cached targets and the fused encoder pass ------------------------
+
+
+def test_cached_targets_equal_fresh_ones():
+  rng = np.random.default_rng(3)
+  images = textures(rng, 5)
+  enc = tiny_encoder()
+  # Batches of 2 (the last one padded) against one pass over all five.
+  cached = step_lib.compute_targets(step_lib.make_target_fn(enc), images,
+                                    batch_size=2)
+  fresh = jax.jit(lambda x: enc.apply(enc.variables, x))(images)
+  assert set(cached) == set(LEVELS)
+  for k in LEVELS:
+    assert cached[k].shape == fresh[k].shape and cached[k].dtype == np.float32
+    np.testing.assert_allclose(cached[k], np.asarray(fresh[k]), atol=1e-6)
+  # Their size, as the memory bound counts it: 5 × (8·8·8 + 4·4·12 + 2·2·16).
+  assert step_lib.target_bytes(enc, 32, 5) == 4 * 5 * (512 + 192 + 64)
+
+
+def test_fused_encoder_pass_equals_two_passes():
+  rng = np.random.default_rng(4)
+  clean = jnp.asarray(textures(rng, 3))
+  masked = clean * (jnp.arange(32) < 16)[None, :, None, None]
+  enc = tiny_encoder()
+  two = step_lib.encode_pair(enc, enc.variables, clean, masked, fuse=False)
+  one = jax.jit(functools.partial(step_lib.encode_pair, enc, fuse=True))(
+      enc.variables, clean, masked)
+  for a, b in zip(two, one):
+    for k in LEVELS:
+      np.testing.assert_allclose(np.asarray(b[k]), np.asarray(a[k]),
+                                 atol=1e-6)
+  # The second half really is the masked image's.
+  assert not np.allclose(np.asarray(one[0]["stride4"]),
+                         np.asarray(one[1]["stride4"]))
+
+
+@pytest.mark.parametrize("masking", [True, False])
+def test_training_from_cached_targets_same_losses(data, masking):
+  train = data[0][:16]
+  enc = tiny_encoder()
+  cfg = small_config(epochs=2, masking=masking)
+  bs = 8
+  targets = step_lib.compute_targets(step_lib.make_target_fn(enc), train,
+                                     batch_size=bs)
+
+  def batches(cached):
+    def epoch_batches(epoch):
+      for idx in dico.epoch_batch_indices(len(train), bs, epoch):
+        if cached:
+          yield train[idx], {k: v[idx] for k, v in targets.items()}
+        else:
+          yield train[idx]
+    return epoch_batches
+
+  runs = [dico.train(cfg, encoder=enc, epoch_batches=batches(c),
+                     first_batch=train[:bs], seed=0) for c in (False, True)]
+  (v_ref, ref), (v_got, got) = runs
+  assert len(ref["losses"]) == 2 and got["compilations"] == 1
+  for a, b in zip(ref["losses"], got["losses"]):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-5, err_msg=k)
+  np.testing.assert_allclose(v_got["params"]["memory"]["items"],
+                             v_ref["params"]["memory"]["items"], atol=1e-5)
+
+
+def test_epoch_batches_are_sorted_slices_of_one_permutation():
+  order = np.random.default_rng(7).permutation(10)
+  got = dico.epoch_batch_indices(10, 4, 7)
+  assert len(got) == 2  # The remainder (2 images) is dropped.
+  np.testing.assert_array_equal(got[0], np.sort(order[:4]))
+  np.testing.assert_array_equal(got[1], np.sort(order[4:8]))

@@ -62,6 +62,12 @@ def default_config() -> ml_collections.ConfigDict:
       eval_batch_size=32,
       transductive=True,  # Score the training set (view c).
       max_in_memory_gb=4.0,  # Larger training sets are streamed.
+      # Compute the frozen clean targets T_k of every training image once
+      # and train from that cache (in-memory path; recomputed every step
+      # when images + targets exceed max_in_memory_gb).
+      cache_targets=False,
+      # Without the cache: one encoder pass over clean + masked images.
+      fuse_encoder=False,
   ))
 
 

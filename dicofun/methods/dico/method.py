@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterator, Optional
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -48,7 +49,8 @@ def step_config(cfg: ml_collections.ConfigDict) -> step_lib.StepConfig:
       flat_weight=float(cfg.flat_weight), momentum=float(cfg.momentum),
       blur_sigma=float(cfg.blur_sigma), score_mode=str(cfg.score_mode),
       kappa=float(cfg.kappa), topk_fraction=float(cfg.topk_fraction),
-      k_masks=int(cfg.k_masks))
+      k_masks=int(cfg.k_masks),
+      fuse_encoder=bool(cfg.get("fuse_encoder", False)))
 
 
 def build_net(cfg: ml_collections.ConfigDict,
@@ -68,7 +70,20 @@ def _mesh():
 
 def _place_global(mesh, x: np.ndarray):
   """Puts a global batch (the same on every process) on the data axis."""
-  return jax.device_put(x, parallel.data_sharding(mesh, x.ndim))
+  return parallel.global_batch(mesh, x)
+
+
+def epoch_batch_indices(n: int, batch_size: int, seed: int
+                        ) -> list[np.ndarray]:
+  """The global batches of one epoch: sorted training-set indices.
+
+  ``permutation(n)`` of ``default_rng(seed)`` cut into ``n // batch_size``
+  batches (the remainder is dropped), each sorted. The in-memory and the
+  streaming path, on any number of processes, train on these batches.
+  """
+  order = np.random.default_rng(seed).permutation(n)
+  return [np.sort(order[b * batch_size:(b + 1) * batch_size])
+          for b in range(n // batch_size)]
 
 
 def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
@@ -88,7 +103,9 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
     encoder: the frozen encoder.
     epoch_batches: ``epoch -> iterator`` of (B, H, W, 3) normalised batches
       of a fixed size (the global batch, or this process's part when
-      ``place`` assembles global arrays).
+      ``place`` assembles global arrays), or of ``(images, targets)`` pairs
+      whose cached targets ``{level: (B, h, w, C)}`` replace the clean
+      encoder pass (``step_lib.compute_targets``).
     first_batch: a batch used to initialise the parameters and memory items.
     seed: PRNG seed.
     workdir: the run's directory (None: no checkpoints).
@@ -122,9 +139,15 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
     count = 0
     step_metrics = []
     for batch in epoch_batches(epoch):
+      targets = None
+      if isinstance(batch, tuple):
+        batch, targets = batch
+        targets = {k: place(np.asarray(v, np.float32))
+                   for k, v in targets.items()}
       # A pure function of (epoch, batch): resumed runs see the same masks.
       rng = jax.random.fold_in(k_steps, epoch * 1_000_003 + count)
-      state, m = train_step(state, place(np.asarray(batch, np.float32)), rng)
+      state, m = train_step(state, place(np.asarray(batch, np.float32)), rng,
+                            targets=targets)
       step_metrics.append(m)
       count += 1
     sums: dict[str, float] = {}
@@ -210,26 +233,54 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
     train_images = pipeline.load_arrays(
         data.train, pre, num_workers=workers, allow_missing_mask=True,
         desc="DiCo train images")["image"]
-    nb = n // bs
+    targets = None
+    if cfg.get("cache_targets", False):
+      need = (n * size * size * 3 * 4
+              + step_lib.target_bytes(encoder, size, n))
+      if need <= float(cfg.max_in_memory_gb) * 2**30:
+        targets = step_lib.compute_targets(
+            step_lib.make_target_fn(encoder, mesh=mesh), train_images,
+            batch_size=int(cfg.eval_batch_size), multiple=ndev,
+            desc="DiCo cached targets")
+      else:
+        logging.warning(
+            "DiCo: images + cached targets need %.2f GiB > max_in_memory_gb="
+            "%s; recomputing the targets every step", need / 2**30,
+            cfg.max_in_memory_gb)
 
     def epoch_batches(epoch):
-      order = np.random.default_rng(config.seed + epoch).permutation(n)
-      for b in range(nb):
-        yield train_images[np.sort(order[b * bs:(b + 1) * bs])]
+      for idx in epoch_batch_indices(n, bs, config.seed + epoch):
+        if targets is None:
+          yield train_images[idx]
+        else:
+          yield train_images[idx], {k: v[idx] for k, v in targets.items()}
 
     first = train_images[:bs]
     place = None
   else:
-    pc = jax.process_count()
-    local_bs = bs // pc if bs % pc == 0 else bs
+    # Streaming: process p loads rows [p * local_bs, (p + 1) * local_bs) of
+    # every global batch, so the global batches are those of the in-memory
+    # path on any number of processes.
+    pi, pc = jax.process_index(), jax.process_count()
+    if bs % pc:
+      raise ValueError(f"DiCo batch size {bs} is not divisible by the "
+                       f"{pc} processes")
+    local_bs = bs // pc
 
     def epoch_batches(epoch):
+      mine = [i for idx in epoch_batch_indices(n, bs, config.seed + epoch)
+              for i in idx[pi * local_bs:(pi + 1) * local_bs]]
       for batch in pipeline.iterate_batches(
-          data.train, pre, batch_size=local_bs, shuffle=True,
-          seed=config.seed + epoch, drop_last=True, num_workers=workers):
+          [data.train[i] for i in mine], pre, batch_size=local_bs,
+          shuffle=False, drop_last=True, process_index=0, process_count=1,
+          num_workers=workers):
         yield batch["image"]
 
-    first = next(iter(epoch_batches(0)))
+    # The same init batch on every process (as in the in-memory path): the
+    # memory items are drawn from it.
+    first = pipeline.load_arrays(data.train[:bs], pre, num_workers=workers,
+                                 allow_missing_mask=True, with_masks=False,
+                                 desc="DiCo init batch")["image"]
     place = lambda x: parallel.shard_batch(mesh, x)  # pylint: disable=unnecessary-lambda-assignment
   test = pipeline.load_arrays(data.test, pre, num_workers=workers,
                               allow_missing_mask=True,

@@ -107,6 +107,7 @@ class StepConfig:
   kappa: float = 3.0
   topk_fraction: float = 0.01
   k_masks: int = 0
+  fuse_encoder: bool = False
 
 
 def make_optimizer(*, lr: float = 5e-3, b1: float = 0.5,
@@ -121,6 +122,100 @@ def _features(encoder: Encoder, enc_vars: Any, images: Array
   # The encoder is frozen: no gradient ever reaches it.
   return {k: jax.lax.stop_gradient(v.astype(jnp.float32))
           for k, v in feats.items()}
+
+
+def encode_pair(encoder: Encoder, enc_vars: Any, clean: Array, masked: Array,
+                *, fuse: bool) -> tuple[dict[str, Array], dict[str, Array]]:
+  """Encoder features of the clean and the masked images.
+
+  Args:
+    encoder: the frozen encoder.
+    enc_vars: its variables.
+    clean: (B, H, W, 3) images.
+    masked: (B, H, W, 3) their masked copies.
+    fuse: one encoder pass over the (2B, H, W, 3) concatenation instead of
+      two passes of B (the frozen encoder is per-image, so the features are
+      the same; one larger batch uses the cores better).
+
+  Returns:
+    ``(targets, masked_features)``.
+  """
+  if not fuse:
+    return (_features(encoder, enc_vars, clean),
+            _features(encoder, enc_vars, masked))
+  b = clean.shape[0]
+  both = _features(encoder, enc_vars, jnp.concatenate([clean, masked]))
+  return ({k: v[:b] for k, v in both.items()},
+          {k: v[b:] for k, v in both.items()})
+
+
+def make_target_fn(encoder: Encoder, *,
+                   mesh: Optional[jax.sharding.Mesh] = None
+                   ) -> Callable[[Array], dict[str, Array]]:
+  """Jitted ``targets(images) -> {level: T_k}``: the frozen clean features.
+
+  The same ``_features`` the train step computes on the clean images, so a
+  cache of its outputs can stand in for that pass (``compute_targets``).
+  """
+  if mesh is not None:
+    jitted = jax.jit(lambda v, x: _features(encoder, v, x),
+                     in_shardings=(parallel.replicated(mesh),
+                                   parallel.data_sharding(mesh, 4)),
+                     out_shardings=parallel.data_sharding(mesh, 4))
+  else:
+    jitted = jax.jit(lambda v, x: _features(encoder, v, x))
+
+  def targets(images):
+    x = images
+    if mesh is not None:
+      x = parallel.global_batch(mesh, images)
+    return jitted(encoder.variables, x)
+
+  return targets
+
+
+def target_bytes(encoder: Encoder, image_size: int, count: int) -> int:
+  """Bytes of float32 targets T_k (all levels) for ``count`` images."""
+  shapes = jax.eval_shape(
+      lambda x: encoder.apply(encoder.variables, x),
+      jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
+  per_image = sum(int(np.prod(v.shape[1:])) for v in shapes.values())
+  return 4 * per_image * int(count)
+
+
+def compute_targets(target_fn: Callable[[Array], dict[str, Array]],
+                    images: np.ndarray, *, batch_size: int,
+                    multiple: int = 1, desc: str = ""
+                    ) -> dict[str, np.ndarray]:
+  """The targets T_k of every image, as host float32 arrays (N, h, w, C).
+
+  Computed once before training (the encoder is frozen, so they never
+  change) in fixed-size batches, the last one zero-padded.
+
+  Args:
+    target_fn: from ``make_target_fn``.
+    images: (N, H, W, 3) numpy, the same on every process.
+    batch_size: batch size (rounded up to ``multiple``).
+    multiple: device count the batch must divide into.
+    desc: progress label.
+
+  Returns:
+    ``{level: (N, h, w, C) float32}``.
+  """
+  n = len(images)
+  bs = max(multiple, -(-min(batch_size, max(n, 1)) // multiple) * multiple)
+  parts: dict[str, list[np.ndarray]] = {}
+  starts = range(0, n, bs)
+  starts = progress_lib.progress(starts, total=len(starts),
+                                 desc=desc or "DiCo targets")
+  for s in starts:
+    x = np.asarray(images[s:s + bs], np.float32)
+    m = len(x)
+    if m < bs:
+      x = np.concatenate([x, np.zeros((bs - m,) + x.shape[1:], x.dtype)])
+    for k, v in target_fn(x).items():
+      parts.setdefault(k, []).append(parallel.gather_to_host(v)[:m])
+  return {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}
 
 
 def init_state(net: model_lib.DiCoNet, encoder: Encoder,
@@ -211,26 +306,34 @@ def make_train_step(net: model_lib.DiCoNet, encoder: Encoder,
       state replicated.
 
   Returns:
-    ``train_step(state, images, rng) -> (state, metrics)``; its compiled
+    ``train_step(state, images, rng, targets=None) -> (state, metrics)``;
+    ``targets`` (``{level: (B, h, w, C)}``, e.g. rows of a
+    ``compute_targets`` cache) replaces the clean encoder pass. Its compiled
     function is ``train_step.jitted`` (called with the encoder variables as
-    second argument) and ``train_step.traces`` counts how often it was traced
+    second argument; ``train_step.jitted_cached`` takes the targets after
+    the images) and ``train_step.traces`` counts how often they were traced
     (compiled), so a test can see it stays 1.
   """
   traces = []
 
-  def step(state, enc_vars, images, rng):
+  def step_any(state, enc_vars, images, targets, rng):
     traces.append(1)  # Runs at trace time only.
     k_mask, k_fill = jax.random.split(rng)
     images = images.astype(jnp.float32)
-    targets = _features(encoder, enc_vars, images)
     if cfg.masking:
       b, h, w = images.shape[:3]
       mask = masking.random_square_mask(k_mask, b, (h, w),
                                         ratio=cfg.mask_ratio,
                                         patch=cfg.mask_patch)
       masked = masking.apply_mask(images, mask, fill=cfg.mask_fill, key=k_fill)
-      feats_in = _features(encoder, enc_vars, masked)
+      if targets is None:
+        targets, feats_in = encode_pair(encoder, enc_vars, images, masked,
+                                        fuse=cfg.fuse_encoder)
+      else:
+        feats_in = _features(encoder, enc_vars, masked)
     else:
+      if targets is None:
+        targets = _features(encoder, enc_vars, images)
       feats_in = targets
     grad_fn = jax.grad(
         functools.partial(loss_terms, net, cfg=cfg), has_aux=True)
@@ -249,18 +352,29 @@ def make_train_step(net: model_lib.DiCoNet, encoder: Encoder,
                  "opt_state": opt_state, "step": state["step"] + 1}
     return new_state, parts
 
+  def step(state, enc_vars, images, rng):
+    return step_any(state, enc_vars, images, None, rng)
+
   if mesh is not None:
     rep = parallel.replicated(mesh)
+    batch = parallel.data_sharding(mesh, 4)
     jitted = jax.jit(
-        step, in_shardings=(rep, rep, parallel.data_sharding(mesh, 4), rep),
+        step, in_shardings=(rep, rep, batch, rep),
+        out_shardings=(rep, rep), donate_argnums=0)
+    jitted_cached = jax.jit(
+        step_any, in_shardings=(rep, rep, batch, batch, rep),
         out_shardings=(rep, rep), donate_argnums=0)
   else:
     jitted = jax.jit(step, donate_argnums=0)
+    jitted_cached = jax.jit(step_any, donate_argnums=0)
 
-  def train_step(state, images, rng):
-    return jitted(state, encoder.variables, images, rng)
+  def train_step(state, images, rng, targets=None):
+    if targets is None:
+      return jitted(state, encoder.variables, images, rng)
+    return jitted_cached(state, encoder.variables, images, targets, rng)
 
   train_step.jitted = jitted
+  train_step.jitted_cached = jitted_cached
   train_step.traces = traces
   return train_step
 
@@ -281,7 +395,10 @@ def make_score_fn(net: model_lib.DiCoNet, encoder: Encoder, cfg: StepConfig, *,
     mesh: optional ``data`` mesh (batch sharded, variables replicated).
 
   Returns:
-    ``score(variables, images)`` where variables = ``{"params", "batch_stats"}``.
+    ``score(variables, images)`` where variables = ``{"params", "batch_stats"}``;
+    with a mesh, numpy ``images`` must be the same global batch on every
+    process (they are placed with ``parallel.global_batch``) and the outputs
+    are split over the devices (``parallel.gather_to_host`` reads them).
   """
 
   def fn(variables, enc_vars, images):
@@ -317,6 +434,11 @@ def make_score_fn(net: model_lib.DiCoNet, encoder: Encoder, cfg: StepConfig, *,
     jitted = jax.jit(fn)
 
   def score(variables, images):
+    if mesh is not None:
+      # Host batches (the same on every process) become global arrays: a jit
+      # whose in_shardings split the batch refuses numpy inputs when there
+      # are several processes.
+      images = parallel.global_batch(mesh, images)
     return jitted(variables, encoder.variables, images)
 
   score.jitted = jitted
@@ -332,7 +454,7 @@ def score_in_batches(score: Callable[[Any, Array], tuple[Array, Array]],
   Args:
     score: from ``make_score_fn``.
     variables: ``{"params", "batch_stats"}``.
-    images: (N, H, W, 3) numpy.
+    images: (N, H, W, 3) numpy (the same on every process).
     batch_size: batch size (rounded up to ``multiple``).
     multiple: device count the batch must divide into.
     desc: progress label.
@@ -352,8 +474,9 @@ def score_in_batches(score: Callable[[Any, Array], tuple[Array, Array]],
     if m < bs:
       x = np.concatenate([x, np.zeros((bs - m,) + x.shape[1:], x.dtype)])
     sc, mp = score(variables, x)
-    scores.append(np.asarray(jax.device_get(sc))[:m])
-    maps.append(np.asarray(jax.device_get(mp))[:m])
+    # Split over the devices of every process: gathered to every host.
+    scores.append(parallel.gather_to_host(sc)[:m])
+    maps.append(parallel.gather_to_host(mp)[:m])
   if not scores:
     h, w = images.shape[1:3]
     return np.zeros((0,), np.float32), np.zeros((0, h, w), np.float32)
