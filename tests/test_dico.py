@@ -415,3 +415,43 @@ def test_epoch_batches_are_sorted_slices_of_one_permutation():
   assert len(got) == 2  # The remainder (2 images) is dropped.
   np.testing.assert_array_equal(got[0], np.sort(order[:4]))
   np.testing.assert_array_equal(got[1], np.sort(order[4:8]))
+
+
+def test_feature_masking_zeroes_cells_under_the_pixel_mask():
+  # A 32 px image, its top-left 16 × 16 square masked.
+  mask = np.zeros((1, 32, 32, 1), np.float32)
+  mask[0, :16, :16] = 1.0
+  feats = {"stride4": jnp.full((1, 8, 8, 2), 3.0),
+           "stride8": jnp.full((1, 4, 4, 2), 3.0),
+           "stride16": jnp.full((1, 2, 2, 2), 3.0)}
+  out = masking.mask_features(feats, jnp.asarray(mask))
+  for level, cells in (("stride4", 4), ("stride8", 2), ("stride16", 1)):
+    want = np.full(feats[level].shape, 3.0, np.float32)
+    want[0, :cells, :cells] = 0.0
+    np.testing.assert_array_equal(np.asarray(out[level]), want, err_msg=level)
+
+
+def test_feature_masking_step_needs_no_masked_encoder_pass():
+  # With cached targets and feature masking the encoder is never called.
+  rng = np.random.default_rng(5)
+  train = textures(rng, 8)
+  enc = tiny_encoder()
+  calls = []
+
+  def counting_apply(v, x):
+    calls.append(x.shape)
+    return enc.apply(v, x)
+
+  counted = step_lib.Encoder(counting_apply, enc.variables, enc.channels)
+  cfg = small_config(feature_masking=True)
+  net = dico.build_net(cfg, enc.channels)
+  tx = step_lib.make_optimizer()
+  state = step_lib.init_state(net, enc, tx, jax.random.PRNGKey(0), train)
+  targets = step_lib.compute_targets(step_lib.make_target_fn(enc), train,
+                                     batch_size=8)
+  step = step_lib.make_train_step(net, counted, tx, dico.step_config(cfg))
+  state, metrics = step(state, train, jax.random.PRNGKey(1), targets=targets)
+  assert not calls and np.isfinite(float(metrics["loss"]))
+  # Without the cache: one (clean) pass of B images, none of masked ones.
+  state, _ = step(state, train, jax.random.PRNGKey(2))
+  assert calls == [(8, 32, 32, 3)]

@@ -68,6 +68,10 @@ def default_config() -> ml_collections.ConfigDict:
       cache_targets=False,
       # Without the cache: one encoder pass over clean + masked images.
       fuse_encoder=False,
+      # (ours) Approximation: mask the clean encoder features (zero the cells
+      # whose centre pixel is masked) instead of encoding a masked image;
+      # with cache_targets no encoder runs during training.
+      feature_masking=False,
   ))
 
 

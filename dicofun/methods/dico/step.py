@@ -11,7 +11,11 @@ variables are never part of the state (nor of the optimiser).
 metrics)``: ONE ``jax.jit`` function that, per batch, runs the frozen encoder
 on the clean images (targets T_k) and on their masked copies, the trainable
 bottleneck / memory / decoder on the masked features, the loss, the Adam
-update, and then the momentum update of the memory items **(ours)**. With a
+update, and then the momentum update of the memory items **(ours)**. Speed
+knobs: cached clean targets passed in (``compute_targets``), one fused encoder
+pass over clean + masked images (``fuse_encoder``), and the approximation
+``feature_masking`` **(ours)** that masks the clean features instead of the
+pixels (no masked encoder pass). With a
 mesh the batch is split over the ``data`` axis and the state is replicated;
 every reduction (loss means, BatchNorm statistics, momentum sums) is global, so
 the step computes the same function on 1 or many devices.
@@ -108,6 +112,7 @@ class StepConfig:
   topk_fraction: float = 0.01
   k_masks: int = 0
   fuse_encoder: bool = False
+  feature_masking: bool = False
 
 
 def make_optimizer(*, lr: float = 5e-3, b1: float = 0.5,
@@ -325,12 +330,20 @@ def make_train_step(net: model_lib.DiCoNet, encoder: Encoder,
       mask = masking.random_square_mask(k_mask, b, (h, w),
                                         ratio=cfg.mask_ratio,
                                         patch=cfg.mask_patch)
-      masked = masking.apply_mask(images, mask, fill=cfg.mask_fill, key=k_fill)
-      if targets is None:
-        targets, feats_in = encode_pair(encoder, enc_vars, images, masked,
-                                        fuse=cfg.fuse_encoder)
+      if cfg.feature_masking:
+        # (ours) Mask the clean features instead of the pixels: no masked
+        # encoder pass, so with cached targets no encoder pass at all.
+        if targets is None:
+          targets = _features(encoder, enc_vars, images)
+        feats_in = masking.mask_features(targets, mask)
       else:
-        feats_in = _features(encoder, enc_vars, masked)
+        masked = masking.apply_mask(images, mask, fill=cfg.mask_fill,
+                                    key=k_fill)
+        if targets is None:
+          targets, feats_in = encode_pair(encoder, enc_vars, images, masked,
+                                          fuse=cfg.fuse_encoder)
+        else:
+          feats_in = _features(encoder, enc_vars, masked)
     else:
       if targets is None:
         targets = _features(encoder, enc_vars, images)
