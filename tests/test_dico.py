@@ -401,6 +401,11 @@ def test_training_from_cached_targets_same_losses(data, masking):
                      first_batch=train[:bs], seed=0) for c in (False, True)]
   (v_ref, ref), (v_got, got) = runs
   assert len(ref["losses"]) == 2 and got["compilations"] == 1
+  # The epoch rows carry the gate / item-usage diagnostics.
+  for k in ("gate_p10", "gate_p50", "gate_p90", "items_used",
+            "item_usage_entropy"):
+    assert k in ref["losses"][0], k
+  assert 1 <= ref["losses"][0]["items_used"] <= cfg.memory_size
   for a, b in zip(ref["losses"], got["losses"]):
     assert a.keys() == b.keys()
     for k in a:
@@ -455,3 +460,25 @@ def test_feature_masking_step_needs_no_masked_encoder_pass():
   # Without the cache: one (clean) pass of B images, none of masked ones.
   state, _ = step(state, train, jax.random.PRNGKey(2))
   assert calls == [(8, 32, 32, 3)]
+
+
+def test_gate_histogram_and_memory_diagnostics_hand_values():
+  hist = np.asarray(model_lib.gate_histogram(
+      jnp.array([0.0, 0.05, 0.5, 0.999, 1.0]), bins=10))
+  np.testing.assert_array_equal(hist, [2, 0, 0, 0, 0, 1, 0, 0, 0, 2])
+  # Gate: 2 values in [0.1, 0.2) and 2 in [0.4, 0.5); items 0 and 2 used.
+  hist = np.array([0, 2, 0, 0, 2, 0, 0, 0, 0, 0], np.float32)
+  d = model_lib.memory_diagnostics(hist, np.array([3.0, 0.0, 1.0, 0.0]))
+  # p10: 0.4 of 4 values → 0.2 of the way into bin 1: 0.12; p50: the end of
+  # bin 1: 0.2; p90: 3.6 → 0.8 into bin 4: 0.48.
+  assert d["gate_p10"] == pytest.approx(0.12)
+  assert d["gate_p50"] == pytest.approx(0.2)
+  assert d["gate_p90"] == pytest.approx(0.48)
+  assert d["items_used"] == 2.0
+  assert d["item_usage_entropy"] == pytest.approx(
+      -(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))
+  # One item takes every query: entropy 0; uniform: log N.
+  assert model_lib.memory_diagnostics(hist, np.array([0.0, 5.0]))[
+      "item_usage_entropy"] == 0.0
+  assert model_lib.memory_diagnostics(hist, np.ones(4))[
+      "item_usage_entropy"] == pytest.approx(np.log(4))

@@ -151,11 +151,18 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
                             targets=targets)
       step_metrics.append(m)
       count += 1
-    sums: dict[str, float] = {}
+    sums: dict[str, Any] = {}
     for m in jax.device_get(step_metrics):
       for k, v in m.items():
-        sums[k] = sums.get(k, 0.0) + float(v)
-    return state, {k: v / max(count, 1) for k, v in sums.items()}
+        v = np.asarray(v, np.float64)
+        sums[k] = sums[k] + v if k in sums else v
+    row = {k: float(v) / max(count, 1) for k, v in sums.items()
+           if k not in (step_lib.GATE_HIST, step_lib.ITEM_COUNTS)}
+    if step_lib.ITEM_COUNTS in sums:
+      # Gate quantiles and item usage over the whole epoch.
+      row.update(model_lib.memory_diagnostics(sums[step_lib.GATE_HIST],
+                                              sums[step_lib.ITEM_COUNTS]))
+    return state, row
 
   evaluate_fn = None
   if evaluate is not None:

@@ -115,6 +115,12 @@ class StepConfig:
   feature_masking: bool = False
 
 
+# Train-step outputs that are vectors: the batch's gate histogram
+# (``model.GATE_BINS`` bins on [0, 1]) and top-1 counts per memory item.
+GATE_HIST = "gate_hist"
+ITEM_COUNTS = "item_counts"
+
+
 def make_optimizer(*, lr: float = 5e-3, b1: float = 0.5,
                    b2: float = 0.999) -> optax.GradientTransformation:
   """Adam with the reverse-distillation settings (METHODS §2)."""
@@ -361,6 +367,12 @@ def make_train_step(net: model_lib.DiCoNet, encoder: Encoder,
           momentum=cfg.momentum)
       params = _set_items(params, items)
     parts["grad_norm"] = optax.tree.norm(grads)
+    if net.memory_size > 0:
+      # Per-epoch diagnostics (summed over the epoch's steps by the caller).
+      parts[GATE_HIST] = model_lib.gate_histogram(aux["gate"])
+      parts[ITEM_COUNTS] = jnp.sum(
+          jax.nn.one_hot(aux["top1"].reshape(-1), net.memory_size,
+                         dtype=jnp.float32), axis=0)
     new_state = {"params": params, "batch_stats": new_bs,
                  "opt_state": opt_state, "step": state["step"] + 1}
     return new_state, parts
