@@ -482,3 +482,15 @@ def test_gate_histogram_and_memory_diagnostics_hand_values():
       "item_usage_entropy"] == 0.0
   assert model_lib.memory_diagnostics(hist, np.ones(4))[
       "item_usage_entropy"] == pytest.approx(np.log(4))
+
+
+def test_cosine_lr_schedule_with_warmup_hand_values():
+  assert step_lib.make_lr_schedule(0.1) == 0.1  # Constant: the paper's lr.
+  sched = step_lib.make_lr_schedule(0.1, schedule="cosine", total_steps=10,
+                                    warmup_steps=2)
+  # Linear 0 → 0.1 over 2 steps, then 0.1·(1 + cos(π·(t−2)/8))/2.
+  for t, want in ((0, 0.0), (1, 0.05), (2, 0.1), (6, 0.05), (10, 0.0)):
+    assert float(sched(t)) == pytest.approx(want, abs=1e-7), t
+  assert float(sched(4)) == pytest.approx(0.05 * (1 + np.cos(np.pi / 4)))
+  with pytest.raises(ValueError, match="schedule"):
+    step_lib.make_lr_schedule(0.1, schedule="step")

@@ -28,6 +28,8 @@ ARGS: dict[str, str] = {
     "k_masks": "dico.k_masks",
     "epochs": "dico.epochs",
     "batch_size": "dico.batch_size",
+    "lr_schedule": "dico.lr_schedule",
+    "warmup_epochs": "dico.warmup_epochs",
 }
 
 
@@ -50,6 +52,8 @@ def default_config() -> ml_collections.ConfigDict:
       epochs=200,
       batch_size=16,
       lr=5e-3,
+      lr_schedule="constant",  # Or "cosine": warm-up + cosine to 0 (ours).
+      warmup_epochs=0,  # Linear warm-up epochs of the cosine schedule.
       b1=0.5,
       b2=0.999,
       compact_weight=0.1,
@@ -106,6 +110,10 @@ def check(config: ml_collections.ConfigDict) -> None:
   configlib.check_positive_int("dico.epochs", d.epochs)
   configlib.check_positive_int("dico.batch_size", d.batch_size)
   configlib.check_positive("dico.lr", d.lr)
+  configlib.check_choice("dico.lr_schedule", d.lr_schedule, ("constant",
+                                                             "cosine"))
+  configlib.check_that(0 <= d.warmup_epochs < d.epochs, "dico.warmup_epochs",
+                       d.warmup_epochs, "an integer in [0, epochs)")
   configlib.check_that(d.memory_size >= 0, "dico.memory_size", d.memory_size,
                        "an integer >= 0 (0 disables the memory)")
   configlib.check_fraction("dico.mask_ratio", d.mask_ratio)

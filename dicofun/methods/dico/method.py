@@ -95,7 +95,8 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
           mesh: Optional[jax.sharding.Mesh] = None,
           place: Optional[Callable[[np.ndarray], Any]] = None,
           fingerprint: Optional[dict[str, Any]] = None,
-          restart: bool = False
+          restart: bool = False,
+          steps_per_epoch: Optional[int] = None
           ) -> tuple[dict[str, Any], dict[str, Any]]:
   """Trains DiCo with ``training.run_loop`` (resumes from ``<workdir>/checkpoints``).
 
@@ -117,6 +118,8 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
     fingerprint: ``training.training_fingerprint(config, "dico")``, checked
       against the checkpoint's on resume (None: no check).
     restart: delete the workdir's training checkpoints first.
+    steps_per_epoch: batches per epoch (needed by ``cfg.lr_schedule``
+      other than "constant").
 
   Returns:
     ``(variables, info)``: ``{"params", "batch_stats"}`` on the host and a
@@ -125,7 +128,14 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
     ``train_seconds``, ``compilations``.
   """
   net = build_net(cfg, encoder.channels)
-  tx = step_lib.make_optimizer(lr=cfg.lr, b1=cfg.b1, b2=cfg.b2)
+  schedule = str(cfg.get("lr_schedule", "constant"))
+  if schedule != "constant" and not steps_per_epoch:
+    raise ValueError(f"lr_schedule={schedule!r} needs steps_per_epoch")
+  spe = int(steps_per_epoch or 0)
+  tx = step_lib.make_optimizer(
+      lr=cfg.lr, b1=cfg.b1, b2=cfg.b2, schedule=schedule,
+      total_steps=int(cfg.epochs) * spe,
+      warmup_steps=int(cfg.get("warmup_epochs", 0)) * spe)
   scfg = step_config(cfg)
   key = jax.random.PRNGKey(seed)
   k_init, k_steps = jax.random.split(key)
@@ -317,7 +327,8 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
                           place=place,
                           fingerprint=training.training_fingerprint(
                               config, "dico"),
-                          restart=bool(config.get("restart", False)))
+                          restart=bool(config.get("restart", False)),
+                          steps_per_epoch=n // bs)
   t1 = time.time()
   test_scores, test_maps = step_lib.score_in_batches(
       score_fn, variables, test["image"], batch_size=ebs, multiple=ndev,

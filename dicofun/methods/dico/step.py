@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -121,10 +121,43 @@ GATE_HIST = "gate_hist"
 ITEM_COUNTS = "item_counts"
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def make_lr_schedule(lr: float, *, schedule: str = "constant",
+                     total_steps: int = 0, warmup_steps: int = 0
+                     ) -> Union[float, optax.Schedule]:
+  """The learning rate: ``lr`` itself, or cosine with warm-up **(ours)**.
+
+  ``"cosine"`` rises linearly from 0 to ``lr`` over ``warmup_steps`` and then
+  follows a half cosine from ``lr`` to 0 at ``total_steps``.
+  """
+  if schedule == "constant":
+    return lr
+  if schedule != "cosine":
+    raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, got "
+                     f"{schedule!r}")
+  if total_steps <= warmup_steps:
+    raise ValueError(f"cosine schedule needs total_steps ({total_steps}) > "
+                     f"warmup_steps ({warmup_steps})")
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=lr, warmup_steps=warmup_steps,
+      decay_steps=total_steps, end_value=0.0)
+
+
 def make_optimizer(*, lr: float = 5e-3, b1: float = 0.5,
-                   b2: float = 0.999) -> optax.GradientTransformation:
-  """Adam with the reverse-distillation settings (METHODS §2)."""
-  return optax.adam(lr, b1=b1, b2=b2)
+                   b2: float = 0.999, schedule: str = "constant",
+                   total_steps: int = 0, warmup_steps: int = 0
+                   ) -> optax.GradientTransformation:
+  """Adam with the reverse-distillation settings (METHODS §2).
+
+  The default constant ``lr`` is the paper's; ``schedule="cosine"`` is
+  ``make_lr_schedule``'s warm-up + cosine **(ours)**.
+  """
+  return optax.adam(make_lr_schedule(lr, schedule=schedule,
+                                     total_steps=total_steps,
+                                     warmup_steps=warmup_steps),
+                    b1=b1, b2=b2)
 
 
 def _features(encoder: Encoder, enc_vars: Any, images: Array
