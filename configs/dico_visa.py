@@ -15,8 +15,8 @@ Run::
 
 Args: category, contamination, memory (N; 0 = no memory), mask_ratio,
 mask_patch, masking, score (adaptive|max|topk_mean), k_masks, epochs,
-batch_size, backbone (a CNN), image_size, crop, seed, root, runlocal (the
-CPU smoke size of get_config).
+lr_schedule (constant|cosine), warmup_epochs, batch_size, backbone (a CNN),
+image_size, crop, seed, root, runlocal (the CPU smoke size of get_config).
 Defaults: ``default_config()`` of dicofun/methods/dico/config.py, the
 shared blocks of ``configlib.run_config`` and the values below; an arg given
 explicitly wins over runlocal.
