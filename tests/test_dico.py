@@ -1,6 +1,8 @@
 """DiCo (METHODS §2): masking, losses, memory, adaptive score, train step."""
 
 import functools
+import importlib.util
+import os
 
 import jax
 import jax.numpy as jnp
@@ -494,3 +496,19 @@ def test_cosine_lr_schedule_with_warmup_hand_values():
   assert float(sched(4)) == pytest.approx(0.05 * (1 + np.cos(np.pi / 4)))
   with pytest.raises(ValueError, match="schedule"):
     step_lib.make_lr_schedule(0.1, schedule="step")
+
+
+def test_cpu_preset_sets_the_hour_run_and_explicit_args_win():
+  path = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "configs", "dico_magnetic_tile.py")
+  spec = importlib.util.spec_from_file_location("dico_mt_cfg", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  plain = module.get_config("")
+  assert plain.dico.epochs == 200 and plain.dico.lr_schedule == "constant"
+  assert not plain.dico.cache_targets
+  d = module.get_config("cpu").dico
+  assert (d.epochs, d.batch_size, d.eval_every, d.lr_schedule,
+          d.warmup_epochs, d.cache_targets, d.cpu_preset) == (
+              9, 8, 3, "cosine", 1, True, True)
+  assert module.get_config("cpu,epochs=4").dico.epochs == 4
