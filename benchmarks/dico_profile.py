@@ -16,9 +16,10 @@ split over them):
 * ``update``: Adam and the memory items' momentum update,
 
 and whole train steps of ``step.make_train_step``: ``faithful`` (two encoder
-passes, today's default), ``fused`` (``fuse_encoder``), and ``cached targets``
+passes, today's default), ``fused`` (``fuse_encoder``), ``cached targets``
 (``cache_targets``: the clean pass replaced by a cached T_k; the masked pass
-remains). Training images/s = batch / median step time. The per-part rows do
+remains) and ``cached + feature_masking`` (the approximation **(ours)**: no
+encoder pass at all). Training images/s = batch / median step time. The per-part rows do
 not add up exactly to a step (XLA fuses across them inside the step).
 
 Usage:
@@ -168,12 +169,14 @@ def profile(*, backbone: str, weights: str, image_size: int, batch_size: int,
 
   # Whole steps. The state is donated: every call gets a fresh copy.
   steps = {}
-  for name, fuse, cached in (("step faithful (2 passes)", False, False),
-                             ("step fused (fuse_encoder)", True, False),
-                             ("step cached targets (cache_targets)", False,
-                              True)):
+  for name, fuse, cached, fmask in (
+      ("step faithful (2 passes)", False, False, False),
+      ("step fused (fuse_encoder)", True, False, False),
+      ("step cached targets (cache_targets)", False, True, False),
+      ("step cached + feature_masking (ours, approx.)", False, True, True)):
     step = step_lib.make_train_step(
-        net, encoder, tx, dataclasses.replace(scfg, fuse_encoder=fuse),
+        net, encoder, tx, dataclasses.replace(scfg, fuse_encoder=fuse,
+                                              feature_masking=fmask),
         mesh=mesh)
     targets = feats if cached else None
 

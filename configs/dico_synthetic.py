@@ -15,8 +15,12 @@ Run::
 
 Args: category, contamination, memory (N; 0 = no memory), mask_ratio,
 mask_patch, masking, score (adaptive|max|topk_mean), k_masks, epochs,
-batch_size, backbone (a CNN), image_size, crop, seed, root, runlocal (the
-CPU smoke size of get_config).
+lr_schedule (constant|cosine), warmup_epochs, batch_size, backbone (a CNN),
+image_size, crop, seed, root, runlocal (the CPU smoke size of get_config), cpu
+(the largest sensible run in <= 1 hour on 2 CPU cores on magnetic tile: 9
+epochs at batch 8 with cached targets and a cosine lr with 1 warm-up epoch;
+estimated 59 min from 2.8 training images/s at 256 px, see CPU_PRESET in
+dicofun/methods/dico/config.py).
 Defaults: ``default_config()`` of dicofun/methods/dico/config.py, the
 shared blocks of ``configlib.run_config`` and the values below; an arg given
 explicitly wins over runlocal.
@@ -39,4 +43,7 @@ def get_config(arg=None):
                                     num_test_anomalous=8)
     config.dico.update(epochs=3, batch_size=8, bottleneck_channels=128,
                        eval_every=1, checkpoint_every=1, eval_batch_size=8)
+  # CPU preset (issue #14): <= 1 hour on 2 cores on magnetic tile, see
+  # dico_config.CPU_PRESET for the estimate.
+  dico_config.apply_cpu_preset(config, arg)
   return dico_config.apply_args(config, arg)

@@ -213,7 +213,7 @@ class ResumeMismatchError(ValueError):
 # fused encoder pass give the same function) stay out of the fingerprint.
 _NOT_TRAINING = frozenset({"epochs", "eval_every", "checkpoint_every",
                            "eval_batch_size", "transductive", "cache_targets",
-                           "fuse_encoder"})
+                           "fuse_encoder", "cpu_preset"})
 _DATASET_FIELDS = ("name", "category", "root", "contamination",
                    "contamination_seed", "image_size", "crop_fraction",
                    "synthetic", "folder")

@@ -1,6 +1,8 @@
 """DiCo (METHODS §2): masking, losses, memory, adaptive score, train step."""
 
 import functools
+import importlib.util
+import os
 
 import jax
 import jax.numpy as jnp
@@ -401,6 +403,11 @@ def test_training_from_cached_targets_same_losses(data, masking):
                      first_batch=train[:bs], seed=0) for c in (False, True)]
   (v_ref, ref), (v_got, got) = runs
   assert len(ref["losses"]) == 2 and got["compilations"] == 1
+  # The epoch rows carry the gate / item-usage diagnostics.
+  for k in ("gate_p10", "gate_p50", "gate_p90", "items_used",
+            "item_usage_entropy"):
+    assert k in ref["losses"][0], k
+  assert 1 <= ref["losses"][0]["items_used"] <= cfg.memory_size
   for a, b in zip(ref["losses"], got["losses"]):
     assert a.keys() == b.keys()
     for k in a:
@@ -415,3 +422,93 @@ def test_epoch_batches_are_sorted_slices_of_one_permutation():
   assert len(got) == 2  # The remainder (2 images) is dropped.
   np.testing.assert_array_equal(got[0], np.sort(order[:4]))
   np.testing.assert_array_equal(got[1], np.sort(order[4:8]))
+
+
+def test_feature_masking_zeroes_cells_under_the_pixel_mask():
+  # A 32 px image, its top-left 16 × 16 square masked.
+  mask = np.zeros((1, 32, 32, 1), np.float32)
+  mask[0, :16, :16] = 1.0
+  feats = {"stride4": jnp.full((1, 8, 8, 2), 3.0),
+           "stride8": jnp.full((1, 4, 4, 2), 3.0),
+           "stride16": jnp.full((1, 2, 2, 2), 3.0)}
+  out = masking.mask_features(feats, jnp.asarray(mask))
+  for level, cells in (("stride4", 4), ("stride8", 2), ("stride16", 1)):
+    want = np.full(feats[level].shape, 3.0, np.float32)
+    want[0, :cells, :cells] = 0.0
+    np.testing.assert_array_equal(np.asarray(out[level]), want, err_msg=level)
+
+
+def test_feature_masking_step_needs_no_masked_encoder_pass():
+  # With cached targets and feature masking the encoder is never called.
+  rng = np.random.default_rng(5)
+  train = textures(rng, 8)
+  enc = tiny_encoder()
+  calls = []
+
+  def counting_apply(v, x):
+    calls.append(x.shape)
+    return enc.apply(v, x)
+
+  counted = step_lib.Encoder(counting_apply, enc.variables, enc.channels)
+  cfg = small_config(feature_masking=True)
+  net = dico.build_net(cfg, enc.channels)
+  tx = step_lib.make_optimizer()
+  state = step_lib.init_state(net, enc, tx, jax.random.PRNGKey(0), train)
+  targets = step_lib.compute_targets(step_lib.make_target_fn(enc), train,
+                                     batch_size=8)
+  step = step_lib.make_train_step(net, counted, tx, dico.step_config(cfg))
+  state, metrics = step(state, train, jax.random.PRNGKey(1), targets=targets)
+  assert not calls and np.isfinite(float(metrics["loss"]))
+  # Without the cache: one (clean) pass of B images, none of masked ones.
+  state, _ = step(state, train, jax.random.PRNGKey(2))
+  assert calls == [(8, 32, 32, 3)]
+
+
+def test_gate_histogram_and_memory_diagnostics_hand_values():
+  hist = np.asarray(model_lib.gate_histogram(
+      jnp.array([0.0, 0.05, 0.5, 0.999, 1.0]), bins=10))
+  np.testing.assert_array_equal(hist, [2, 0, 0, 0, 0, 1, 0, 0, 0, 2])
+  # Gate: 2 values in [0.1, 0.2) and 2 in [0.4, 0.5); items 0 and 2 used.
+  hist = np.array([0, 2, 0, 0, 2, 0, 0, 0, 0, 0], np.float32)
+  d = model_lib.memory_diagnostics(hist, np.array([3.0, 0.0, 1.0, 0.0]))
+  # p10: 0.4 of 4 values → 0.2 of the way into bin 1: 0.12; p50: the end of
+  # bin 1: 0.2; p90: 3.6 → 0.8 into bin 4: 0.48.
+  assert d["gate_p10"] == pytest.approx(0.12)
+  assert d["gate_p50"] == pytest.approx(0.2)
+  assert d["gate_p90"] == pytest.approx(0.48)
+  assert d["items_used"] == 2.0
+  assert d["item_usage_entropy"] == pytest.approx(
+      -(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))
+  # One item takes every query: entropy 0; uniform: log N.
+  assert model_lib.memory_diagnostics(hist, np.array([0.0, 5.0]))[
+      "item_usage_entropy"] == 0.0
+  assert model_lib.memory_diagnostics(hist, np.ones(4))[
+      "item_usage_entropy"] == pytest.approx(np.log(4))
+
+
+def test_cosine_lr_schedule_with_warmup_hand_values():
+  assert step_lib.make_lr_schedule(0.1) == 0.1  # Constant: the paper's lr.
+  sched = step_lib.make_lr_schedule(0.1, schedule="cosine", total_steps=10,
+                                    warmup_steps=2)
+  # Linear 0 → 0.1 over 2 steps, then 0.1·(1 + cos(π·(t−2)/8))/2.
+  for t, want in ((0, 0.0), (1, 0.05), (2, 0.1), (6, 0.05), (10, 0.0)):
+    assert float(sched(t)) == pytest.approx(want, abs=1e-7), t
+  assert float(sched(4)) == pytest.approx(0.05 * (1 + np.cos(np.pi / 4)))
+  with pytest.raises(ValueError, match="schedule"):
+    step_lib.make_lr_schedule(0.1, schedule="step")
+
+
+def test_cpu_preset_sets_the_hour_run_and_explicit_args_win():
+  path = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "configs", "dico_magnetic_tile.py")
+  spec = importlib.util.spec_from_file_location("dico_mt_cfg", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  plain = module.get_config("")
+  assert plain.dico.epochs == 200 and plain.dico.lr_schedule == "constant"
+  assert not plain.dico.cache_targets
+  d = module.get_config("cpu").dico
+  assert (d.epochs, d.batch_size, d.eval_every, d.lr_schedule,
+          d.warmup_epochs, d.cache_targets, d.cpu_preset) == (
+              9, 8, 3, "cosine", 1, True, True)
+  assert module.get_config("cpu,epochs=4").dico.epochs == 4

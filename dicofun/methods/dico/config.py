@@ -28,7 +28,22 @@ ARGS: dict[str, str] = {
     "k_masks": "dico.k_masks",
     "epochs": "dico.epochs",
     "batch_size": "dico.batch_size",
+    "lr_schedule": "dico.lr_schedule",
+    "warmup_epochs": "dico.warmup_epochs",
+    "cpu": "dico.cpu_preset",
 }
+
+# The ``cpu`` preset: the largest sensible DiCo run in <= 1 hour on 2 CPU
+# cores on magnetic tile (761 training, 583 test images, 256 px,
+# EfficientNet-Lite0). Estimate from benchmarks/dico_profile.py on the shared
+# 2-core machine (load ~7, batch 8): a cached-target step 2.82 s (2.8
+# images/s; the faithful step 5.78 s), the clean encoder 0.24 s/image,
+# scoring ~0.3 s/image. Target cache 761 × 0.24 ≈ 185 s + 9 epochs × 761 /
+# 2.8 ≈ 2410 s + test evaluations at epochs 3, 6, 9 ≈ 3 × 175 s + final test
+# and transductive scoring ≈ 405 s ≈ 3530 s ≈ 59 min (not run for the hour).
+CPU_PRESET = dict(epochs=9, batch_size=8, eval_batch_size=8, eval_every=3,
+                  checkpoint_every=1, lr_schedule="cosine", warmup_epochs=1,
+                  cache_targets=True)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -50,6 +65,8 @@ def default_config() -> ml_collections.ConfigDict:
       epochs=200,
       batch_size=16,
       lr=5e-3,
+      lr_schedule="constant",  # Or "cosine": warm-up + cosine to 0 (ours).
+      warmup_epochs=0,  # Linear warm-up epochs of the cosine schedule.
       b1=0.5,
       b2=0.999,
       compact_weight=0.1,
@@ -62,13 +79,26 @@ def default_config() -> ml_collections.ConfigDict:
       eval_batch_size=32,
       transductive=True,  # Score the training set (view c).
       max_in_memory_gb=4.0,  # Larger training sets are streamed.
+      cpu_preset=False,  # Set by the config files' ``cpu`` arg (CPU_PRESET).
       # Compute the frozen clean targets T_k of every training image once
       # and train from that cache (in-memory path; recomputed every step
       # when images + targets exceed max_in_memory_gb).
       cache_targets=False,
       # Without the cache: one encoder pass over clean + masked images.
       fuse_encoder=False,
+      # (ours) Approximation: mask the clean encoder features (zero the cells
+      # whose centre pixel is masked) instead of encoding a masked image;
+      # with cache_targets no encoder runs during training.
+      feature_masking=False,
   ))
+
+
+def apply_cpu_preset(config: ml_collections.ConfigDict,
+                     arg: Optional[str]) -> None:
+  """Applies ``CPU_PRESET`` when ``arg`` has ``cpu`` (before ``apply_args``:
+  explicit args win over it)."""
+  if configlib.flag_in(arg, "cpu"):
+    config.dico.update(CPU_PRESET)
 
 
 def apply_args(config: ml_collections.ConfigDict,
@@ -102,6 +132,10 @@ def check(config: ml_collections.ConfigDict) -> None:
   configlib.check_positive_int("dico.epochs", d.epochs)
   configlib.check_positive_int("dico.batch_size", d.batch_size)
   configlib.check_positive("dico.lr", d.lr)
+  configlib.check_choice("dico.lr_schedule", d.lr_schedule, ("constant",
+                                                             "cosine"))
+  configlib.check_that(0 <= d.warmup_epochs < d.epochs, "dico.warmup_epochs",
+                       d.warmup_epochs, "an integer in [0, epochs)")
   configlib.check_that(d.memory_size >= 0, "dico.memory_size", d.memory_size,
                        "an integer >= 0 (0 disables the memory)")
   configlib.check_fraction("dico.mask_ratio", d.mask_ratio)

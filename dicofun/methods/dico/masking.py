@@ -9,6 +9,11 @@ Masked pixels are filled *after* normalisation **(ours)**: ``"zero"`` writes 0,
 which is the dataset mean colour of the backbone normalisation (a flat grey
 square); ``"noise"`` writes standard normal noise (pixel statistics of a
 normalised image, no structure).
+
+``mask_features`` is the feature-level approximation **(ours)**: instead of
+encoding a masked image, the clean encoder features are zeroed where the
+pixel mask covers the centre of their cell, so a cache of the clean features
+serves both branches.
 """
 
 from __future__ import annotations
@@ -124,3 +129,23 @@ def apply_mask(images: Array, mask: Array, *, fill: str = "zero",
     raise ValueError(f"mask fill must be one of {FILLS}, got {fill!r}")
   mask = mask.astype(images.dtype)
   return images * (1.0 - mask) + value * mask
+
+
+def mask_features(feats: dict[str, Array], mask: Array) -> dict[str, Array]:
+  """Zeroes the feature cells whose centre pixel is masked **(ours)**.
+
+  Args:
+    feats: ``{level: (B, h, w, C)}`` features of the clean images at strides
+      s = H / h.
+    mask: (B, H, W, 1) pixel mask, 1 where masked.
+
+  Returns:
+    The features with masked cells set to 0 (same shapes and dtypes).
+  """
+  out = {}
+  for level, f in feats.items():
+    h, w = f.shape[1:3]
+    sy, sx = mask.shape[1] // h, mask.shape[2] // w
+    m = mask[:, sy // 2::sy, sx // 2::sx][:, :h, :w].astype(f.dtype)
+    out[level] = f * (1.0 - m)
+  return out

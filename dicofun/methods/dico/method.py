@@ -50,7 +50,8 @@ def step_config(cfg: ml_collections.ConfigDict) -> step_lib.StepConfig:
       blur_sigma=float(cfg.blur_sigma), score_mode=str(cfg.score_mode),
       kappa=float(cfg.kappa), topk_fraction=float(cfg.topk_fraction),
       k_masks=int(cfg.k_masks),
-      fuse_encoder=bool(cfg.get("fuse_encoder", False)))
+      fuse_encoder=bool(cfg.get("fuse_encoder", False)),
+      feature_masking=bool(cfg.get("feature_masking", False)))
 
 
 def build_net(cfg: ml_collections.ConfigDict,
@@ -94,7 +95,8 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
           mesh: Optional[jax.sharding.Mesh] = None,
           place: Optional[Callable[[np.ndarray], Any]] = None,
           fingerprint: Optional[dict[str, Any]] = None,
-          restart: bool = False
+          restart: bool = False,
+          steps_per_epoch: Optional[int] = None
           ) -> tuple[dict[str, Any], dict[str, Any]]:
   """Trains DiCo with ``training.run_loop`` (resumes from ``<workdir>/checkpoints``).
 
@@ -116,6 +118,8 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
     fingerprint: ``training.training_fingerprint(config, "dico")``, checked
       against the checkpoint's on resume (None: no check).
     restart: delete the workdir's training checkpoints first.
+    steps_per_epoch: batches per epoch (needed by ``cfg.lr_schedule``
+      other than "constant").
 
   Returns:
     ``(variables, info)``: ``{"params", "batch_stats"}`` on the host and a
@@ -124,7 +128,14 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
     ``train_seconds``, ``compilations``.
   """
   net = build_net(cfg, encoder.channels)
-  tx = step_lib.make_optimizer(lr=cfg.lr, b1=cfg.b1, b2=cfg.b2)
+  schedule = str(cfg.get("lr_schedule", "constant"))
+  if schedule != "constant" and not steps_per_epoch:
+    raise ValueError(f"lr_schedule={schedule!r} needs steps_per_epoch")
+  spe = int(steps_per_epoch or 0)
+  tx = step_lib.make_optimizer(
+      lr=cfg.lr, b1=cfg.b1, b2=cfg.b2, schedule=schedule,
+      total_steps=int(cfg.epochs) * spe,
+      warmup_steps=int(cfg.get("warmup_epochs", 0)) * spe)
   scfg = step_config(cfg)
   key = jax.random.PRNGKey(seed)
   k_init, k_steps = jax.random.split(key)
@@ -150,11 +161,18 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
                             targets=targets)
       step_metrics.append(m)
       count += 1
-    sums: dict[str, float] = {}
+    sums: dict[str, Any] = {}
     for m in jax.device_get(step_metrics):
       for k, v in m.items():
-        sums[k] = sums.get(k, 0.0) + float(v)
-    return state, {k: v / max(count, 1) for k, v in sums.items()}
+        v = np.asarray(v, np.float64)
+        sums[k] = sums[k] + v if k in sums else v
+    row = {k: float(v) / max(count, 1) for k, v in sums.items()
+           if k not in (step_lib.GATE_HIST, step_lib.ITEM_COUNTS)}
+    if step_lib.ITEM_COUNTS in sums:
+      # Gate quantiles and item usage over the whole epoch.
+      row.update(model_lib.memory_diagnostics(sums[step_lib.GATE_HIST],
+                                              sums[step_lib.ITEM_COUNTS]))
+    return state, row
 
   evaluate_fn = None
   if evaluate is not None:
@@ -309,7 +327,8 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
                           place=place,
                           fingerprint=training.training_fingerprint(
                               config, "dico"),
-                          restart=bool(config.get("restart", False)))
+                          restart=bool(config.get("restart", False)),
+                          steps_per_epoch=n // bs)
   t1 = time.time()
   test_scores, test_maps = step_lib.score_in_batches(
       score_fn, variables, test["image"], batch_size=ebs, multiple=ndev,

@@ -28,10 +28,12 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
 _EPS = 1e-8
+GATE_BINS = 100  # Histogram bins of the gate on [0, 1] (diagnostics).
 
 
 def level_stride(level: str) -> int:
@@ -279,3 +281,52 @@ class DiCoNet(nn.Module):
 def tree_size(tree: Any) -> int:
   """Number of scalars in a pytree."""
   return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
+
+
+def gate_histogram(gate: Array, bins: int = GATE_BINS) -> Array:
+  """Counts of gate values in ``bins`` equal bins of [0, 1] (1 → last bin)."""
+  idx = jnp.clip(jnp.floor(gate.reshape(-1) * bins), 0, bins - 1)
+  return jnp.sum(jax.nn.one_hot(idx.astype(jnp.int32), bins,
+                                dtype=jnp.float32), axis=0)
+
+
+def memory_diagnostics(gate_hist: np.ndarray, item_counts: np.ndarray,
+                       quantiles: Sequence[float] = (0.1, 0.5, 0.9)
+                       ) -> dict[str, float]:
+  """Gate distribution and item usage of one epoch (issue #14, step 3).
+
+  Args:
+    gate_hist: (bins,) counts of the gate over [0, 1] (``gate_histogram``
+      summed over the epoch's batches).
+    item_counts: (N,) how many queries had each item as their top-1.
+    quantiles: gate quantiles to report, read off the histogram with linear
+      interpolation inside a bin.
+
+  Returns:
+    ``gate_p10`` / ``gate_p50`` / ``gate_p90`` (for the default quantiles),
+    ``items_used`` (items that are top-1 for at least one query) and
+    ``item_usage_entropy`` (natural-log entropy of the top-1 usage; log N
+    when usage is uniform, 0 when one item takes every query).
+  """
+  hist = np.asarray(gate_hist, np.float64)
+  counts = np.asarray(item_counts, np.float64)
+  out: dict[str, float] = {}
+  total = hist.sum()
+  bins = len(hist)
+  cum = np.cumsum(hist)
+  for q in quantiles:
+    if total <= 0:
+      value = float("nan")
+    else:
+      target = q * total
+      b = int(np.searchsorted(cum, target, side="left"))
+      b = min(b, bins - 1)
+      before = cum[b] - hist[b]
+      frac = (target - before) / hist[b] if hist[b] > 0 else 0.0
+      value = (b + frac) / bins
+    out[f"gate_p{int(round(100 * q)):02d}"] = float(value)
+  out["items_used"] = float(np.sum(counts > 0))
+  p = counts / max(counts.sum(), 1.0)
+  nz = p[p > 0]
+  out["item_usage_entropy"] = float(-np.sum(nz * np.log(nz)))
+  return out

@@ -11,7 +11,11 @@ variables are never part of the state (nor of the optimiser).
 metrics)``: ONE ``jax.jit`` function that, per batch, runs the frozen encoder
 on the clean images (targets T_k) and on their masked copies, the trainable
 bottleneck / memory / decoder on the masked features, the loss, the Adam
-update, and then the momentum update of the memory items **(ours)**. With a
+update, and then the momentum update of the memory items **(ours)**. Speed
+knobs: cached clean targets passed in (``compute_targets``), one fused encoder
+pass over clean + masked images (``fuse_encoder``), and the approximation
+``feature_masking`` **(ours)** that masks the clean features instead of the
+pixels (no masked encoder pass). With a
 mesh the batch is split over the ``data`` axis and the state is replicated;
 every reduction (loss means, BatchNorm statistics, momentum sums) is global, so
 the step computes the same function on 1 or many devices.
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -108,12 +112,52 @@ class StepConfig:
   topk_fraction: float = 0.01
   k_masks: int = 0
   fuse_encoder: bool = False
+  feature_masking: bool = False
+
+
+# Train-step outputs that are vectors: the batch's gate histogram
+# (``model.GATE_BINS`` bins on [0, 1]) and top-1 counts per memory item.
+GATE_HIST = "gate_hist"
+ITEM_COUNTS = "item_counts"
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def make_lr_schedule(lr: float, *, schedule: str = "constant",
+                     total_steps: int = 0, warmup_steps: int = 0
+                     ) -> Union[float, optax.Schedule]:
+  """The learning rate: ``lr`` itself, or cosine with warm-up **(ours)**.
+
+  ``"cosine"`` rises linearly from 0 to ``lr`` over ``warmup_steps`` and then
+  follows a half cosine from ``lr`` to 0 at ``total_steps``.
+  """
+  if schedule == "constant":
+    return lr
+  if schedule != "cosine":
+    raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, got "
+                     f"{schedule!r}")
+  if total_steps <= warmup_steps:
+    raise ValueError(f"cosine schedule needs total_steps ({total_steps}) > "
+                     f"warmup_steps ({warmup_steps})")
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=lr, warmup_steps=warmup_steps,
+      decay_steps=total_steps, end_value=0.0)
 
 
 def make_optimizer(*, lr: float = 5e-3, b1: float = 0.5,
-                   b2: float = 0.999) -> optax.GradientTransformation:
-  """Adam with the reverse-distillation settings (METHODS §2)."""
-  return optax.adam(lr, b1=b1, b2=b2)
+                   b2: float = 0.999, schedule: str = "constant",
+                   total_steps: int = 0, warmup_steps: int = 0
+                   ) -> optax.GradientTransformation:
+  """Adam with the reverse-distillation settings (METHODS §2).
+
+  The default constant ``lr`` is the paper's; ``schedule="cosine"`` is
+  ``make_lr_schedule``'s warm-up + cosine **(ours)**.
+  """
+  return optax.adam(make_lr_schedule(lr, schedule=schedule,
+                                     total_steps=total_steps,
+                                     warmup_steps=warmup_steps),
+                    b1=b1, b2=b2)
 
 
 def _features(encoder: Encoder, enc_vars: Any, images: Array
@@ -325,12 +369,20 @@ def make_train_step(net: model_lib.DiCoNet, encoder: Encoder,
       mask = masking.random_square_mask(k_mask, b, (h, w),
                                         ratio=cfg.mask_ratio,
                                         patch=cfg.mask_patch)
-      masked = masking.apply_mask(images, mask, fill=cfg.mask_fill, key=k_fill)
-      if targets is None:
-        targets, feats_in = encode_pair(encoder, enc_vars, images, masked,
-                                        fuse=cfg.fuse_encoder)
+      if cfg.feature_masking:
+        # (ours) Mask the clean features instead of the pixels: no masked
+        # encoder pass, so with cached targets no encoder pass at all.
+        if targets is None:
+          targets = _features(encoder, enc_vars, images)
+        feats_in = masking.mask_features(targets, mask)
       else:
-        feats_in = _features(encoder, enc_vars, masked)
+        masked = masking.apply_mask(images, mask, fill=cfg.mask_fill,
+                                    key=k_fill)
+        if targets is None:
+          targets, feats_in = encode_pair(encoder, enc_vars, images, masked,
+                                          fuse=cfg.fuse_encoder)
+        else:
+          feats_in = _features(encoder, enc_vars, masked)
     else:
       if targets is None:
         targets = _features(encoder, enc_vars, images)
@@ -348,6 +400,12 @@ def make_train_step(net: model_lib.DiCoNet, encoder: Encoder,
           momentum=cfg.momentum)
       params = _set_items(params, items)
     parts["grad_norm"] = optax.tree.norm(grads)
+    if net.memory_size > 0:
+      # Per-epoch diagnostics (summed over the epoch's steps by the caller).
+      parts[GATE_HIST] = model_lib.gate_histogram(aux["gate"])
+      parts[ITEM_COUNTS] = jnp.sum(
+          jax.nn.one_hot(aux["top1"].reshape(-1), net.memory_size,
+                         dtype=jnp.float32), axis=0)
     new_state = {"params": params, "batch_stats": new_bs,
                  "opt_state": opt_state, "step": state["step"] + 1}
     return new_state, parts
