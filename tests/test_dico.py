@@ -506,7 +506,7 @@ def test_cpu_preset_sets_the_hour_run_and_explicit_args_win():
   spec.loader.exec_module(module)
   plain = module.get_config("")
   assert plain.dico.epochs == 200 and plain.dico.lr_schedule == "constant"
-  assert not plain.dico.cache_targets
+  assert plain.dico.cache_targets and not plain.dico.cpu_preset
   d = module.get_config("cpu").dico
   assert (d.epochs, d.batch_size, d.eval_every, d.lr_schedule,
           d.warmup_epochs, d.cache_targets, d.cpu_preset) == (
