@@ -6,11 +6,13 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
+from dicofun import training
 from dicofun.methods.dico import config as dico_config
 from dicofun.methods.dico import method as dico
 from dicofun.methods.dico import losses
@@ -506,9 +508,26 @@ def test_cpu_preset_sets_the_hour_run_and_explicit_args_win():
   spec.loader.exec_module(module)
   plain = module.get_config("")
   assert plain.dico.epochs == 200 and plain.dico.lr_schedule == "constant"
-  assert not plain.dico.cache_targets
+  assert plain.dico.cache_targets and not plain.dico.cpu_preset
   d = module.get_config("cpu").dico
   assert (d.epochs, d.batch_size, d.eval_every, d.lr_schedule,
           d.warmup_epochs, d.cache_targets, d.cpu_preset) == (
               9, 8, 3, "cosine", 1, True, True)
   assert module.get_config("cpu,epochs=4").dico.epochs == 4
+
+
+def test_speed_knobs_stay_out_of_the_resume_fingerprint():
+  def fp(**kw):
+    config = ml_collections.ConfigDict({"dico": small_config(**kw),
+                                        "seed": 0})
+    return training.training_fingerprint(config, "dico")["hash"]
+
+  base = fp()
+  # Same function, computed differently: a checkpoint may resume across them.
+  for kw in (dict(cache_targets=False), dict(fuse_encoder=True),
+             dict(cpu_preset=True)):
+    assert fp(**kw) == base, kw
+  # These change what is trained.
+  for kw in (dict(feature_masking=True), dict(lr_schedule="cosine"),
+             dict(warmup_epochs=1)):
+    assert fp(**kw) != base, kw

@@ -82,8 +82,9 @@ def default_config() -> ml_collections.ConfigDict:
       cpu_preset=False,  # Set by the config files' ``cpu`` arg (CPU_PRESET).
       # Compute the frozen clean targets T_k of every training image once
       # and train from that cache (in-memory path; recomputed every step
-      # when images + targets exceed max_in_memory_gb).
-      cache_targets=False,
+      # when images + targets exceed max_in_memory_gb). Same losses and
+      # metrics as recomputing (runlocal: identical), ~2x faster steps.
+      cache_targets=True,
       # Without the cache: one encoder pass over clean + masked images.
       fuse_encoder=False,
       # (ours) Approximation: mask the clean encoder features (zero the cells

@@ -252,7 +252,7 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
         data.train, pre, num_workers=workers, allow_missing_mask=True,
         desc="DiCo train images")["image"]
     targets = None
-    if cfg.get("cache_targets", False):
+    if cfg.get("cache_targets", True):
       need = (n * size * size * 3 * 4
               + step_lib.target_bytes(encoder, size, n))
       if need <= float(cfg.max_in_memory_gb) * 2**30:
