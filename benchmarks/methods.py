@@ -77,8 +77,11 @@ def main(argv):
       with open(results_path) as f:
         res = json.load(f)
       m, extra = res["metrics"], res.get("extra", {})
-      preset = next((kv.split("=", 1)[1] for kv in arg.split(",")
-                     if kv.startswith("preset=")), None)
+      # FUN-AD names its preset (preset=...); DiCo's is the bare flag "cpu".
+      flags_given = arg.split(",")
+      preset = next((kv.split("=", 1)[1] for kv in flags_given
+                     if kv.startswith("preset=")),
+                    "cpu" if "cpu" in flags_given else None)
       epochs = extra.get("epochs") or extra.get("result_epoch") or extra.get(
           "last_epoch")
       row = {"method": method, "args": arg, "contamination": float(c),
