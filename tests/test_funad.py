@@ -320,7 +320,7 @@ def test_eval_every_zero_and_oracle_by_image_and_pixel_auroc(tmp_path):
   """eval_every=0: test set scored after the last epoch only (no division by
   zero); the history has the pixel AUROC of the maps and the oracle the mean
   of image and pixel AUROC (METHODS §1)."""
-  train_x, _ = _blob_features(0, 18, 2)
+  train_x, train_y = _blob_features(0, 18, 2)
   test_x, test_y = _blob_features(1, 6, 6)
   masks = np.zeros((12, 16, 16), np.float32)
   masks[test_y == 1, :8, :8] = 1.0
@@ -328,10 +328,18 @@ def test_eval_every_zero_and_oracle_by_image_and_pixel_auroc(tmp_path):
   cfg.funad.eval_every = 0
   cfg.funad.checkpoint_every = 1
   out = funad.fit(cfg, train_x, eval_features=test_x, eval_labels=test_y,
-                  eval_masks=masks, workdir=str(tmp_path))
+                  eval_masks=masks, workdir=str(tmp_path),
+                  train_labels=train_y)
   assert [h["epoch"] for h in out["history"]] == [1, 2]
   assert "test_image_auroc" not in out["history"][0]
+  assert "transductive_image_auroc" not in out["history"][0]
   last = out["history"][1]
+  # The transductive learning curve: the training set scored with the final
+  # (inference) parameters on the evaluated epoch, against its true labels.
+  train_scores, _ = funad.predict_features(
+      cfg, {"params": out["params"]}, train_x, with_maps=False)
+  assert last["transductive_image_auroc"] == pytest.approx(
+      metrics.roc_auc_score(train_y, train_scores))
   scores, maps = funad.predict_features(cfg, {"params": out["params"]},
                                         test_x)
   want = training.history_metrics(scores, maps, test_y, masks)

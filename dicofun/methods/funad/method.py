@@ -27,6 +27,7 @@ import numpy as np
 
 from dicofun import api
 from dicofun import features as features_lib
+from dicofun import metrics
 from dicofun import parallel
 from dicofun import progress as progress_lib
 from dicofun import training
@@ -176,7 +177,8 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
         workdir: Optional[str] = None,
         eval_features: Optional[np.ndarray] = None,
         eval_labels: Optional[np.ndarray] = None,
-        eval_masks: Optional[np.ndarray] = None) -> dict[str, Any]:
+        eval_masks: Optional[np.ndarray] = None,
+        train_labels: Optional[np.ndarray] = None) -> dict[str, Any]:
   """Trains FUN-AD on cached features (the loop is ``training.run_loop``).
 
   Args:
@@ -192,6 +194,11 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
     eval_masks: optional (M, S, S) masks of those, for the history's
       (subsampled) pixel AUROC; with labels and masks the oracle is chosen by
       (image AUROC + pixel AUROC) / 2 (METHODS §1).
+    train_labels: optional (N,) true labels of the training images, for the
+      history only: on the epochs that are evaluated, the training set is
+      scored with the inference parameters and its image AUROC recorded as
+      ``transductive_image_auroc`` (the learning curve of the transductive
+      view; never seen by training).
 
   Returns:
     ``{"params", "history", "oracle", "seconds_per_iteration"}``; ``oracle``
@@ -219,6 +226,14 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
   state = step_lib.init_state(scfg, jax.random.fold_in(base_key, 0), rows)
   step = step_lib.make_train_step(scfg)
 
+  # The training-set AUROC needs both classes (dicofun inspect has no labels).
+  if train_labels is not None and len(np.unique(train_labels)) < 2:
+    train_labels = None
+
+  def _evaluated(epoch: int) -> bool:  # ``training.run_loop``'s schedule.
+    done, every = epoch + 1, int(cfg.eval_every)
+    return done == int(cfg.epochs) or (every > 0 and done % every == 0)
+
   def epoch_fn(state, epoch):
     # A pure function of the epoch: resumed runs see the same batches.
     perm = np.random.default_rng([int(config.seed), epoch]).permutation(n)
@@ -230,8 +245,15 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
                    shard=False)
       state, m = step(state, idx, jax.random.fold_in(ekey, it), feats, valid)
       sums = m if not sums else jax.tree_util.tree_map(jnp.add, sums, m)
-    return state, {k: float(v) / max(iters, 1)
-                   for k, v in jax.device_get(sums).items()}
+    out = {k: float(v) / max(iters, 1)
+           for k, v in jax.device_get(sums).items()}
+    if train_labels is not None and _evaluated(epoch):
+      scores, _ = predict_features(
+          config, {"params": _infer_params(state)}, train_features,
+          with_maps=False)
+      out["transductive_image_auroc"] = metrics.image_auroc(
+          scores, np.asarray(train_labels))
+    return state, out
 
   evaluate_fn = None
   if eval_features is not None:
@@ -292,7 +314,8 @@ def run(config: ml_collections.ConfigDict, data: api.RunData,
   out = fit(config, train_feats, workdir=workdir,
             eval_features=None if test_feats is None else test_feats[keep],
             eval_labels=None if test_feats is None else test_labels,
-            eval_masks=test_masks)
+            eval_masks=test_masks,
+            train_labels=np.array([r.label for r in data.train]))
   fit_s = time.time() - t1
   state = {"params": out["params"]}
   t2 = time.time()
