@@ -133,6 +133,11 @@ def write_figures(workdir: str, config: ml_collections.ConfigDict,
                   eval_arrays: dict[str, np.ndarray]) -> list[str]:
   """Anomaly-map figure, ROC curves and best/worst grid as PNGs."""
   written = []
+  history = (preds.extra or {}).get("history")
+  if history and viz.save_learning_curve(
+      os.path.join(workdir, "learning_curve.png"), history,
+      title=f"{config.method} on {data.category}"):
+    written.append("learning_curve.png")
   labels = eval_arrays["label"]
   scores = np.asarray(preds.test_scores)
   viz.save_roc_curves(os.path.join(workdir, "roc.png"), image_scores=scores,

@@ -369,3 +369,85 @@ def save_heatmap(path: str, matrix: np.ndarray, *,
   fig.colorbar(im, ax=ax)
   fig.tight_layout()
   _save(fig, path)
+
+
+# History keys drawn by ``save_learning_curve``, by panel: evaluation
+# metrics, training losses and label/gate statistics.
+def _curve_panel(key: str) -> Optional[str]:
+  if key.endswith(("_auroc", "_aupro")):
+    return "evaluation"
+  if "loss" in key or key in ("bce", "smoothness", "rec"):
+    return "loss"
+  if "fraction" in key or key.startswith(("gate", "item_")):
+    return "fraction"
+  return None
+
+
+def curve_series(history: Sequence[dict]) -> dict[str, dict[str, tuple]]:
+  """The learning-curve series of a training history, by panel.
+
+  Args:
+    history: one row per epoch (``training.run_loop``'s history): ``epoch``
+      and numeric values; evaluated epochs add ``test_*`` (and FUN-AD's
+      ``transductive_image_auroc``).
+
+  Returns:
+    ``{panel: {key: (epochs, values)}}`` for the panels "evaluation",
+    "loss" and "fraction" that have at least one numeric value; a key's
+    series holds only the epochs where it was recorded.
+  """
+  panels: dict[str, dict[str, tuple]] = {}
+  keys = sorted({k for row in history for k in row})
+  for key in keys:
+    panel = _curve_panel(key)
+    if panel is None:
+      continue
+    pts = [(row["epoch"], float(row[key])) for row in history
+           if isinstance(row.get(key), (int, float))
+           and not isinstance(row.get(key), bool) and "epoch" in row]
+    if pts:
+      epochs, values = zip(*pts)
+      panels.setdefault(panel, {})[key] = (tuple(epochs), tuple(values))
+  return panels
+
+
+def save_learning_curve(path: str, history: Sequence[dict], *,
+                        title: str = "") -> bool:
+  """Learning curves of a training history as one PNG, a panel per kind.
+
+  Evaluation metrics per evaluated epoch (test image/pixel AUROC, FUN-AD's
+  transductive image AUROC), the training losses per epoch, and label or
+  gate statistics per epoch (FUN-AD's pseudo-anomalous fraction, DiCo's gate
+  and item usage), each on its own axes (``curve_series``).
+
+  Args:
+    path: output PNG.
+    history: the run's history rows.
+    title: figure title.
+
+  Returns:
+    Whether a figure was written (False: nothing to draw).
+  """
+  panels = curve_series(history)
+  if not panels:
+    return False
+  plt = _pyplot()
+  order = [p for p in ("evaluation", "loss", "fraction") if p in panels]
+  fig, axes = plt.subplots(1, len(order), figsize=(5.0 * len(order), 3.6),
+                           squeeze=False)
+  for ax, panel in zip(axes[0], order):
+    for key, (epochs, values) in panels[panel].items():
+      ax.plot(epochs, values, marker="o", markersize=3, label=key)
+    ax.set_xlabel("epoch")
+    ax.set_title({"evaluation": "evaluation (last epoch = result)",
+                  "loss": "training loss", "fraction": "labels / gates"}[panel])
+    if panel == "fraction" and all(
+        v > 0 for _, vals in panels[panel].values() for v in vals):
+      ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  _save(fig, path)
+  return True

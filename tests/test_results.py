@@ -66,3 +66,20 @@ def test_write_figures_draws_the_rows_from_all_test_images(tmp_path,
   np.testing.assert_array_equal(drawn["labels"], LABELS[want])
   assert want == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
   assert drawn["k"] == 4
+
+
+def test_write_figures_draws_the_learning_curve_of_a_trained_method(tmp_path):
+  test = [records.Record(f"{i}.png", None, int(y), "x", "test")
+          for i, y in enumerate(LABELS)]
+  config = ml_collections.ConfigDict(dict(
+      method="funad", dataset=dict(image_size=4, crop_fraction=1.0),
+      eval=dict(num_figures=8)))
+  history = [{"epoch": 1, "loss": 1.0, "test_image_auroc": 0.6},
+             {"epoch": 2, "loss": 0.5, "test_image_auroc": 0.7}]
+  preds = api.Predictions(test_scores=SCORES, test_maps=None,
+                          extra={"history": history})
+  written = results.write_figures(
+      str(tmp_path), config, api.RunData(train=[], test=test, category="c"),
+      preds, {"label": LABELS, "mask": None})
+  assert written == ["learning_curve.png", "roc.png"]
+  assert (tmp_path / "learning_curve.png").stat().st_size > 0

@@ -93,3 +93,26 @@ def test_save_heatmap(tmp_path):
   with pytest.raises(ValueError):
     viz.save_heatmap(str(path), matrix, row_labels=["a"], col_labels=["b"],
                      title="")
+
+
+def test_learning_curve_series_by_panel_and_png(tmp_path):
+  history = [
+      {"epoch": 1, "loss": 2.0, "bce": 1.5, "pseudo_anomalous_fraction": 0.01,
+       "num_pairs": 588.0},
+      {"epoch": 2, "loss": 1.0, "bce": 0.5, "pseudo_anomalous_fraction": 0.02,
+       "test_image_auroc": 0.7, "transductive_image_auroc": 0.6,
+       "num_pairs": 590.0, "resumed": True},
+  ]
+  panels = viz.curve_series(history)
+  assert panels == {
+      "loss": {"bce": ((1, 2), (1.5, 0.5)), "loss": ((1, 2), (2.0, 1.0))},
+      "fraction": {"pseudo_anomalous_fraction": ((1, 2), (0.01, 0.02))},
+      "evaluation": {"test_image_auroc": ((2,), (0.7,)),
+                     "transductive_image_auroc": ((2,), (0.6,))},
+  }
+  path = tmp_path / "curve.png"
+  assert viz.save_learning_curve(str(path), history, title="t")
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert not viz.save_learning_curve(str(tmp_path / "none.png"),
+                                     [{"epoch": 1, "num_pairs": 3.0}])
+  assert not (tmp_path / "none.png").exists()
