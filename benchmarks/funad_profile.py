@@ -11,10 +11,20 @@ a list of speed settings, all in the same process:
 ``--variants`` are FUN-AD config-file arguments (``preset=`` picks the base,
 ``methods/funad/config.py:PRESETS``; the other keys are the ``ARGS`` of the
 config files, e.g. ``refresh_every``, ``bank_patches``, ``batch_patches``).
-Prints two markdown tables.
+Prints two markdown tables; ``--results=benchmarks/results/funad_speed.json``
+also writes the variants' rows (seconds per iteration and per epoch, the
+speed-up over the first variant, the CPU, its load, commit and command).
+
+Seconds per epoch are measured, not extrapolated from a cheap iteration: each
+variant runs a whole refresh cycle (``refresh_every`` iterations, at least
+``--iters``) after compiling, so the cycle's training-set scoring is in the
+mean; an epoch is that mean times the iterations per epoch.
 """
 
+import json
 import os
+import shlex
+import sys
 import time
 
 from absl import app
@@ -34,6 +44,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from dicofun import features as features_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dicofun import protocol  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dicofun import results as results_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dicofun.methods.funad import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dicofun.methods.funad import irmb  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dicofun.methods.funad import method as funad  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -48,7 +59,12 @@ _ARG = flags.DEFINE_string("config_arg", "contamination=0.1",
 _VARIANTS = flags.DEFINE_multi_string(
     "variants", ["preset=paper"],
     "Config-file args whose whole iterations are timed.")
-_ITERS = flags.DEFINE_integer("iters", 5, "Timed iterations per variant.")
+_ITERS = flags.DEFINE_integer(
+    "iters", 5, "Timed iterations per variant (at least one refresh cycle).")
+_COMPONENTS = flags.DEFINE_bool(
+    "components", True, "Also time each part of a paper-shaped iteration.")
+_RESULTS = flags.DEFINE_string(
+    "results", "", "Also write the variants' rows to this JSON file.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per component.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/dicofun_profile",
                                "Where the dataset is read / generated.")
@@ -151,7 +167,9 @@ def _iteration(flat: np.ndarray, variant: str) -> tuple:
   step = step_lib.make_train_step(s)
   perm = np.random.default_rng(0).permutation(n)
   times, m = [], {}
-  for it in range(_ITERS.value + 1):
+  # A whole refresh cycle after the compiling call: its scoring is included.
+  timed = max(_ITERS.value, int(cfg.refresh_every))
+  for it in range(timed + 1):
     lo = (it % max(iters, 1)) * b
     idx = funad._place(perm[lo:lo + b].astype(np.int32), mesh, shard=False)  # pylint: disable=protected-access
     t0 = time.time()
@@ -161,7 +179,19 @@ def _iteration(flat: np.ndarray, variant: str) -> tuple:
   bank_rows = int(m["bank_images"]) * p
   if int(cfg.bank_patches) > 0:  # (ours) a fixed-size subset of those.
     bank_rows = min(int(cfg.bank_patches), bank_rows)
-  return float(np.mean(times[1:])), int(m["num_candidates"]), bank_rows
+  return (float(np.mean(times[1:])), int(m["num_candidates"]), bank_rows,
+          iters, timed)
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return "unknown"
 
 
 def main(argv):
@@ -171,15 +201,42 @@ def main(argv):
   feats = features_lib.load_features(config, data.train, layout="tokens")
   flat, _ = funad._flat_tokens(feats)  # pylint: disable=protected-access
   print(f"features {flat.shape}, devices {jax.device_count()}")
-  print("| component | seconds |\n|---|---|")
-  for name, t in _components(flat):
-    print(f"| {name} | {t:.3f} |", flush=True)
+  if _COMPONENTS.value:
+    print("| component | seconds |\n|---|---|")
+    for name, t in _components(flat):
+      print(f"| {name} | {t:.3f} |", flush=True)
   print(f"\n| variant | s / iteration (mean of {_ITERS.value}, after "
         "compile) | candidates at the last | bank rows |")
   print("|---|---|---|---|")
+  rows_out = []
   for variant in _VARIANTS.value:
-    t, cand, rows = _iteration(flat, variant)
+    t, cand, rows, iters, timed = _iteration(flat, variant)
     print(f"| {variant} | {t:.2f} | {cand} | {rows} |", flush=True)
+    rows_out.append({
+        "benchmark": "funad_epoch", "dataset": _DATASET.value,
+        "config_arg": _ARG.value, "variant": variant,
+        "seconds_per_iteration": t, "timed_iterations": timed,
+        "iterations_per_epoch": iters, "seconds_per_epoch": t * iters,
+        "speedup_over_first": rows_out[0]["seconds_per_iteration"] / t
+                              if rows_out else 1.0,
+        "candidates_at_last": cand, "bank_rows": rows,
+        "features": list(flat.shape), "devices": jax.device_count(),
+        "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0]})
+  print("\n| variant | s / epoch | speed-up over the first |\n|---|---|---|")
+  for r in rows_out:
+    print(f"| {r['variant']} | {r['seconds_per_epoch']:.1f} | "
+          f"{r['speedup_over_first']:.1f}x |")
+  if _RESULTS.value:
+    command = "python " + " ".join(
+        [os.path.relpath(sys.argv[0])] + [shlex.quote(a) for a in sys.argv[1:]])
+    for r in rows_out:
+      r.update(commit=results_lib.git_commit(), command=command)
+    os.makedirs(os.path.dirname(os.path.abspath(_RESULTS.value)),
+                exist_ok=True)
+    with open(_RESULTS.value + ".tmp", "w") as f:
+      json.dump(rows_out, f, indent=1)
+    os.replace(_RESULTS.value + ".tmp", _RESULTS.value)
 
 
 if __name__ == "__main__":
