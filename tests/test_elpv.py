@@ -17,8 +17,10 @@ int(3.2) = 3: indices 3, 2, 5 = cell0026, 0025, 0028.
 """
 
 import importlib.util
+import json
 import os
 import sys
+import types
 
 import numpy as np
 from PIL import Image
@@ -27,7 +29,9 @@ import pytest
 from dicofun import api
 from dicofun import configlib
 from dicofun import data as data_lib
+from dicofun import methods
 from dicofun import protocol
+from dicofun import runner
 from dicofun import training
 from dicofun.data import contamination
 from dicofun.data import elpv
@@ -255,6 +259,44 @@ def test_maskless_evaluation_reports_image_metrics_only(fake_package):
   history = training.history_metrics(scores[keep], maps[keep], labels[keep],
                                      eval_arrays["mask"][keep])
   assert history == {"image_auroc": pytest.approx(0.8)}
+
+
+def _fake_method():
+  """Scores each image by its label and returns random maps."""
+
+  def run(config, data, workdir):
+    del workdir
+    size = config.dataset.image_size
+    rng = np.random.default_rng(0)
+    return api.Predictions(
+        test_scores=np.array([float(r.label) for r in data.test]),
+        test_maps=rng.random((len(data.test), size, size)).astype(np.float32),
+        train_scores=np.array([float(r.label) for r in data.train]))
+
+  mod = types.ModuleType("fake_elpv_method")
+  mod.run = run
+  return mod
+
+
+def test_runner_on_elpv_writes_image_metrics_and_no_pixel_metrics(
+    fake_package, monkeypatch, tmp_path):
+  del fake_package
+  monkeypatch.setitem(sys.modules, "fake_elpv_method", _fake_method())
+  monkeypatch.setitem(methods.METHODS, "fake", "fake_elpv_method")
+  ds = configlib.dataset_config(name="elpv", category="all", image_size=16,
+                                crop_fraction=1.0, contamination=0.2)
+  config = configlib.base_config(method="fake", dataset=ds,
+                                 backbone="efficientnet_lite0")
+  config.eval.tensorboard = False
+  workdir = str(tmp_path / "run")
+  metrics = runner.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "results.json")) as f:
+    saved = json.load(f)["metrics"]
+  for m in (metrics, saved):
+    assert m["test"]["image_auroc"] == 1.0
+    assert m["test_overlap"]["image_auroc"] == 1.0
+    assert m["transductive"]["image_auroc"] == 1.0
+    assert not {"pixel_auroc", "aupro", "pixel_ap"} & set(m["test"])
 
 
 def test_elpv_settings_enter_the_training_fingerprint_only_on_elpv():
