@@ -24,7 +24,7 @@ Labels **(ours)**:
 
 Category = the cell type: ``mono`` (588 normals, 369 anomalies at the default
 threshold), ``poly`` (920, 452) or ``all`` (1,508, 821; the default: both
-types, the most images, as the published benchmarks use).
+types, the most images: more test anomalies than either type alone).
 
 Split (seeded, the same on every machine):
 
