@@ -147,7 +147,8 @@ def dataset_config(*, name: str, category: str = "", root: str = "",
       contamination_seed=seed,
       image_size=image_size,
       crop_fraction=crop_fraction,
-      allow_missing_masks=False,
+      # Datasets without masks (ELPV) report image metrics only.
+      allow_missing_masks=not data_lib.DATASETS[name].masks,
       num_workers=4,
       # Only used by the synthetic dataset and the folder dataset.
       synthetic=ml_collections.ConfigDict(dict(
@@ -155,6 +156,13 @@ def dataset_config(*, name: str, category: str = "", root: str = "",
           image_size=128, seed=0)),
       folder=ml_collections.ConfigDict(dict(
           normal_dir="", abnormal_dir="", mask_dir="", test_fraction=0.2)),
+      # Only used by ELPV (dicofun/data/elpv.py says why these values):
+      # probability >= min_defect_probability is anomalous (1/3 cells are
+      # left out), test_fraction of the normals are test images, and at most
+      # max_train_normals train (magnetic tile's size; 0 = all) **(ours)**.
+      elpv=ml_collections.ConfigDict(dict(
+          min_defect_probability=2 / 3, test_fraction=0.2,
+          max_train_normals=760)),
   ))
 
 

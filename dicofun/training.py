@@ -217,6 +217,9 @@ _NOT_TRAINING = frozenset({"epochs", "eval_every", "checkpoint_every",
 _DATASET_FIELDS = ("name", "category", "root", "contamination",
                    "contamination_seed", "image_size", "crop_fraction",
                    "synthetic", "folder")
+# Dataset blocks that count only for their own dataset, so adding one does not
+# change the fingerprint of runs on the others.
+_DATASET_OWN_FIELDS = {"elpv": ("elpv",)}
 # The features a method trains on depend on these (vit_local_average only
 # shapes the PatchCore layout, which no trained method uses).
 _BACKBONE_FIELDS = ("name", "weights", "layer", "norm_intermediate")
@@ -257,7 +260,8 @@ def training_fingerprint(config: ml_collections.ConfigDict, method: str, *,
     ``{"hash": sha256 hex, "values": {"funad.lr": 2e-05, "dataset.name":
     ...}}`` over the method block (without its epoch count, schedules and
     scoring batch size), the dataset's identity (name, category, root,
-    contamination and its seed, image size, crop, synthetic/folder settings),
+    contamination and its seed, image size, crop, synthetic/folder settings,
+    ELPV's settings on ELPV),
     the backbone (name, weights, layer, intermediate LayerNorm) and the
     seed. Eval and logging
     fields are not part of it. Missing fields are left out.
@@ -269,6 +273,8 @@ def training_fingerprint(config: ml_collections.ConfigDict, method: str, *,
   for name, fields in (("dataset", _DATASET_FIELDS),
                        ("backbone", _BACKBONE_FIELDS)):
     sub = config.get(name)
+    if name == "dataset" and sub is not None:
+      fields += _DATASET_OWN_FIELDS.get(sub.get("name"), ())
     for k in fields:
       if sub is not None and k in sub:
         _flat_items(f"{name}.{k}", _plain(sub[k]), values)

@@ -124,11 +124,18 @@ def test_benchmark_run_args_parse():
   """BENCHMARKS.md's ``benchmarks/methods.py --runs="<method>:<args>"``."""
   with open(os.path.join(REPO, "BENCHMARKS.md")) as f:
     text = f.read()
-  assert set(re.findall(r"--dataset=(\w+)", text)) == {"magnetic_tile"}
-  runs = re.findall(r'--runs="(\w+):([^"]*)"', text)
-  assert len(runs) >= 10
-  for method, arg in runs:
-    _get_config(f"{method}_magnetic_tile", arg + ",contamination=0.1")
+  # Each command: from ``benchmarks/methods.py`` to the end of its block.
+  commands = [c.split("```", 1)[0]
+              for c in text.split("benchmarks/methods.py")[1:]]
+  datasets = set(re.findall(r"--dataset=(\w+)", text))
+  assert datasets == {"magnetic_tile", "elpv"}
+  runs = [(dataset, method, arg) for c in commands
+          for dataset in re.findall(r"--dataset=(\w+)", c)[:1]
+          for method, arg in re.findall(r'--runs="(\w+):([^"]*)"', c)]
+  assert len(runs) == len(re.findall(r'--runs="', text)) >= 13
+  assert {d for d, _, _ in runs} == datasets
+  for dataset, method, arg in runs:
+    _get_config(f"{method}_{dataset}", arg + ",contamination=0.1")
 
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=_rel)
@@ -327,7 +334,7 @@ def test_named_errors_at_parse_time(name, arg, message):
 
 def test_unknown_dataset_is_named():
   message = ("config.dataset.name='nope': expected one of "
-             "['folder', 'magnetic_tile', 'mvtec', 'synthetic', 'visa']")
+             "['elpv', 'folder', 'magnetic_tile', 'mvtec', 'synthetic', 'visa']")
   with pytest.raises(configlib.ConfigArgError) as e:
     configlib.run_config(method="funad",
                          method_config=funad_config.default_config(),

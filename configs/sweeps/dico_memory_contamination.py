@@ -9,7 +9,7 @@ Run:
       --sweep=configs/sweeps/dico_memory_contamination.py:dataset=mvtec,category=bottle \
       --workdir=runs/sweeps/dico_memory_contamination_bottle
 
-Args: dataset (synthetic|mvtec|visa|magnetic_tile), category (default: the
+Args: dataset (synthetic|mvtec|visa|magnetic_tile|elpv), category (default: the
 dataset's), runlocal (every cell at its config's CPU smoke size),
 image_size (0 = the config's), epochs (0 = the config's), cpu (the ``cpu``
 preset; image_size, epochs and cpu set the budget, the same for every cell).

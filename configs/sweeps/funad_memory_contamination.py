@@ -9,7 +9,7 @@ Run:
       --sweep=configs/sweeps/funad_memory_contamination.py:dataset=mvtec,category=bottle \
       --workdir=runs/sweeps/funad_memory_contamination_bottle
 
-Args: dataset (synthetic|mvtec|visa|magnetic_tile), category (default: the
+Args: dataset (synthetic|mvtec|visa|magnetic_tile|elpv), category (default: the
 dataset's), runlocal (every cell at its config's CPU smoke size),
 image_size (0 = the config's), epochs (0 = the preset's; image_size and
 epochs set the budget, the same for every cell).

@@ -9,7 +9,7 @@ Run:
       --sweep=configs/sweeps/patchcore_softpatch_contamination.py:dataset=mvtec,category=bottle \
       --workdir=runs/sweeps/patchcore_softpatch_contamination_bottle
 
-Args: dataset (synthetic|mvtec|visa|magnetic_tile), category (default: the
+Args: dataset (synthetic|mvtec|visa|magnetic_tile|elpv), category (default: the
 dataset's), runlocal (every cell at its config's CPU smoke size).
 """
 

@@ -18,6 +18,7 @@ import dataclasses
 import os
 from typing import Callable
 
+from dicofun.data import elpv
 from dicofun.data import errors
 from dicofun.data import folder
 from dicofun.data import mvtec
@@ -41,6 +42,9 @@ class DatasetSpec:
       empty ("" = the dataset has no default root).
     tfds_builder: the ``dicofun.data.tfds_builders`` builder that prepares
       it for ``source="tfds"`` (its config is the category; "" = none).
+    masks: whether its anomalies have ground-truth masks; False makes the
+      config files default to ``allow_missing_masks=True`` (image metrics
+      only).
   """
 
   read: Callable[..., list[records_lib.Record]]
@@ -48,6 +52,7 @@ class DatasetSpec:
   crop_fraction: float
   root_name: str = ""
   tfds_builder: str = ""
+  masks: bool = True
 
 
 def default_data_root(dataset: str) -> str:
@@ -93,6 +98,16 @@ def _read_visa(ds, workdir: str) -> list[records_lib.Record]:
   return visa.read_visa(_root(ds), _need_category(ds, "VisA"))
 
 
+def _read_elpv(ds, workdir: str) -> list[records_lib.Record]:
+  del workdir
+  e = ds.elpv
+  return elpv.read_elpv(
+      ds.root, category=ds.category or "all",
+      min_defect_probability=e.min_defect_probability,
+      test_fraction=e.test_fraction, max_train_normals=e.max_train_normals,
+      seed=ds.contamination_seed)
+
+
 def _read_folder(ds, workdir: str) -> list[records_lib.Record]:
   del workdir
   f = ds.folder
@@ -116,6 +131,9 @@ DATASETS: dict[str, DatasetSpec] = {
     # 0.875 centre crop would cut whole defects out (METHODS §1).
     "magnetic_tile": DatasetSpec(_read_magnetic_tile, "magnetic_tile", 1.0,
                                  "magnetic_tile", tfds_builder="mvtec_ad"),
+    # ELPV ships as the elpv-dataset package (no root, no masks); the cells
+    # fill the whole 300×300 image, so no crop.
+    "elpv": DatasetSpec(_read_elpv, "all", 1.0, masks=False),
     "folder": DatasetSpec(_read_folder, "custom", 1.0),
 }
 

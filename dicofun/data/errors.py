@@ -36,6 +36,16 @@ class DatasetNotFoundError(DatasetError):
     super().__init__(msg)
 
 
+class DatasetPackageMissingError(DatasetNotFoundError):
+  """A dataset that ships as a Python package (ELPV) is not installed."""
+
+  def __init__(self, package: str, *, pip_command: str, hint: str = ""):
+    self.path = package
+    msg = (f"the dataset package {package!r} is not installed; install it "
+           f"with `{pip_command}`")
+    DatasetError.__init__(self, msg + (f" {hint}" if hint else "") + ".")
+
+
 class TfdsNotPreparedError(DatasetNotFoundError):
   """``config.dataset.source="tfds"`` but the dataset is not prepared."""
 

@@ -1,0 +1,50 @@
+r"""DiCo on the ELPV solar-cell dataset (METHODS §2).
+
+ELPV solar cells (Buerhop-Lutz et al., 2018), read from the elpv-dataset
+package (`pip install elpv-dataset`; or config.dataset.root): normal =
+defect probability 0, anomalous >= 2/3 (1/3 cells left out), category
+all|mono|poly (default all), no masks so image metrics only, 760 training
+normals; dicofun/data/elpv.py says why.
+
+Run::
+
+  python experiments/main.py \
+      --config=configs/dico_elpv.py:contamination=0.1 \
+      --workdir=runs/dico_elpv
+  # CPU smoke run:
+  python experiments/main.py \
+      --config=configs/dico_elpv.py:runlocal,contamination=0.1 \
+      --workdir=runs/dico_elpv_local
+
+Args: category, contamination, memory (N; 0 = no memory), mask_ratio,
+mask_patch, masking, score (adaptive|max|topk_mean), k_masks, epochs,
+lr_schedule (constant|cosine), warmup_epochs, batch_size, backbone (a CNN),
+image_size, crop, seed, root, runlocal (the CPU smoke size of get_config), cpu
+(the largest sensible run in <= 1 hour on 2 CPU cores on magnetic tile,
+whose training set is as large as ELPV's: 9 epochs at batch 8 with cached targets and a cosine lr with 1 warm-up epoch;
+estimated 59 min from 2.8 training images/s at 256 px, see CPU_PRESET in
+dicofun/methods/dico/config.py).
+Defaults: ``default_config()`` of dicofun/methods/dico/config.py, the
+shared blocks of ``configlib.run_config`` and the values below; an arg given
+explicitly wins over runlocal.
+A run started again with the same --workdir resumes from its checkpoint.
+Results of measured runs: BENCHMARKS.md.
+"""
+
+from dicofun import configlib
+from dicofun.methods.dico import config as dico_config
+
+
+def get_config(arg=None):
+  """The run config; ``arg`` as in the module docstring."""
+  config = configlib.run_config(
+      method="dico", method_config=dico_config.default_config(),
+      dataset="elpv", backbone="efficientnet_lite0", image_size=256)
+  if configlib.flag_in(arg, "runlocal"):  # CPU smoke size.
+    config.dataset.update(image_size=128, num_workers=2)
+    config.dico.update(epochs=3, batch_size=8, bottleneck_channels=128,
+                       eval_every=1, checkpoint_every=1, eval_batch_size=8)
+  # CPU preset (issue #14): <= 1 hour on 2 cores on magnetic tile, see
+  # dico_config.CPU_PRESET for the estimate.
+  dico_config.apply_cpu_preset(config, arg)
+  return dico_config.apply_args(config, arg)
