@@ -53,6 +53,13 @@ def _pixel_evaluator(*, maps: Optional[np.ndarray],
   if len(maps) == 0:
     logging.warning("No image with a ground-truth mask: no pixel metrics")
     return
+  # Before sorting every pixel: masks without one anomalous pixel (a dataset
+  # without masks, e.g. ELPV, has only its normals' empty masks) define no
+  # pixel ROC.
+  if not np.any(masks > 0.5):
+    logging.warning("No anomalous pixel in the %d masks: no pixel metrics",
+                    len(masks))
+    return
   # One sort of all pixels serves the three metrics.
   yield from metrics.pixel_metrics(maps, masks, fpr_limit=fpr_limit).items()
 

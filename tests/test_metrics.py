@@ -295,3 +295,17 @@ def test_format_table():
        {"cat": "cable", "auroc": None}], ["cat", "auroc", "n"])
   assert table == ("| cat | auroc | n |\n|---|---|---|\n"
                    "| bottle | 0.9877 | 3 |\n| cable | — | — |\n")
+
+
+def test_masks_without_an_anomalous_pixel_skip_the_pixel_sort(monkeypatch):
+  """A mask-less dataset (ELPV): only the normals' empty masks are kept, so no
+  pixel metric is defined — and no pixel is sorted to find that out."""
+  def fail(*a, **kw):
+    raise AssertionError("pixel_metrics called")
+  monkeypatch.setattr(evaluate.metrics, "pixel_metrics", fail)
+  labels = np.array([0, 0, 1, 1])
+  out = evaluate.compute_metrics(
+      image_scores=np.array([0.1, 0.4, 0.35, 0.8]), image_labels=labels,
+      maps=np.ones((4, 2, 2)), masks=np.zeros((4, 2, 2)),
+      has_mask=np.array([True, True, False, False]))
+  assert out == {"image_auroc": 0.75, "image_f1_max": pytest.approx(0.8)}

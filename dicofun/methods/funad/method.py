@@ -310,6 +310,8 @@ def run(config: ml_collections.ConfigDict, data: api.RunData,
         data.test, pipeline.preprocess_for(config),
         num_workers=int(config.dataset.num_workers), allow_missing_mask=True,
         with_images=False, desc="FUN-AD history masks")["mask"][keep]
+    if not np.any(test_masks > 0.5):  # No masks (ELPV): no history maps.
+      test_masks = None
   t1 = time.time()
   out = fit(config, train_feats, workdir=workdir,
             eval_features=None if test_feats is None else test_feats[keep],
