@@ -181,19 +181,13 @@ def labelled_metrics(config, records, scores, maps, labels, decisions
   return out
 
 
-def _thumb_paths(root: str, path: str) -> tuple[str, str]:
-  # The extension stays in the name so a.png and a.jpg do not collide.
-  rel = os.path.relpath(path, root) + ".png"
-  return os.path.join("images", rel), os.path.join("overlays", rel)
-
-
 def write_images(config, root: str, out_dir: str, files: list[str],
                  maps: np.ndarray, threshold: float) -> list[tuple[str, str]]:
   """Per image: the preprocessed view and its overlay (one colour scale)."""
   scale = predict_lib.color_scale(float(np.min(maps)), threshold)
   written = []
   for i in progress.progress(range(len(files)), desc="report images"):
-    thumb, over = _thumb_paths(root, files[i])
+    thumb, over = report.thumb_paths(os.path.relpath(files[i], root))
     view = predict_lib.overlay_image(config, files[i])
     for rel in (thumb, over):
       os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
@@ -300,14 +294,10 @@ def inspect_folder(folder: str, *, out_dir: str,
       "commit": results_lib.git_commit(), "seconds": round(seconds, 1),
       "config": config.to_dict(),
   }
-  headline = [
-      f"{int(decisions.sum())} of {len(files)} images flagged (score > "
-      f"{threshold:.6g}; threshold: {rule}).",
-      f"{len(screened.errors)} unreadable file(s) skipped; "
-      f"{len(screened.small)} image(s) smaller than {size}x{size} upscaled.",
-      f"Model: {os.path.join(out_dir, 'model')} — score "
-      f"new images with: dicofun predict --workdir={out_dir} --images=NEW",
-  ]
+  headline = report.inspect_headline(
+      flagged=int(decisions.sum()), images=len(files), threshold=threshold,
+      rule=rule, unreadable=len(screened.errors), small=len(screened.small),
+      image_size=size, out_dir=out_dir)
   rows = [report.Row(file=rels[i], score=float(scores[i]), rank=int(rank[i]),
                      flagged=bool(decisions[i]),
                      label=None if labels[i] < 0 else int(labels[i]),
@@ -349,7 +339,7 @@ def summary(outcome: InspectOutcome) -> str:
   if outcome.metrics:
     m = outcome.metrics
     lines.append(f"  against the {m['labelled_images']} labelled images: "
-                 f"image AUROC {m['image_auroc']:.4f}, precision "
+                 f"transductive image AUROC {m['image_auroc']:.4f}, precision "
                  f"{m['precision_at_threshold']:.2f}, recall "
                  f"{m['recall_at_threshold']:.2f}")
   lines.append(f"  unreadable, skipped: {len(outcome.errors)}"
