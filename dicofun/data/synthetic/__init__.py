@@ -576,7 +576,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   ``--num_test_anomalous`` defective ones).
   """
   import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="python -m dicofun.data.synthetic",
+                                   description=__doc__.splitlines()[0])
   parser.add_argument("--root", required=True)
   parser.add_argument("--category", default="texture", choices=CATEGORIES)
   parser.add_argument("--num_train", type=int, default=60)
@@ -597,7 +598,3 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                  image_size=a.image_size, seed=a.seed)
   logging.info("Synthetic dataset written to %s", out)
 
-
-if __name__ == "__main__":
-  logging.set_verbosity(logging.INFO)
-  main()
