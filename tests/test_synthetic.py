@@ -187,3 +187,19 @@ def test_module_command_runs_without_the_runpy_warning(tmp_path):
   assert "RuntimeWarning" not in proc.stderr
   assert sorted(os.listdir(root / "good")) == ["000.png", "001.png"]
   assert len(os.listdir(root / "defect")) == 1
+
+
+def test_inspect_folder_again_with_the_same_args_is_a_no_op(tmp_path):
+  root = str(tmp_path / "line")
+  kw = dict(num_good=2, num_defective=1, image_size=16)
+  synthetic.write_inspect_folder(root, **kw)
+  first = os.path.getmtime(os.path.join(root, "good", "000.png"))
+  assert synthetic.write_inspect_folder(root, **kw) == root
+  assert os.path.getmtime(os.path.join(root, "good", "000.png")) == first
+  with pytest.raises(FileExistsError, match="not empty"):
+    synthetic.write_inspect_folder(root, **{**kw, "num_good": 3})
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "x.png").write_bytes(b"")
+  with pytest.raises(FileExistsError, match="not empty"):
+    synthetic.write_inspect_folder(str(other), **kw)
