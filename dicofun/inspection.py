@@ -28,7 +28,9 @@ Outputs, in ``out_dir``:
   scores.csv: there each image's own kept patches are in the bank);
 * ``errors.csv``: ``file``, ``reason`` of every file that could not be read
   (skipped; ``strict=True`` aborts instead);
-* ``inspect.json``: counts, threshold, metrics and settings.
+* ``inspect.json``: counts, threshold, metrics and settings;
+* ``training/``: the trained methods' checkpoints and their live TensorBoard
+  curves (``tensorboard --logdir OUT/training/tensorboard``).
 
 Decision threshold, without labels (``metrics.robust_threshold``): median +
 3.5 · 1.4826 · MAD of the folder's scores (a robust outlier rule), or, with a
@@ -135,7 +137,9 @@ def inspect_config(method: str = DEFAULT_METHOD, *,
   cfg = module.apply_args(
       cfg, f"backbone={backbone},image_size={image_size},seed={seed}")
   cfg.eval.train_maps = True
-  cfg.eval.tensorboard = False
+  # FUN-AD and DiCo write their live training curves to
+  # <out>/training/tensorboard (the memory-bank methods have no epochs).
+  cfg.eval.tensorboard = True
   return cfg
 
 
