@@ -301,7 +301,7 @@ def inspect_folder(folder: str, *, out_dir: str,
   headline = report.inspect_headline(
       flagged=int(decisions.sum()), images=len(files), threshold=threshold,
       rule=rule, unreadable=len(screened.errors), small=len(screened.small),
-      image_size=size, out_dir=out_dir)
+      image_size=size, out_dir=out_dir, metrics=metrics)
   rows = [report.Row(file=rels[i], score=float(scores[i]), rank=int(rank[i]),
                      flagged=bool(decisions[i]),
                      label=None if labels[i] < 0 else int(labels[i]),

@@ -77,6 +77,8 @@ h1{font-size:1.4em} h2{font-size:1.15em;margin-top:1.6em}
 table{border-collapse:collapse} td,th{padding:3px 8px;border-bottom:1px solid #ddd;
 text-align:left;vertical-align:middle;font-size:0.9em}
 .flag{background:#fde2e2} img.t{width:128px;height:128px;image-rendering:auto}
+figure.fig{display:inline-block;vertical-align:top;margin:0 1.5em 1em 0}
+figure.fig img{max-height:360px;max-width:100%} figcaption{font-size:0.85em;color:#555}
 .muted{color:#777} code{background:#f4f4f4;padding:0 3px}
 """
 
@@ -124,10 +126,11 @@ def render(*, title: str, headline: Sequence[str], rows: Sequence[Row],
             for k, v in metrics.items()]
     out.append("</table>")
   if figures:
-    out.append("<h2>Score distribution</h2><p>")
-    out += [f'<img src="{_e(src)}" alt="{_e(cap)}" title="{_e(cap)}"> '
+    out.append("<h2>Figures</h2><div>")
+    out += [f'<figure class="fig"><img src="{_e(src)}" alt="{_e(cap)}">'
+            f"<figcaption>{_e(cap)}</figcaption></figure>"
             for cap, src in figures]
-    out.append("</p>")
+    out.append("</div>")
   out.append(f"<h2>Images by score ({len(rows)}, highest first)</h2>")
   out.append("<table><tr><th>rank</th><th>image</th><th>anomaly map</th>"
              "<th>file</th><th>score</th><th>decision</th><th>label</th></tr>")
@@ -172,11 +175,18 @@ def thumb_paths(rel: str) -> tuple[str, str]:
 
 def inspect_headline(*, flagged: int, images: int, threshold: float,
                      rule: str, unreadable: int, small: int, image_size: int,
-                     out_dir: str) -> list[str]:
-  """The headline of a dicofun inspect page."""
+                     out_dir: str,
+                     metrics: Optional[dict[str, Any]] = None) -> list[str]:
+  """The headline of a dicofun inspect page (``metrics``: the labelled ones,
+  whose image AUROC it quotes)."""
+  auroc = []
+  if metrics and isinstance(metrics.get("image_auroc"), (int, float)):
+    auroc = [f"Transductive image AUROC against the "
+             f"{metrics.get('labelled_images', '?')} labelled images: "
+             f"{metrics['image_auroc']:.4f}."]
   return [
       f"{flagged} of {images} images flagged (score >= {threshold:.6g}; "
-      f"threshold: {rule}).",
+      f"threshold: {rule}).", *auroc,
       f"{unreadable} unreadable file(s) skipped; {small} image(s) smaller "
       f"than {image_size}x{image_size} upscaled.",
       f"Model: {os.path.join(out_dir, 'model')} — score new images with: "
@@ -229,7 +239,8 @@ def _inspect_page(run_dir: str, page_dir: str) -> dict[str, Any]:
           flagged=int(info["flagged"]), images=int(info["images"]),
           threshold=float(info["threshold"]), rule=info["threshold_rule"],
           unreadable=int(info["unreadable"]), small=int(info["small"]),
-          image_size=int(info["image_size"]), out_dir=run_dir),
+          image_size=int(info["image_size"]), out_dir=run_dir,
+          metrics=info.get("metrics")),
       rows=rows, figures=figures, metrics=info.get("metrics") or None,
       errors=errors, settings={k: info[k] for k in keys if k in info})
 
