@@ -61,8 +61,8 @@ def _cpu_model() -> str:
   return platform.processor() or "unknown"
 
 
-def _commit() -> str:
-  here = os.path.dirname(os.path.abspath(__file__))
+def _commit(here: str = "") -> str:
+  here = here or os.path.dirname(os.path.abspath(__file__))
   try:
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, text=True,
                           capture_output=True, check=True).stdout.strip()
@@ -171,7 +171,8 @@ def main(argv):
       "machine": f"{_cpu_model()}, {os.cpu_count()} cores",
       "load_average_1min": [round(load_before[0], 1),
                             round(load_after[0], 1)],
-      "commit": _commit(),
+      # The installed code: the clone's commit with --fresh_venv.
+      "commit": _commit(os.path.join(tmp, "clone") if _FRESH.value else ""),
       "bench_command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
   }
   rows = []
@@ -184,6 +185,8 @@ def main(argv):
     json.dump(rows, f, indent=1)
   os.replace(tmp_out, _OUT.value)
   print(json.dumps(row, indent=1))
+  if _KEEP.value:
+    shutil.copytree(out, _KEEP.value, dirs_exist_ok=True)
   shutil.rmtree(tmp, ignore_errors=True)
   if not all(checks.values()):
     sys.exit(f"checks failed: {checks}")
