@@ -45,6 +45,9 @@ _FRESH = flags.DEFINE_string(
     "fresh_venv", "", "Create this venv (must not exist), pip install a "
     "clean clone of this checkout into it (not editable) and run its "
     "dicofun ('' = this interpreter's python -m dicofun).")
+_KEEP = flags.DEFINE_string(
+    "keep", "", "Copy the inspect output folder (report.html, ...) here "
+    "('' = delete it with the rest).")
 _OUT = flags.DEFINE_string(
     "results", os.path.join(os.path.dirname(os.path.abspath(__file__)),
                             "results", "inspect.json"), "Rows file.")
