@@ -298,9 +298,11 @@ def inspect_folder(folder: str, *, out_dir: str,
       "commit": results_lib.git_commit(), "seconds": round(seconds, 1),
       "config": config.to_dict(),
   }
+  small_files = [(os.path.relpath(p, root), int(w), int(h))
+                 for p, (w, h) in screened.small]
   headline = report.inspect_headline(
       flagged=int(decisions.sum()), images=len(files), threshold=threshold,
-      rule=rule, unreadable=len(screened.errors), small=len(screened.small),
+      rule=rule, unreadable=len(screened.errors), small=small_files,
       image_size=size, out_dir=out_dir, metrics=metrics)
   rows = [report.Row(file=rels[i], score=float(scores[i]), rank=int(rank[i]),
                      flagged=bool(decisions[i]),
@@ -316,6 +318,7 @@ def inspect_folder(folder: str, *, out_dir: str,
   results_lib.write_json_atomic(os.path.join(out_dir, "inspect.json"), {
       "images": len(files), "flagged": int(decisions.sum()),
       "unreadable": len(screened.errors), "small": len(screened.small),
+      "small_files": small_files,
       "metrics": metrics, "extra": preds.extra, **settings})
   return InspectOutcome(
       files=files, scores=scores, decisions=decisions, threshold=threshold,

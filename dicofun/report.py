@@ -174,11 +174,26 @@ def thumb_paths(rel: str) -> tuple[str, str]:
 
 
 def inspect_headline(*, flagged: int, images: int, threshold: float,
-                     rule: str, unreadable: int, small: int, image_size: int,
+                     rule: str, unreadable: int,
+                     small: Sequence[tuple[str, int, int]], image_size: int,
                      out_dir: str,
                      metrics: Optional[dict[str, Any]] = None) -> list[str]:
-  """The headline of a dicofun inspect page (``metrics``: the labelled ones,
-  whose image AUROC it quotes)."""
+  """The headline of a dicofun inspect page.
+
+  Args:
+    flagged: images at or above the threshold.
+    images: images scored.
+    threshold: the label-free threshold.
+    rule: how it was chosen.
+    unreadable: files skipped.
+    small: ``(file, width, height)`` of the images smaller than the input
+      (the first five are named).
+    image_size: the input side.
+    out_dir: the output folder (its ``model/``).
+    metrics: the labelled metrics, whose image AUROC it quotes.
+  """
+  names = ", ".join(f"{f} ({w}x{h})" for f, w, h in small[:5])
+  names += f" and {len(small) - 5} more" if len(small) > 5 else ""
   auroc = []
   if metrics and isinstance(metrics.get("image_auroc"), (int, float)):
     auroc = [f"Transductive image AUROC against the "
@@ -187,8 +202,9 @@ def inspect_headline(*, flagged: int, images: int, threshold: float,
   return [
       f"{flagged} of {images} images flagged (score >= {threshold:.6g}; "
       f"threshold: {rule}).", *auroc,
-      f"{unreadable} unreadable file(s) skipped; {small} image(s) smaller "
-      f"than {image_size}x{image_size} upscaled.",
+      f"{unreadable} unreadable file(s) skipped; {len(small)} image(s) "
+      f"smaller than {image_size}x{image_size} upscaled"
+      + (f": {names}." if small else "."),
       f"Model: {os.path.join(out_dir, 'model')} — score new images with: "
       f"dicofun predict --workdir={out_dir} --images=NEW",
   ]
@@ -238,7 +254,8 @@ def _inspect_page(run_dir: str, page_dir: str) -> dict[str, Any]:
       headline=inspect_headline(
           flagged=int(info["flagged"]), images=int(info["images"]),
           threshold=float(info["threshold"]), rule=info["threshold_rule"],
-          unreadable=int(info["unreadable"]), small=int(info["small"]),
+          unreadable=int(info["unreadable"]),
+          small=[tuple(x) for x in info.get("small_files", [])],
           image_size=int(info["image_size"]), out_dir=run_dir,
           metrics=info.get("metrics")),
       rows=rows, figures=figures, metrics=info.get("metrics") or None,

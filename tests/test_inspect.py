@@ -333,6 +333,25 @@ def test_report_command_rebuilds_the_inspect_page_from_its_files(
   assert len(parser.srcs) == 2 * len(_FOLDER) + 2
 
 
+def test_inspect_headline_names_the_small_images_and_the_auroc():
+  from dicofun import report  # pylint: disable=g-import-not-at-top
+  lines = report.inspect_headline(
+      flagged=1, images=52, threshold=0.25, rule="robust", unreadable=2,
+      small=[("good/tiny10.png", 10, 10)], image_size=224, out_dir="out",
+      metrics={"labelled_images": 52, "image_auroc": 0.87234})
+  assert lines[:3] == [
+      "1 of 52 images flagged (score >= 0.25; threshold: robust).",
+      "Transductive image AUROC against the 52 labelled images: 0.8723.",
+      "2 unreadable file(s) skipped; 1 image(s) smaller than 224x224 "
+      "upscaled: good/tiny10.png (10x10)."]
+  many = [(f"{i}.png", 5, 6) for i in range(7)]
+  line = report.inspect_headline(
+      flagged=0, images=7, threshold=1.0, rule="r", unreadable=0, small=many,
+      image_size=8, out_dir="o")[1]
+  assert line.endswith("upscaled: 0.png (5x6), 1.png (5x6), 2.png (5x6), "
+                       "3.png (5x6), 4.png (5x6) and 2 more.")
+
+
 def test_report_of_a_run_workdir_ranks_the_test_images(tmp_path):
   from dicofun import report  # pylint: disable=g-import-not-at-top
   run = tmp_path / "run"
