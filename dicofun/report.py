@@ -127,8 +127,9 @@ def render(*, title: str, headline: Sequence[str], rows: Sequence[Row],
     out.append("</table>")
   if figures:
     out.append("<h2>Figures</h2><div>")
-    out += [f'<figure class="fig"><img src="{_e(src)}" alt="{_e(cap)}">'
-            f"<figcaption>{_e(cap)}</figcaption></figure>"
+    out += [f'<figure class="fig"><a href="{_e(src)}"><img src="{_e(src)}" '
+            f'alt="{_e(cap)}"></a><figcaption>{_e(cap)} (click for full size)'
+            f"</figcaption></figure>"
             for cap, src in figures]
     out.append("</div>")
   out.append(f"<h2>Images by score ({len(rows)}, highest first)</h2>")
