@@ -332,7 +332,8 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
         multiple=ndev, desc="DiCo test scoring")
     out = training.history_metrics(s, m, test["label"][keep],
                                    test["mask"][keep])
-    if summary_dir is not None and len(pick):
+    # Only the writing process draws the figure.
+    if summary_dir is not None and len(pick) and parallel.is_main_process():
       out[training.FIGURE] = viz.anomaly_maps_image(
           test["image"][keep][pick], test["mask"][keep][pick], m[pick],
           scores=s[pick], mean=pre.mean, std=pre.std)

@@ -258,12 +258,15 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
       out["scores"] = scores.tolist()
       if eval_figure is not None and summary_dir is not None:
         pick, images, masks = eval_figure
+        # Every process scores (the step may be sharded); the writing one
+        # draws.
         fmaps = (amaps[pick] if amaps is not None else predict_features(
             config, {"params": _infer_params(state)}, eval_features[pick])[1])
-        pre = pipeline.preprocess_for(config)
-        out[training.FIGURE] = viz.anomaly_maps_image(
-            images, masks, fmaps, scores=scores[pick], mean=pre.mean,
-            std=pre.std)
+        if parallel.is_main_process():
+          pre = pipeline.preprocess_for(config)
+          out[training.FIGURE] = viz.anomaly_maps_image(
+              images, masks, fmaps, scores=scores[pick], mean=pre.mean,
+              std=pre.std)
       return out
 
   loop = training.run_loop(
