@@ -292,6 +292,9 @@ def main(argv: Sequence[str] = None) -> None:
              f"(dicofun <command> --help lists the flags)")
   command = argv.pop(1)
   if any(a in ("--help", "-h", "-?") for a in argv[1:]):
-    print(command_help(command))
+    try:
+      print(command_help(command), flush=True)
+    except BrokenPipeError:  # `dicofun inspect --help | head`: no traceback.
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return
   app.run(COMMANDS[command], argv=[f"{argv[0]} {command}"] + argv[1:])

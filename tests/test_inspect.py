@@ -506,6 +506,12 @@ def test_report_help_from_the_command_line():
   assert proc.stdout.startswith("usage: dicofun report --run=DIR [--out=FILE]")
   assert "--run (default: None)" in proc.stdout
   assert "--out (default: None)" in proc.stdout
+  # Piped into a reader that stops early: no BrokenPipeError traceback.
+  piped = subprocess.run(
+      f"'{sys.executable}' -m dicofun report --help | head -1", shell=True,
+      capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert piped.stdout.startswith("usage: dicofun report")
+  assert "Traceback" not in piped.stderr, piped.stderr
 
 
 def test_synthetic_inspect_folder_layout(tmp_path):
