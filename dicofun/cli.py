@@ -1,4 +1,4 @@
-r"""The ``dicofun`` command: ``inspect``, ``run``, ``predict``, ``sweep``, ``export``.
+r"""The ``dicofun`` command: ``inspect``, ``run``, ``predict``, ``sweep``, ``report``, ``export``.
 
 Usage::
 
@@ -6,6 +6,7 @@ Usage::
   dicofun run --config=configs/patchcore_synthetic.py --workdir=runs/quick
   dicofun predict --workdir=runs/quick --images=/path/to/new/images
   dicofun sweep --sweep=configs/sweeps/tiny_synthetic.py --workdir=runs/sw
+  dicofun report --run=runs/quick
   dicofun export --workdir=runs/inspect_folder --out=model.stablehlo
 
 ``inspect`` and ``predict`` keep the log to warnings unless ``--verbosity``
@@ -33,6 +34,7 @@ from dicofun import export as export_lib
 from dicofun import inspection
 from dicofun import methods
 from dicofun import predict as predict_lib
+from dicofun import report as report_lib
 from dicofun import results as results_lib
 from dicofun import runner
 from dicofun import sweep as sweep_lib
@@ -51,7 +53,11 @@ _IMAGES = flags.DEFINE_string(
 _OUT = flags.DEFINE_string(
     "out", None, "predict: output folder (default <workdir>/predictions); "
     "inspect: output folder (default runs/inspect_<folder name>); export: "
-    "the StableHLO file (default <workdir>/model.stablehlo).")
+    "the StableHLO file (default <workdir>/model.stablehlo); report: the "
+    "HTML file (default <run>/report.html).")
+_RUN = flags.DEFINE_string(
+    "run", None, "report: a finished folder: a dicofun run workdir "
+    "(results.json, test_scores.csv) or a dicofun inspect --out folder.")
 _BATCH = flags.DEFINE_integer(
     "batch_size", 1, "export: the fixed batch of the exported scorer.")
 _METHOD = flags.DEFINE_enum(
@@ -202,6 +208,21 @@ def sweep_command(argv: Sequence[str]) -> int:
   return 0
 
 
+def report_command(argv: Sequence[str]) -> None:
+  """``dicofun report``: the self-contained report.html of a finished run."""
+  _no_positional(argv)
+  if not _RUN.value:
+    raise app.UsageError("report needs --run=DIR (a dicofun run workdir or "
+                         "a dicofun inspect --out folder)")
+  _quiet_unless_asked()
+  try:
+    path = report_lib.build(_RUN.value, _OUT.value)
+  except (report_lib.NotAReportableRunError, OSError, ValueError,
+          KeyError) as e:
+    sys.exit(f"error: {e}")
+  print(f"report: {path}")
+
+
 def export_command(argv: Sequence[str]) -> None:
   """``dicofun export``: a PatchCore/SoftPatch model as StableHLO."""
   _no_positional(argv)
@@ -224,6 +245,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], object]] = {
     "run": run_command,
     "predict": predict_command,
     "sweep": sweep_command,
+    "report": report_command,
     "export": export_command,
 }
 
@@ -236,6 +258,7 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "predict": ("workdir", "images", "out", "threshold", "overlays",
                 "save_maps", "strict", "verbosity"),
     "sweep": ("sweep", "workdir", "only_cells", "dry_run"),
+    "report": ("run", "out", "verbosity"),
     "export": ("workdir", "out", "batch_size", "verbosity"),
 }
 
@@ -244,6 +267,7 @@ _USAGE = {
     "run": "dicofun run --config=configs/<method>_<dataset>.py[:args]",
     "predict": "dicofun predict --workdir=RUN_DIR --images=DIR",
     "sweep": "dicofun sweep --sweep=configs/sweeps/<name>.py[:args]",
+    "report": "dicofun report --run=DIR [--out=FILE]",
     "export": "dicofun export --workdir=RUN_DIR [--out=FILE]",
 }
 
@@ -268,6 +292,9 @@ def main(argv: Sequence[str] = None) -> None:
              f"(dicofun <command> --help lists the flags)")
   command = argv.pop(1)
   if any(a in ("--help", "-h", "-?") for a in argv[1:]):
-    print(command_help(command))
+    try:
+      print(command_help(command), flush=True)
+    except BrokenPipeError:  # `dicofun inspect --help | head`: no traceback.
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return
   app.run(COMMANDS[command], argv=[f"{argv[0]} {command}"] + argv[1:])

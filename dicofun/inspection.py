@@ -28,7 +28,9 @@ Outputs, in ``out_dir``:
   scores.csv: there each image's own kept patches are in the bank);
 * ``errors.csv``: ``file``, ``reason`` of every file that could not be read
   (skipped; ``strict=True`` aborts instead);
-* ``inspect.json``: counts, threshold, metrics and settings.
+* ``inspect.json``: counts, threshold, metrics and settings;
+* ``training/``: the trained methods' checkpoints and their live TensorBoard
+  curves (``tensorboard --logdir OUT/training/tensorboard``).
 
 Decision threshold, without labels (``metrics.robust_threshold``): median +
 3.5 · 1.4826 · MAD of the folder's scores (a robust outlier rule), or, with a
@@ -135,7 +137,9 @@ def inspect_config(method: str = DEFAULT_METHOD, *,
   cfg = module.apply_args(
       cfg, f"backbone={backbone},image_size={image_size},seed={seed}")
   cfg.eval.train_maps = True
-  cfg.eval.tensorboard = False
+  # FUN-AD and DiCo write their live training curves to
+  # <out>/training/tensorboard (the memory-bank methods have no epochs).
+  cfg.eval.tensorboard = True
   return cfg
 
 
@@ -181,19 +185,13 @@ def labelled_metrics(config, records, scores, maps, labels, decisions
   return out
 
 
-def _thumb_paths(root: str, path: str) -> tuple[str, str]:
-  # The extension stays in the name so a.png and a.jpg do not collide.
-  rel = os.path.relpath(path, root) + ".png"
-  return os.path.join("images", rel), os.path.join("overlays", rel)
-
-
 def write_images(config, root: str, out_dir: str, files: list[str],
                  maps: np.ndarray, threshold: float) -> list[tuple[str, str]]:
   """Per image: the preprocessed view and its overlay (one colour scale)."""
   scale = predict_lib.color_scale(float(np.min(maps)), threshold)
   written = []
   for i in progress.progress(range(len(files)), desc="report images"):
-    thumb, over = _thumb_paths(root, files[i])
+    thumb, over = report.thumb_paths(os.path.relpath(files[i], root))
     view = predict_lib.overlay_image(config, files[i])
     for rel in (thumb, over):
       os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
@@ -300,14 +298,12 @@ def inspect_folder(folder: str, *, out_dir: str,
       "commit": results_lib.git_commit(), "seconds": round(seconds, 1),
       "config": config.to_dict(),
   }
-  headline = [
-      f"{int(decisions.sum())} of {len(files)} images flagged (score > "
-      f"{threshold:.6g}; threshold: {rule}).",
-      f"{len(screened.errors)} unreadable file(s) skipped; "
-      f"{len(screened.small)} image(s) smaller than {size}x{size} upscaled.",
-      f"Model: {os.path.join(out_dir, 'model')} — score "
-      f"new images with: dicofun predict --workdir={out_dir} --images=NEW",
-  ]
+  small_files = [(os.path.relpath(p, root), int(w), int(h))
+                 for p, (w, h) in screened.small]
+  headline = report.inspect_headline(
+      flagged=int(decisions.sum()), images=len(files), threshold=threshold,
+      rule=rule, unreadable=len(screened.errors), small=small_files,
+      image_size=size, out_dir=out_dir, metrics=metrics)
   rows = [report.Row(file=rels[i], score=float(scores[i]), rank=int(rank[i]),
                      flagged=bool(decisions[i]),
                      label=None if labels[i] < 0 else int(labels[i]),
@@ -322,6 +318,7 @@ def inspect_folder(folder: str, *, out_dir: str,
   results_lib.write_json_atomic(os.path.join(out_dir, "inspect.json"), {
       "images": len(files), "flagged": int(decisions.sum()),
       "unreadable": len(screened.errors), "small": len(screened.small),
+      "small_files": small_files,
       "metrics": metrics, "extra": preds.extra, **settings})
   return InspectOutcome(
       files=files, scores=scores, decisions=decisions, threshold=threshold,
@@ -349,7 +346,7 @@ def summary(outcome: InspectOutcome) -> str:
   if outcome.metrics:
     m = outcome.metrics
     lines.append(f"  against the {m['labelled_images']} labelled images: "
-                 f"image AUROC {m['image_auroc']:.4f}, precision "
+                 f"transductive image AUROC {m['image_auroc']:.4f}, precision "
                  f"{m['precision_at_threshold']:.2f}, recall "
                  f"{m['recall_at_threshold']:.2f}")
   lines.append(f"  unreadable, skipped: {len(outcome.errors)}"

@@ -46,15 +46,13 @@ def write_scores_csv(path: str, data: api.RunData,
 
 def write_summaries(workdir: str, metrics: dict[str, Any],
                     extra: dict[str, Any], *, enabled: bool) -> None:
-  """Final metrics (and any per-epoch history) as TensorBoard scalars."""
-  writer = summary.SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                 enabled=enabled)
+  """Final metrics as TensorBoard scalars ``<view>/<metric>``, at the step of
+  the last epoch (the per-epoch ``history/*`` was written live by
+  ``training.run_loop`` into the same directory)."""
+  writer = summary.SummaryWriter(
+      os.path.join(workdir, summary.TENSORBOARD_DIR), enabled=enabled,
+      filename_suffix=".final")
   try:
-    for row in extra.get("history", []) or []:
-      step = int(row.get("epoch", 0))
-      for k, v in row.items():
-        if k != "epoch" and isinstance(v, (int, float, np.floating)):
-          writer.scalar(f"history/{k}", float(v), step)
     final_step = int(extra.get("epochs", 0) or 0)
     for view, m in metrics.items():
       for k, v in (m.items() if isinstance(m, dict) else []):

@@ -1,233 +1,57 @@
-"""TensorBoard scalar summaries without TensorFlow, torch or tensorboard.
+"""TensorBoard summaries: tensorboardX writes them, a small reader reads them.
 
-An event file is a sequence of TFRecords, each framed as::
+``SummaryWriter`` writes through tensorboardX (a maintained writer that needs
+neither TensorFlow nor torch; the class says which part) and adds what dicofun
+needs: a disabled writer on processes that must not write (so callers need no
+``if``), a file name unique per writer (tensorboardX names files by the second
+and host only, so two writers of one process in the same second would share a
+file), the path of the event file, and a real ``flush``. Training writes
+through it live: ``training.run_loop`` flushes after every epoch, so
+``tensorboard --logdir <workdir>/tensorboard`` shows a run while it trains.
 
-    uint64 length (little-endian)
-    uint32 masked_crc32c(length bytes)
-    bytes  data (a serialised ``tensorflow.Event`` protobuf)
-    uint32 masked_crc32c(data)
-
-The few protobuf fields needed are encoded by hand:
-
-    Event:   wall_time double = 1; step int64 = 2; file_version string = 3;
-             summary Summary = 5
-    Summary: repeated Value value = 1
-    Value:   tag string = 1; simple_value float = 2
-
-so ``SummaryWriter`` works wherever numpy does; TensorBoard reads the files
-(``tensorboard --logdir <workdir>``). ``read_scalars`` parses them back.
+tensorboardX has no reader; ``read_events`` parses event files back (the
+TFRecord framing, then tensorboardX's own ``Event`` protobuf) for tests and
+for tools that want a run's curves without TensorBoard. It reads a file that
+is still being written up to its last complete record.
 """
 
 from __future__ import annotations
 
+import glob
+import itertools
 import os
-import socket
 import struct
 import time
 from typing import Iterator, Mapping, Optional
 
 from absl import logging
+import numpy as np
+from tensorboardX import event_file_writer
+from tensorboardX import summary as tb_summary
+from tensorboardX.proto import event_pb2
+from tensorboardX.proto import summary_pb2
 
+TENSORBOARD_DIR = "tensorboard"  # Under a run's workdir.
 
-# ----------------------------------------------------------------------------
-# CRC32C (Castagnoli), table driven; events are small, so pure Python is fast
-# enough and needs no extra package.
-
-
-def _make_table() -> list[int]:
-  poly = 0x82F63B78  # reversed Castagnoli polynomial
-  table = []
-  for i in range(256):
-    c = i
-    for _ in range(8):
-      c = (c >> 1) ^ poly if c & 1 else c >> 1
-    table.append(c)
-  return table
-
-
-_TABLE = _make_table()
-
-
-def crc32c(data: bytes) -> int:
-  """CRC-32C of ``data`` (e.g. ``crc32c(b"123456789") == 0xE3069283``)."""
-  crc = 0xFFFFFFFF
-  table = _TABLE
-  for b in data:
-    crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-  return crc ^ 0xFFFFFFFF
-
-
-def masked_crc32c(data: bytes) -> int:
-  """The TFRecord checksum: CRC-32C rotated right by 15 plus a constant."""
-  crc = crc32c(data)
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def frame_record(data: bytes) -> bytes:
-  """One TFRecord: length, its checksum, the data, the data's checksum."""
-  header = struct.pack("<Q", len(data))
-  return (header + struct.pack("<I", masked_crc32c(header)) + data +
-          struct.pack("<I", masked_crc32c(data)))
-
-
-def read_records(path: str) -> Iterator[bytes]:
-  """The data of each TFRecord in ``path``; checksums are verified.
-
-  Args:
-    path: a TFRecord file (e.g. an event file).
-
-  Yields:
-    Each record's data bytes.
-
-  Raises:
-    ValueError: on a checksum mismatch or a truncated record.
-  """
-  with open(path, "rb") as f:
-    while True:
-      header = f.read(8)
-      if not header:
-        return
-      if len(header) < 8:
-        raise ValueError(f"{path}: truncated record header")
-      (length,) = struct.unpack("<Q", header)
-      (crc,) = struct.unpack("<I", f.read(4))
-      if crc != masked_crc32c(header):
-        raise ValueError(f"{path}: bad length checksum")
-      data = f.read(length)
-      footer = f.read(4)
-      if len(data) < length or len(footer) < 4:
-        raise ValueError(f"{path}: truncated record")
-      if struct.unpack("<I", footer)[0] != masked_crc32c(data):
-        raise ValueError(f"{path}: bad data checksum")
-      yield data
-
-
-# ----------------------------------------------------------------------------
-# Minimal protobuf wire format.
-
-
-def _varint(n: int) -> bytes:
-  if n < 0:
-    n += 1 << 64  # int64 negatives: 10-byte two's complement
-  out = bytearray()
-  while True:
-    b = n & 0x7F
-    n >>= 7
-    if n:
-      out.append(b | 0x80)
-    else:
-      out.append(b)
-      return bytes(out)
-
-
-def _key(field: int, wire_type: int) -> bytes:
-  return _varint((field << 3) | wire_type)
-
-
-def _len_field(field: int, payload: bytes) -> bytes:
-  return _key(field, 2) + _varint(len(payload)) + payload
-
-
-def encode_event(*, wall_time: float, step: int = 0,
-                 file_version: Optional[str] = None,
-                 scalars: Optional[Mapping[str, float]] = None) -> bytes:
-  """A serialised ``Event`` with optional file version and scalar values."""
-  out = _key(1, 1) + struct.pack("<d", wall_time)
-  if step:
-    out += _key(2, 0) + _varint(int(step))
-  if file_version is not None:
-    out += _len_field(3, file_version.encode())
-  if scalars:
-    summary = b"".join(
-        _len_field(1, _len_field(1, tag.encode()) + _key(2, 5) +
-                   struct.pack("<f", float(value)))
-        for tag, value in scalars.items())
-    out += _len_field(5, summary)
-  return out
-
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-  shift = result = 0
-  while True:
-    b = buf[pos]
-    pos += 1
-    result |= (b & 0x7F) << shift
-    shift += 7
-    if not b & 0x80:
-      return result, pos
-
-
-def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
-  """(field number, wire type, value) of a serialised message."""
-  pos = 0
-  while pos < len(buf):
-    key, pos = _read_varint(buf, pos)
-    field, wire = key >> 3, key & 7
-    if wire == 0:
-      value, pos = _read_varint(buf, pos)
-    elif wire == 1:
-      value, pos = buf[pos:pos + 8], pos + 8
-    elif wire == 2:
-      n, pos = _read_varint(buf, pos)
-      value, pos = buf[pos:pos + n], pos + n
-    elif wire == 5:
-      value, pos = buf[pos:pos + 4], pos + 4
-    else:
-      raise ValueError(f"unsupported wire type {wire}")
-    yield field, wire, value
-
-
-def decode_event(data: bytes) -> dict:
-  """Decodes the fields ``encode_event`` writes.
-
-  Returns:
-    {"wall_time": float, "step": int, "file_version": str or None,
-     "scalars": {tag: float}}.
-  """
-  event = {"wall_time": 0.0, "step": 0, "file_version": None, "scalars": {}}
-  for field, _, value in _fields(data):
-    if field == 1:
-      event["wall_time"] = struct.unpack("<d", value)[0]
-    elif field == 2:
-      step = value
-      event["step"] = step - (1 << 64) if step >= 1 << 63 else step
-    elif field == 3:
-      event["file_version"] = value.decode()
-    elif field == 5:
-      for f, _, v in _fields(value):
-        if f != 1:
-          continue
-        tag, simple = None, None
-        for vf, _, vv in _fields(v):
-          if vf == 1:
-            tag = vv.decode()
-          elif vf == 2:
-            simple = struct.unpack("<f", vv)[0]
-        if tag is not None and simple is not None:
-          event["scalars"][tag] = simple
-  return event
-
-
-def read_scalars(path: str) -> dict[str, list[tuple[int, float]]]:
-  """{tag: [(step, value), ...]} from an event file (checksums verified)."""
-  out: dict[str, list[tuple[int, float]]] = {}
-  for data in read_records(path):
-    event = decode_event(data)
-    for tag, value in event["scalars"].items():
-      out.setdefault(tag, []).append((event["step"], value))
-  return out
-
-
-# ----------------------------------------------------------------------------
-# Writer.
+_serial = itertools.count()  # Makes each writer's file name unique.
 
 
 class SummaryWriter:
-  """Writes scalar summaries to ``<logdir>/events.out.tfevents.*``.
+  """Writes scalar and image summaries to ``<logdir>/events.out.tfevents.*``.
+
+  The events are built by ``tensorboardX.summary`` and written by
+  tensorboardX's synchronous ``EventsWriter`` (framing and checksums are
+  tensorboardX's): ``flush`` puts every event written so far on disk. (The
+  queued ``tensorboardX.SummaryWriter`` flushes only what its background
+  thread has dequeued, so a flushed epoch could still be missing.)
 
   Only the writing process should pass ``enabled=True`` (the runner passes
   ``jax.process_index() == 0``); a disabled writer accepts every call and
-  writes nothing, so callers need no ``if``.
+  writes nothing.
+
+  Attributes:
+    enabled: whether this writer writes.
+    path: its event file (None when disabled).
   """
 
   def __init__(self, logdir: str, *, enabled: bool = True,
@@ -237,49 +61,125 @@ class SummaryWriter:
     Args:
       logdir: directory of the event file (created).
       enabled: False on processes that must not write.
-      filename_suffix: appended to the file name.
+      filename_suffix: appended to the file name (after a ``.<pid>.<n>``
+        that makes the name unique).
     """
     self.enabled = enabled
     self.path: Optional[str] = None
-    self._file = None
+    self._writer = None
     if not enabled:
       return
     os.makedirs(logdir, exist_ok=True)
-    name = (f"events.out.tfevents.{int(time.time()):010d}."
-            f"{socket.gethostname()}.{os.getpid()}{filename_suffix}")
-    self.path = os.path.join(logdir, name)
-    self._file = open(self.path, "wb")
-    # TensorBoard expects the first event to carry the file version.
-    self._write(encode_event(wall_time=time.time(),
-                             file_version="brain.Event:2"))
-    self.flush()
-    logging.info("TensorBoard events: %s", self.path)
+    suffix = f".{os.getpid()}.{next(_serial)}{filename_suffix}"
+    # Writes the file-version event TensorBoard expects first.
+    self._writer = event_file_writer.EventsWriter(
+        os.path.join(logdir, "events"), suffix)
+    self._writer.flush()
+    found = glob.glob(os.path.join(glob.escape(logdir),
+                                   f"events.out.tfevents.*{suffix}"))
+    self.path = found[0] if len(found) == 1 else None
+    logging.info("TensorBoard events: %s", self.path or logdir)
 
-  def _write(self, data: bytes) -> None:
-    self._file.write(frame_record(data))
+  def _write(self, value: summary_pb2.Summary, step: int) -> None:
+    self._writer.write_event(event_pb2.Event(
+        wall_time=time.time(), step=int(step), summary=value))
 
   def scalar(self, tag: str, value: float, step: int) -> None:
     """Writes one scalar value."""
-    self.scalars({tag: value}, step)
+    if self._writer is not None:
+      self._write(tb_summary.scalar(tag, float(value)), step)
 
   def scalars(self, values: Mapping[str, float], step: int) -> None:
-    """Writes several scalars of one step as one event."""
-    if self._file is None or not values:
+    """Writes several scalars of one step (one event each)."""
+    for tag, value in values.items():
+      self.scalar(tag, value, step)
+
+  def image(self, tag: str, image: np.ndarray, step: int) -> None:
+    """Writes an (H, W, 3) uint8 RGB image (PNG-encoded by tensorboardX)."""
+    if self._writer is None:
       return
-    self._write(encode_event(wall_time=time.time(), step=int(step),
-                             scalars={k: float(v) for k, v in values.items()}))
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+      raise ValueError(f"expected an (H, W, 3) uint8 image, got "
+                       f"{image.shape} {image.dtype}")
+    self._write(tb_summary.image(tag, image, dataformats="HWC"), step)
 
   def flush(self) -> None:
-    if self._file is not None:
-      self._file.flush()
+    """Puts everything written so far on disk (a reader sees it now)."""
+    if self._writer is not None:
+      self._writer.flush()
 
   def close(self) -> None:
-    if self._file is not None:
-      self._file.close()
-      self._file = None
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
 
   def __enter__(self) -> "SummaryWriter":
     return self
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+# ----------------------------------------------------------------------------
+# Reading.
+
+
+def read_records(path: str) -> Iterator[bytes]:
+  """The data of each complete TFRecord in ``path``.
+
+  A TFRecord is ``uint64 length, uint32 crc, data, uint32 crc``; the
+  checksums are not verified (the protobuf parse rejects garbage). A record
+  cut off at the end (a file still being written) ends the iteration.
+  """
+  with open(path, "rb") as f:
+    while True:
+      header = f.read(12)
+      if len(header) < 12:
+        return
+      (length,) = struct.unpack("<Q", header[:8])
+      data = f.read(length)
+      if len(data) < length or len(f.read(4)) < 4:
+        return
+      yield data
+
+
+def event_files(path: str) -> list[str]:
+  """``path`` itself, or the event files under directory ``path`` (sorted)."""
+  if os.path.isdir(path):
+    return sorted(glob.glob(os.path.join(glob.escape(path), "**",
+                                         "events.out.tfevents.*"),
+                            recursive=True))
+  return [path]
+
+
+def read_events(path: str) -> Iterator[event_pb2.Event]:
+  """The ``Event`` protos of an event file, or of every one under a dir."""
+  for name in event_files(path):
+    for data in read_records(name):
+      yield event_pb2.Event.FromString(data)
+
+
+def read_scalars(path: str) -> dict[str, list[tuple[int, float]]]:
+  """``{tag: [(step, value), ...]}`` of an event file or a directory of them.
+
+  Values are in file order (files sorted by name: their creation time).
+  """
+  out: dict[str, list[tuple[int, float]]] = {}
+  for event in read_events(path):
+    for value in event.summary.value:
+      if value.HasField("simple_value"):
+        out.setdefault(value.tag, []).append(
+            (int(event.step), float(value.simple_value)))
+  return out
+
+
+def read_images(path: str) -> dict[str, list[tuple[int, bytes]]]:
+  """``{tag: [(step, PNG bytes), ...]}`` of the image summaries."""
+  out: dict[str, list[tuple[int, bytes]]] = {}
+  for event in read_events(path):
+    for value in event.summary.value:
+      if value.HasField("image"):
+        out.setdefault(value.tag, []).append(
+            (int(event.step), bytes(value.image.encoded_image_string)))
+  return out

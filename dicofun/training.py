@@ -26,6 +26,17 @@ scores the test set for the history. ``run_loop`` owns everything else:
   raises ``ResumeMismatchError`` naming the differing keys. ``restart=True``
   (``--config.restart=True``) deletes the old checkpoints instead.
 
+Live telemetry: with ``summary_dir`` the loop writes TensorBoard events
+(``dicofun.summary``) as it trains, flushed after every epoch so
+``tensorboard --logdir <workdir>/tensorboard`` follows the run: per epoch
+``history/<k>`` for every scalar of the history row (the epoch's train metrics
+and, on evaluated epochs, the evaluation's ``test_*`` values),
+``speed/epoch_seconds`` and, with ``images_per_epoch``,
+``speed/images_per_second``; on evaluated epochs the anomaly-map figure
+(``FIGURE``, an (H, W, 3) uint8 image the evaluation may return; it does not
+enter the history) as the image ``history/anomaly_maps``. Steps are the
+completed epochs. Only the main process writes.
+
 Crash safety: the history is written (atomically: temporary file +
 ``os.replace``) *before* each checkpoint, and only its rows up to the restored
 epoch are kept on resume, so a run killed at any point (mid-epoch, mid-save)
@@ -58,6 +69,7 @@ from sklearn import metrics as sk_metrics
 from dicofun import checkpoint
 from dicofun import parallel
 from dicofun import progress as progress_lib
+from dicofun import summary as summary_lib
 
 PyTree = Any
 EpochFn = Callable[[PyTree, int], tuple[PyTree, dict[str, Any]]]
@@ -75,6 +87,10 @@ ORACLE_NOTE = ("TEST-SELECTED (oracle) epoch: chosen by (image AUROC + pixel "
                "AUROC) / 2 on the test set, as the reference code selects; "
                "not a valid result (the reported result is the last epoch)")
 ORACLE_CRITERION = "(test image AUROC + test pixel AUROC) / 2"
+# Key of the anomaly-map figure an evaluation may return: an (H, W, 3) uint8
+# image, written to TensorBoard and kept out of the history.
+FIGURE = "figure"
+FIGURE_TAG = "history/anomaly_maps"
 
 
 @dataclasses.dataclass
@@ -145,6 +161,14 @@ def history_metrics(scores: np.ndarray, maps: Optional[np.ndarray],
     out["pixel_auroc"] = float(sk_metrics.roc_auc_score(
         m, np.asarray(maps)[:, ::stride, ::stride].reshape(-1)))
   return out
+
+
+def figure_indices(labels: np.ndarray, k: int = 2) -> np.ndarray:
+  """The evaluation images of the live anomaly-map figure: the first ``k``
+  anomalous and the first ``k`` normal ones (fixed, so epochs compare)."""
+  labels = np.asarray(labels).reshape(-1)
+  return np.concatenate([np.flatnonzero(labels == 1)[:k],
+                         np.flatnonzero(labels == 0)[:k]]).astype(np.int64)
 
 
 def oracle_value(row: dict[str, Any]) -> Optional[float]:
@@ -347,7 +371,9 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
              place: Optional[Callable[[PyTree], PyTree]] = None,
              fingerprint: Optional[dict[str, Any]] = None,
              restart: bool = False,
-             desc: str = "epochs") -> LoopResult:
+             desc: str = "epochs",
+             summary_dir: Optional[str] = None,
+             images_per_epoch: Optional[int] = None) -> LoopResult:
   """Trains for ``epochs`` epochs with evaluation, history and checkpoints.
 
   Args:
@@ -372,6 +398,10 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
       the checkpoint and compared on resume (None: no check).
     restart: delete ``<workdir>/checkpoints`` first and train from scratch.
     desc: label of the progress lines and log messages.
+    summary_dir: write live TensorBoard events there (module docstring;
+      None: none).
+    images_per_epoch: training images one epoch processes, for
+      ``speed/images_per_second`` (None: not written).
 
   Returns:
     A ``LoopResult``.
@@ -427,7 +457,50 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
       write_json_atomic(fp_path, fingerprint)
   state = place(state)
 
-  t_loop = time.time()
+  writer = None
+  if summary_dir is not None:
+    writer = summary_lib.SummaryWriter(
+        summary_dir, enabled=parallel.is_main_process(),
+        filename_suffix=".train")
+  try:
+    t_loop = time.time()
+    state, epoch_seconds = _epochs(
+        state=state, start=start, epochs=epochs, epoch_fn=epoch_fn,
+        evaluate_fn=evaluate_fn, eval_every=eval_every, history=history,
+        ckpt=ckpt, hist_path=hist_path, writer=writer,
+        images_per_epoch=images_per_epoch, desc=desc)
+  finally:
+    if writer is not None:
+      writer.close()
+    if ckpt is not None:
+      ckpt.close()
+  return LoopResult(state=state, history=history,
+                    oracle=select_oracle(history), start_epoch=start,
+                    epoch_seconds=epoch_seconds,
+                    train_seconds=time.time() - t_loop)
+
+
+def _write_epoch(writer: summary_lib.SummaryWriter, row: dict[str, Any],
+                 figure: Optional[np.ndarray], seconds: float,
+                 images_per_epoch: Optional[int]) -> None:
+  """One epoch's TensorBoard events, flushed (see the module docstring)."""
+  step = int(row["epoch"])
+  for k, v in row.items():
+    numeric = isinstance(v, (int, float, np.number))
+    if k != "epoch" and numeric and not isinstance(v, (bool, np.bool_)):
+      writer.scalar(f"history/{k}", float(v), step)
+  writer.scalar("speed/epoch_seconds", seconds, step)
+  if images_per_epoch:
+    writer.scalar("speed/images_per_second",
+                  images_per_epoch / max(seconds, 1e-9), step)
+  if figure is not None:
+    writer.image(FIGURE_TAG, figure, step)
+  writer.flush()
+
+
+def _epochs(*, state, start, epochs, epoch_fn, evaluate_fn, eval_every,
+            history, ckpt, hist_path, writer, images_per_epoch, desc):
+  """The epochs of ``run_loop``: ``(final state, each epoch's seconds)``."""
   epoch_seconds: list[float] = []
   for epoch in progress_lib.progress(range(start, epochs),
                                      total=max(epochs - start, 0), desc=desc):
@@ -438,10 +511,14 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
     last = done == epochs
     row: dict[str, Any] = {"epoch": done}
     row.update({k: float(v) for k, v in metrics.items()})
+    figure = None
     if evaluate_fn is not None and _due(done, eval_every, last):
-      evaluation = evaluate_fn(state, done) or {}
+      evaluation = dict(evaluate_fn(state, done) or {})
+      figure = evaluation.pop(FIGURE, None)
       row.update({EVAL_PREFIX + k: v for k, v in evaluation.items()})
     history.append(row)
+    if writer is not None:
+      _write_epoch(writer, row, figure, epoch_seconds[-1], images_per_epoch)
     logging.info("%s %d/%d: %s", desc, done, epochs,
                  {k: (round(v, 5) if isinstance(v, float) else v)
                   for k, v in row.items() if _is_scalar(v)})
@@ -451,9 +528,4 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
       if parallel.is_main_process():
         write_json_atomic(hist_path, history)
       ckpt.maybe_save(done, flatten(_to_host(state)), force=True)
-  if ckpt is not None:
-    ckpt.close()
-  return LoopResult(state=state, history=history,
-                    oracle=select_oracle(history), start_epoch=start,
-                    epoch_seconds=epoch_seconds,
-                    train_seconds=time.time() - t_loop)
+  return state, epoch_seconds

@@ -183,17 +183,17 @@ def _roc_axes(ax, title: str) -> None:
     ax.legend(loc="lower right")
 
 
-def save_anomaly_maps(path: str, images: np.ndarray, masks: np.ndarray,
-                      maps: np.ndarray, *,
-                      scores: Optional[np.ndarray] = None,
-                      titles: Optional[Sequence[str]] = None,
-                      mean: Sequence[float] = IMAGENET_MEAN,
-                      std: Sequence[float] = IMAGENET_STD,
-                      alpha: float = 0.5) -> None:
-  """One column per image; rows: image, GT contour, map, overlay.
+def _anomaly_maps_figure(images: np.ndarray, masks: Optional[np.ndarray],
+                         maps: np.ndarray, *,
+                         scores: Optional[np.ndarray] = None,
+                         titles: Optional[Sequence[str]] = None,
+                         mean: Sequence[float] = IMAGENET_MEAN,
+                         std: Sequence[float] = IMAGENET_STD,
+                         alpha: float = 0.5):
+  """The matplotlib figure: one column per image; rows: image, GT contour,
+  map, overlay.
 
   Args:
-    path: output PNG.
     images: (N, H, W, 3) normalised float images (or uint8).
     masks: (N, h, w) ground-truth masks (None entries / all-zero allowed).
     maps: (N, h, w) anomaly maps; one colour scale for the whole figure.
@@ -231,7 +231,47 @@ def save_anomaly_maps(path: str, images: np.ndarray, masks: np.ndarray,
     axes[i, 0].set_ylabel(name)
   # Attached to every axis so all columns shrink alike.
   fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02)
-  _save(fig, path)
+  return fig
+
+
+def save_anomaly_maps(path: str, images: np.ndarray, masks: np.ndarray,
+                      maps: np.ndarray, **kwargs) -> None:
+  """The anomaly-map figure as a PNG: one column per image; rows: image,
+  GT contour, map, overlay (keyword arguments: ``anomaly_maps_image``'s)."""
+  _save(_anomaly_maps_figure(images, masks, maps, **kwargs), path)
+
+
+def anomaly_maps_image(images: np.ndarray, masks: Optional[np.ndarray],
+                       maps: np.ndarray, *,
+                       scores: Optional[np.ndarray] = None,
+                       titles: Optional[Sequence[str]] = None,
+                       mean: Sequence[float] = IMAGENET_MEAN,
+                       std: Sequence[float] = IMAGENET_STD,
+                       alpha: float = 0.5, dpi: int = 60) -> np.ndarray:
+  """The anomaly-map figure of ``save_anomaly_maps`` as an RGB array.
+
+  Args:
+    images: (N, H, W, 3) normalised float images (or uint8).
+    masks: (N, h, w) ground-truth masks, or None.
+    maps: (N, h, w) anomaly maps; one colour scale for the whole figure.
+    scores: optional (N,) image scores shown in the titles.
+    titles: optional (N,) column titles.
+    mean: normalisation mean of ``images``.
+    std: normalisation std of ``images``.
+    alpha: overlay opacity of the map.
+    dpi: resolution (the figure is 2.4·N × 9.6 inches).
+
+  Returns:
+    (height, width, 3) uint8, e.g. for a TensorBoard image summary.
+  """
+  plt = _pyplot()
+  fig = _anomaly_maps_figure(images, masks, maps, scores=scores,
+                             titles=titles, mean=mean, std=std, alpha=alpha)
+  fig.set_dpi(dpi)
+  fig.canvas.draw()
+  rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+  plt.close(fig)
+  return rgb
 
 
 def save_overlay(path: str, image_uint8: np.ndarray, amap: np.ndarray, *,

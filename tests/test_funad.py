@@ -2,14 +2,17 @@
 the jitted train step and a short end-to-end fit on synthetic features."""
 
 import functools
+import io
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 import pytest
 from sklearn import metrics
 
+from dicofun import summary
 from dicofun import training
 from dicofun.methods.funad import config as funad_config
 from dicofun.methods.funad import method as funad
@@ -349,6 +352,35 @@ def test_eval_every_zero_and_oracle_by_image_and_pixel_auroc(tmp_path):
   assert out["oracle"]["selection_value"] == pytest.approx(
       (want["image_auroc"] + want["pixel_auroc"]) / 2)
   assert out["oracle"]["pixel_auroc"] == pytest.approx(want["pixel_auroc"])
+
+
+def test_training_writes_tensorboard_scalars_and_figure_per_epoch(tmp_path):
+  """A tiny real fit: every epoch's losses, the evaluations and images/s are
+  in the event file, and the anomaly-map figure at each evaluation."""
+  train_x, _ = _blob_features(0, 18, 2)
+  test_x, test_y = _blob_features(1, 6, 6)
+  cfg = _e2e_config(epochs=3)
+  cfg.funad.eval_every = 2
+  cfg.dataset.crop_fraction = 1.0
+  pick = training.figure_indices(test_y)
+  images = np.zeros((len(pick), 16, 16, 3), np.float32)
+  logdir = str(tmp_path / "tb")
+  out = funad.fit(cfg, train_x, eval_features=test_x, eval_labels=test_y,
+                  eval_figure=(pick, images, None), summary_dir=logdir)
+  scalars = summary.read_scalars(logdir)
+  for key in ("loss", "bce", "smoothness"):
+    assert scalars[f"history/{key}"] == [
+        (h["epoch"], pytest.approx(h[key], rel=1e-6)) for h in out["history"]]
+  assert scalars["history/test_image_auroc"] == [
+      (h["epoch"], pytest.approx(h["test_image_auroc"], rel=1e-6))
+      for h in out["history"] if "test_image_auroc" in h]
+  assert [s for s, _ in scalars["history/test_image_auroc"]] == [2, 3]
+  # 18 images, batch 8: 2 iterations of 8 images per epoch.
+  assert [s for s, _ in scalars["speed/images_per_second"]] == [1, 2, 3]
+  figures = summary.read_images(logdir)[training.FIGURE_TAG]
+  assert [s for s, _ in figures] == [2, 3]
+  shape = np.asarray(Image.open(io.BytesIO(figures[0][1]))).shape
+  assert shape[2] == 3 and shape[1] > shape[0] / 2  # 4 image columns.
 
 
 def test_resume_under_another_lr_is_refused_unless_restart(tmp_path):

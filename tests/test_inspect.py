@@ -282,7 +282,8 @@ class _ReportParser(html.parser.HTMLParser):
 
 
 def check_report(out_dir):
-  """Every image the page references exists; every scored file once."""
+  """Every image the page references exists (or is a data: URI); every
+  scored file appears exactly once."""
   with open(os.path.join(out_dir, "report.html"), encoding="utf-8") as f:
     page = f.read()
   assert "http://" not in page and "https://" not in page
@@ -290,7 +291,8 @@ def check_report(out_dir):
   parser.feed(page)
   assert parser.srcs
   for src in parser.srcs:
-    assert os.path.isfile(os.path.join(out_dir, src)), src
+    if not src.startswith("data:image/"):
+      assert os.path.isfile(os.path.join(out_dir, src)), src
   scored = [r["file"] for r in _rows(os.path.join(out_dir, "scores.csv"))]
   assert sorted(parser.files) == sorted(scored)
   assert len(set(parser.files)) == len(parser.files)
@@ -309,6 +311,83 @@ def test_report_references_existing_images_and_lists_each_file_once(
   assert "<th>labelled_images</th><td>6</td>" in page
   assert "<th>image_auroc</th><td>1.0000</td>" in page
   assert "1 of 7 images flagged" in page
+
+
+def test_report_command_rebuilds_the_inspect_page_from_its_files(
+    inspected, tmp_path):
+  from dicofun import report  # pylint: disable=g-import-not-at-top
+  _, out, _ = inspected
+  page = os.path.join(out, "report.html")
+  with open(page, encoding="utf-8") as f:
+    original = f.read()
+  os.remove(page)
+  assert report.build(out) == page
+  with open(page, encoding="utf-8") as f:
+    assert f.read() == original
+  # Elsewhere: the same page with its image paths relative to the new place.
+  moved = report.build(out, str(tmp_path / "elsewhere" / "page.html"))
+  parser = _ReportParser()
+  parser.feed(open(moved, encoding="utf-8").read())
+  assert all(os.path.isfile(os.path.join(os.path.dirname(moved), src))
+             for src in parser.srcs)
+  assert len(parser.srcs) == 2 * len(_FOLDER) + 2
+
+
+def test_inspect_headline_names_the_small_images_and_the_auroc():
+  from dicofun import report  # pylint: disable=g-import-not-at-top
+  lines = report.inspect_headline(
+      flagged=1, images=52, threshold=0.25, rule="robust", unreadable=2,
+      small=[("good/tiny10.png", 10, 10)], image_size=224, out_dir="out",
+      metrics={"labelled_images": 52, "image_auroc": 0.87234})
+  assert lines[:3] == [
+      "1 of 52 images flagged (score >= 0.25; threshold: robust).",
+      "Transductive image AUROC against the 52 labelled images: 0.8723.",
+      "2 unreadable file(s) skipped; 1 image(s) smaller than 224x224 "
+      "upscaled: good/tiny10.png (10x10)."]
+  many = [(f"{i}.png", 5, 6) for i in range(7)]
+  line = report.inspect_headline(
+      flagged=0, images=7, threshold=1.0, rule="r", unreadable=0, small=many,
+      image_size=8, out_dir="o")[1]
+  assert line.endswith("upscaled: 0.png (5x6), 1.png (5x6), 2.png (5x6), "
+                       "3.png (5x6), 4.png (5x6) and 2 more.")
+
+
+def test_report_of_a_run_workdir_ranks_the_test_images(tmp_path):
+  from dicofun import report  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "run"
+  (run / "data").mkdir(parents=True)
+  rows = [("data/a.png", "good", 0, 0, 0.2), ("data/b.png", "crack", 1, 0, 0.9),
+          ("data/c.png", "good", 0, 0, 0.5), ("data/d.png", "crack", 1, 1, 0.4)]
+  for rel, *_ in rows:
+    Image.fromarray(np.full((300, 200, 3), 7, np.uint8)).save(run / rel)
+  with open(run / "test_scores.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["image_path", "defect", "label", "moved", "score"])
+    w.writerows(rows)
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(run / "roc.png")
+  (run / "results.json").write_text(json.dumps({
+      "threshold": 0.45, "threshold_rule": "99th percentile",
+      "metrics": {"test": {"image_auroc": 0.75, "aupro": 0.5}},
+      "config": {"method": "patchcore",
+                 "dataset": {"name": "synthetic", "category": "texture"}}}))
+  page = report.build(str(run))
+  assert page == str(run / "report.html")
+  html_text = open(page, encoding="utf-8").read()
+  parser = _ReportParser()
+  parser.feed(html_text)
+  # Highest score first; data/d.png was moved into the training set.
+  assert parser.files == ["data/b.png", "data/c.png",
+                          "data/d.png (moved into training)", "data/a.png"]
+  assert html_text.count("FLAGGED") == 2  # 0.9 and 0.5 >= 0.45.
+  assert "<th>test.image_auroc</th><td>0.7500</td>" in html_text
+  assert "2 at or above the stored threshold 0.45" in html_text
+  for src in parser.srcs:
+    assert os.path.isfile(run / src), src
+  assert "roc.png" in parser.srcs and "report_histogram.png" in parser.srcs
+  thumb = Image.open(run / "report_images" / "00001_b.png.png")
+  assert thumb.size == (85, 128)  # 200x300 in a 128-pixel box.
+  with pytest.raises(report.NotAReportableRunError, match="not a finished"):
+    report.build(str(tmp_path / "data_only"))
 
 
 # ------------------------------------------------------------- end to end
@@ -396,6 +475,7 @@ def test_bank_methods_run_without_a_test_set_and_return_train_maps(
 
 def test_each_command_help_lists_its_flags_with_defaults():
   from dicofun import cli  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   text = cli.command_help("inspect")
   assert text.startswith("usage: dicofun inspect FOLDER")
   for flag in ("--method (default: 'softpatch')",
@@ -404,8 +484,34 @@ def test_each_command_help_lists_its_flags_with_defaults():
                "--contamination_hint (default: None)",
                "--strict (default: 'false')", "--labels", "--out"):
     assert flag in text, flag
-  assert set(cli.COMMAND_FLAGS) == set(cli.COMMANDS)
+  assert set(cli.COMMAND_FLAGS) == set(cli.COMMANDS) == {
+      "inspect", "run", "predict", "sweep", "report", "export"}
   assert "--batch_size (default: '1')" in cli.command_help("export")
+  for command, names in cli.COMMAND_FLAGS.items():
+    text = cli.command_help(command)
+    assert text.startswith(f"usage: dicofun {command}"), command
+    for name in names:
+      flag = flags.FLAGS[name]
+      default = flag.default_as_str if flag.default is not None else "None"
+      assert f"--{name} (default: {default})" in text, (command, name)
+  report_help = cli.command_help("report")
+  assert "--run (default: None)" in report_help
+  assert "report: the HTML file (default <run>/report.html)" in report_help
+
+
+def test_report_help_from_the_command_line():
+  proc = subprocess.run([sys.executable, "-m", "dicofun", "report", "--help"],
+                        capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.startswith("usage: dicofun report --run=DIR [--out=FILE]")
+  assert "--run (default: None)" in proc.stdout
+  assert "--out (default: None)" in proc.stdout
+  # Piped into a reader that stops early: no BrokenPipeError traceback.
+  piped = subprocess.run(
+      f"'{sys.executable}' -m dicofun report --help | head -1", shell=True,
+      capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert piped.stdout.startswith("usage: dicofun report")
+  assert "Traceback" not in piped.stderr, piped.stderr
 
 
 def test_synthetic_inspect_folder_layout(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -170,3 +172,34 @@ def test_readable_as_mvtec(tmp_path):
     else:
       assert r.mask_path is None and r.defect == "good"
   assert {r.defect for r in recs if r.label} == set(synthetic.DEFECTS)
+
+
+def test_module_command_runs_without_the_runpy_warning(tmp_path):
+  # dicofun.data imports the generator; a plain module run with -m would
+  # warn "found in sys.modules" (it is a package with a __main__ instead).
+  root = tmp_path / "line"
+  proc = subprocess.run(
+      [sys.executable, "-W", "error::RuntimeWarning", "-m",
+       "dicofun.data.synthetic", f"--root={root}", "--layout=inspect",
+       "--num_train=2", "--num_test_anomalous=1", "--image_size=16"],
+      capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert "RuntimeWarning" not in proc.stderr
+  assert sorted(os.listdir(root / "good")) == ["000.png", "001.png"]
+  assert len(os.listdir(root / "defect")) == 1
+
+
+def test_inspect_folder_again_with_the_same_args_is_a_no_op(tmp_path):
+  root = str(tmp_path / "line")
+  kw = dict(num_good=2, num_defective=1, image_size=16)
+  synthetic.write_inspect_folder(root, **kw)
+  first = os.path.getmtime(os.path.join(root, "good", "000.png"))
+  assert synthetic.write_inspect_folder(root, **kw) == root
+  assert os.path.getmtime(os.path.join(root, "good", "000.png")) == first
+  with pytest.raises(FileExistsError, match="not empty"):
+    synthetic.write_inspect_folder(root, **{**kw, "num_good": 3})
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "x.png").write_bytes(b"")
+  with pytest.raises(FileExistsError, match="not empty"):
+    synthetic.write_inspect_folder(str(other), **kw)

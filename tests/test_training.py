@@ -5,13 +5,16 @@ The toy "training" adds ``epoch + 1`` to a counter each epoch, so after
 AUROCs per epoch, so the oracle epoch is known in advance.
 """
 
+import io
 import json
 import os
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from dicofun import checkpoint
+from dicofun import summary
 from dicofun import training
 from configs import funad_synthetic
 
@@ -285,3 +288,74 @@ def test_old_layout_checkpoint_is_named_not_silently_ignored(tmp_path,
   assert out.start_epoch == 0
   assert str(tmp_path / "train_ckpt") in caplog.text
   assert "old layout" in caplog.text
+
+
+# ---------------------------------------------------------------- issue #15
+
+
+class _Clock:
+  """time.time() that advances 2.5 s per call: every epoch takes 2.5 s."""
+
+  def __init__(self):
+    self.now = 0.0
+
+  def time(self):
+    self.now += 2.5
+    return self.now
+
+
+def test_tensorboard_events_are_written_during_training(tmp_path,
+                                                        monkeypatch):
+  monkeypatch.setattr(training, "time", _Clock())
+  logdir = str(tmp_path / "tb")
+  figure = np.zeros((3, 4, 3), np.uint8)
+  figure[0, 0] = (200, 100, 50)
+  seen = []
+
+  def epoch_fn(state, epoch):
+    # What a user running `tensorboard --logdir` sees while epoch+1 runs.
+    seen.append(sorted(s for s, _ in summary.read_scalars(logdir).get(
+        "history/loss", [])))
+    return _epoch_fn(state, epoch)
+
+  def evaluate(state, epoch):
+    out = _evaluate(state, epoch)
+    out[training.FIGURE] = figure + epoch
+    return out
+
+  out = training.run_loop(
+      state=_state(), epochs=4, epoch_fn=epoch_fn, evaluate_fn=evaluate,
+      eval_every=2, desc="toy", summary_dir=logdir, images_per_epoch=10)
+  assert seen == [[], [1], [1, 2], [1, 2, 3]]
+  scalars = summary.read_scalars(logdir)
+  assert scalars["history/loss"] == [(1, 1.0), (2, 0.5),
+                                     (3, pytest.approx(1 / 3)), (4, 0.25)]
+  assert scalars["history/test_image_auroc"] == [
+      (2, pytest.approx(0.7)), (4, pytest.approx(0.95))]
+  assert scalars["history/test_pixel_auroc"] == [
+      (2, pytest.approx(0.9)), (4, pytest.approx(0.65))]
+  # 10 images per epoch, each epoch 2.5 s on the fake clock: 4 images/s.
+  assert scalars["speed/images_per_second"] == [(e, 4.0) for e in (1, 2, 3, 4)]
+  assert scalars["speed/epoch_seconds"] == [(e, 2.5) for e in (1, 2, 3, 4)]
+  assert "history/test_scores" not in scalars  # Lists are not scalars.
+  images = summary.read_images(logdir)[training.FIGURE_TAG]
+  assert [s for s, _ in images] == [2, 4]
+  for step, png in images:
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(io.BytesIO(png))), figure + step)
+  # The figure stays out of the history.
+  assert all(training.EVAL_PREFIX + training.FIGURE not in r
+             for r in out.history)
+  assert out.history[1]["test_image_auroc"] == 0.7
+
+
+def test_no_summary_dir_writes_no_events(tmp_path):
+  _loop(workdir=str(tmp_path), epochs=1)
+  assert not os.path.exists(tmp_path / "tensorboard")
+
+
+def test_figure_indices_are_the_first_anomalies_and_normals():
+  labels = np.array([0, 1, 0, 0, 1, 1])
+  np.testing.assert_array_equal(training.figure_indices(labels), [1, 4, 0, 2])
+  np.testing.assert_array_equal(training.figure_indices(labels, k=1), [1, 0])
+  assert training.figure_indices(np.zeros(0)).shape == (0,)

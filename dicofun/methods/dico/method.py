@@ -22,6 +22,7 @@ Run (see configs/dico_*.py)::
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Iterator, Optional
 
@@ -32,7 +33,9 @@ import numpy as np
 
 from dicofun import api
 from dicofun import parallel
+from dicofun import summary
 from dicofun import training
+from dicofun import viz
 from dicofun.data import pipeline
 from dicofun.methods.dico import model as model_lib
 from dicofun.methods.dico import scoring
@@ -96,7 +99,9 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
           place: Optional[Callable[[np.ndarray], Any]] = None,
           fingerprint: Optional[dict[str, Any]] = None,
           restart: bool = False,
-          steps_per_epoch: Optional[int] = None
+          steps_per_epoch: Optional[int] = None,
+          summary_dir: Optional[str] = None,
+          images_per_epoch: Optional[int] = None
           ) -> tuple[dict[str, Any], dict[str, Any]]:
   """Trains DiCo with ``training.run_loop`` (resumes from ``<workdir>/checkpoints``).
 
@@ -120,6 +125,9 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
     restart: delete the workdir's training checkpoints first.
     steps_per_epoch: batches per epoch (needed by ``cfg.lr_schedule``
       other than "constant").
+    summary_dir: live TensorBoard events go there (``training.run_loop``;
+      an ``evaluate`` result may carry ``training.FIGURE``).
+    images_per_epoch: training images per epoch, for the images/s scalar.
 
   Returns:
     ``(variables, info)``: ``{"params", "batch_stats"}`` on the host and a
@@ -190,7 +198,8 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
       evaluate_fn=evaluate_fn, workdir=workdir,
       checkpoint_every=int(cfg.checkpoint_every),
       eval_every=int(cfg.eval_every), place=place_state,
-      fingerprint=fingerprint, restart=restart, desc="DiCo epochs")
+      fingerprint=fingerprint, restart=restart, desc="DiCo epochs",
+      summary_dir=summary_dir, images_per_epoch=images_per_epoch)
   state = loop.state
   variables = _to_host({"params": state["params"],
                         "batch_stats": state["batch_stats"]})
@@ -311,13 +320,24 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
   keep = (np.ones(len(data.test), bool) if data.test_is_moved is None
           else ~np.asarray(data.test_is_moved, bool))
 
+  summary_dir = None
+  if config.eval.get("tensorboard", False) and workdir:
+    summary_dir = os.path.join(workdir, summary.TENSORBOARD_DIR)
+  pick = training.figure_indices(test["label"][keep])
+
   def evaluate(variables, epoch):
     del epoch
     s, m = step_lib.score_in_batches(
         score_fn, variables, test["image"][keep], batch_size=ebs,
         multiple=ndev, desc="DiCo test scoring")
-    return training.history_metrics(s, m, test["label"][keep],
-                                    test["mask"][keep])
+    out = training.history_metrics(s, m, test["label"][keep],
+                                   test["mask"][keep])
+    # Only the writing process draws the figure.
+    if summary_dir is not None and len(pick) and parallel.is_main_process():
+      out[training.FIGURE] = viz.anomaly_maps_image(
+          test["image"][keep][pick], test["mask"][keep][pick], m[pick],
+          scores=s[pick], mean=pre.mean, std=pre.std)
+    return out
 
   variables, info = train(cfg, encoder=encoder, epoch_batches=epoch_batches,
                           first_batch=first, seed=int(config.seed),
@@ -328,7 +348,8 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
                           fingerprint=training.training_fingerprint(
                               config, "dico"),
                           restart=bool(config.get("restart", False)),
-                          steps_per_epoch=n // bs)
+                          steps_per_epoch=n // bs, summary_dir=summary_dir,
+                          images_per_epoch=(n // bs) * bs)
   t1 = time.time()
   test_scores, test_maps = step_lib.score_in_batches(
       score_fn, variables, test["image"], batch_size=ebs, multiple=ndev,
@@ -360,8 +381,8 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
       "last_epoch": info["epochs"],
       "epochs": info["epochs"],  # TensorBoard step of the final metrics.
       "resumed_from_epoch": info["resumed_from_epoch"],
-      # One row per epoch (losses; test_* on evaluated epochs), where
-      # results.write_summaries reads TensorBoard's history/* scalars.
+      # One row per epoch (losses; test_* on evaluated epochs); the loop
+      # wrote each row to TensorBoard (history/*) as it trained.
       "history": info["history"],
       "train_seconds": info["train_seconds"],
       "train_step_compilations": info["compilations"],

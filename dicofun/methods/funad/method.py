@@ -16,6 +16,7 @@ checkpoints and history are ``dicofun.training.run_loop``'s.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Optional
 
@@ -30,7 +31,9 @@ from dicofun import features as features_lib
 from dicofun import metrics
 from dicofun import parallel
 from dicofun import progress as progress_lib
+from dicofun import summary
 from dicofun import training
+from dicofun import viz
 from dicofun.data import pipeline
 from dicofun.methods.funad import step as step_lib
 from dicofun.ops import maps
@@ -178,7 +181,10 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
         eval_features: Optional[np.ndarray] = None,
         eval_labels: Optional[np.ndarray] = None,
         eval_masks: Optional[np.ndarray] = None,
-        train_labels: Optional[np.ndarray] = None) -> dict[str, Any]:
+        train_labels: Optional[np.ndarray] = None,
+        eval_figure: Optional[tuple[np.ndarray, np.ndarray,
+                                    Optional[np.ndarray]]] = None,
+        summary_dir: Optional[str] = None) -> dict[str, Any]:
   """Trains FUN-AD on cached features (the loop is ``training.run_loop``).
 
   Args:
@@ -199,6 +205,11 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
       scored with the inference parameters and its image AUROC recorded as
       ``transductive_image_auroc`` (the learning curve of the transductive
       view; never seen by training).
+    eval_figure: optional ``(indices into the eval features, their
+      preprocessed (k, S, S, 3) images, their masks or None)``: the
+      anomaly-map figure of those images at every evaluation, for
+      TensorBoard.
+    summary_dir: live TensorBoard events go there (``training.run_loop``).
 
   Returns:
     ``{"params", "history", "oracle", "seconds_per_iteration"}``; ``oracle``
@@ -267,6 +278,17 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
         out.update(training.history_metrics(scores, amaps, eval_labels,
                                             eval_masks))
       out["scores"] = scores.tolist()
+      if eval_figure is not None and summary_dir is not None:
+        pick, images, masks = eval_figure
+        # Every process scores (the step may be sharded); the writing one
+        # draws.
+        fmaps = (amaps[pick] if amaps is not None else predict_features(
+            config, {"params": _infer_params(state)}, eval_features[pick])[1])
+        if parallel.is_main_process():
+          pre = pipeline.preprocess_for(config)
+          out[training.FIGURE] = viz.anomaly_maps_image(
+              images, masks, fmaps, scores=scores[pick], mean=pre.mean,
+              std=pre.std)
       return out
 
   loop = training.run_loop(
@@ -281,7 +303,8 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
           config, "funad",
           extra=({"funad.total_steps": scfg.total_steps}
                  if scfg.schedule != "constant" else None)),
-      restart=bool(config.get("restart", False)), desc="FUN-AD epochs")
+      restart=bool(config.get("restart", False)), desc="FUN-AD epochs",
+      summary_dir=summary_dir, images_per_epoch=iters * b)
   per_epoch = loop.seconds_per_epoch
   return {"params": jax.device_get(_infer_params(loop.state)),
           "history": loop.history, "oracle": loop.oracle,
@@ -312,11 +335,23 @@ def run(config: ml_collections.ConfigDict, data: api.RunData,
         with_images=False, desc="FUN-AD history masks")["mask"][keep]
     if not np.any(test_masks > 0.5):  # No masks (ELPV): no history maps.
       test_masks = None
+  summary_dir = eval_figure = None
+  if config.eval.get("tensorboard", False) and workdir:
+    summary_dir = os.path.join(workdir, summary.TENSORBOARD_DIR)
+    if data.test:
+      pick = training.figure_indices(test_labels)
+      kept = [r for r, k in zip(data.test, keep) if k]
+      arr = pipeline.load_arrays(
+          [kept[i] for i in pick], pipeline.preprocess_for(config),
+          num_workers=int(config.dataset.num_workers),
+          allow_missing_mask=True, desc="FUN-AD figure images")
+      eval_figure = (pick, arr["image"], arr["mask"])
   t1 = time.time()
   out = fit(config, train_feats, workdir=workdir,
             eval_features=None if test_feats is None else test_feats[keep],
             eval_labels=None if test_feats is None else test_labels,
-            eval_masks=test_masks,
+            eval_masks=test_masks, eval_figure=eval_figure,
+            summary_dir=summary_dir,
             train_labels=np.array([r.label for r in data.train]))
   fit_s = time.time() - t1
   state = {"params": out["params"]}
@@ -338,8 +373,8 @@ def run(config: ml_collections.ConfigDict, data: api.RunData,
   extra: dict[str, Any] = {
       "result_epoch": int(config.funad.epochs),
       "epochs": int(config.funad.epochs),  # TensorBoard step of the metrics.
-      # One row per epoch (losses; test_* on evaluated epochs), TensorBoard's
-      # history/* scalars.
+      # One row per epoch (losses; test_* on evaluated epochs); the loop
+      # wrote each row to TensorBoard (history/*) as it trained.
       "history": history,
       "oracle": out["oracle"],
       "feature_shape": list(np.shape(train_feats)[1:]),

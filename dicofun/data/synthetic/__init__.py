@@ -84,6 +84,7 @@ MIN_MASK_PIXELS = 4
 # from another version is treated as stale and the data is regenerated.
 _GENERATOR_VERSION = 1
 _MANIFEST = "manifest.json"
+_INSPECT_STAMP = ".synthetic.json"  # write_inspect_folder's arguments.
 _SUPERSAMPLE = 4
 _SPLIT_IDS = {"train": 0, "test": 1}
 
@@ -543,14 +544,28 @@ def write_inspect_folder(root: str, *, category: str = "texture",
   ``root/defect/<defect>_NNN.png`` its anomalous test images (same seeds,
   so the same pixels); the folder names only give the report its labels.
 
+  Running it again with the same arguments on the folder it wrote does
+  nothing (its arguments are kept in the hidden ``.synthetic.json``, which
+  image listings skip), so a quick-start command can be repeated.
+
   Returns:
     ``root`` (absolute).
 
   Raises:
-    FileExistsError: ``root`` exists and is not empty.
+    FileExistsError: ``root`` exists, is not empty and is not this call's
+      folder.
   """
   root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+  args = dict(category=category, num_good=int(num_good),
+              num_defective=int(num_defective), image_size=int(image_size),
+              seed=int(seed), version=_GENERATOR_VERSION)
+  stamp = os.path.join(root, _INSPECT_STAMP)
   if os.path.isdir(root) and os.listdir(root):
+    if os.path.isfile(stamp):
+      with open(stamp) as f:
+        if json.load(f) == args:
+          logging.info("%s already holds these synthetic images", root)
+          return root
     raise FileExistsError(f"{root!r} is not empty; pick another folder")
   plan = _plan(num_train=num_good, num_test_good=0,
                num_test_anomalous=num_defective)
@@ -563,6 +578,8 @@ def write_inspect_folder(root: str, *, category: str = "texture",
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "wb") as f:
       f.write(_png_bytes(sample.image))
+  with open(stamp, "w") as f:  # Last: a folder cut short has none.
+    json.dump(args, f)
   logging.info("Wrote %d good and %d defective synthetic images to %s",
                num_good, num_defective, root)
   return root
@@ -576,7 +593,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   ``--num_test_anomalous`` defective ones).
   """
   import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="python -m dicofun.data.synthetic",
+                                   description=__doc__.splitlines()[0])
   parser.add_argument("--root", required=True)
   parser.add_argument("--category", default="texture", choices=CATEGORIES)
   parser.add_argument("--num_train", type=int, default=60)
@@ -597,7 +615,3 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                  image_size=a.image_size, seed=a.seed)
   logging.info("Synthetic dataset written to %s", out)
 
-
-if __name__ == "__main__":
-  logging.set_verbosity(logging.INFO)
-  main()
