@@ -13,23 +13,24 @@ def _stable_ref(d, k):
 
 @pytest.mark.parametrize("k", [1, 2, 5])
 def test_group_topk_hand_case_with_ties(k):
-  # Width 4096 > 4·k·128 takes the grouped search. Integer values tie a lot;
-  # row 0 has its k smallest values (-9) at columns 7, 135 (same group
-  # 7 mod 32), 4095 and two more groups' columns, plus a tie at the k-th
-  # place that only the lower column may win.
+  # Width 4096 takes the grouped search (groups: columns j mod 256).
+  # Integer values tie a lot; row 0 has six equal smallest values (-9), two
+  # of them in one group (7, 263), so at k = 5 only the lower columns may
+  # win; row 1 ties everywhere (the exact fallback); row 2's minima share
+  # few groups.
   rng = np.random.default_rng(0)
   d = rng.integers(0, 50, size=(6, 4096)).astype(np.float32)
-  d[0, [7, 135, 4095, 64, 65, 3000]] = -9.0
+  d[0, [7, 263, 4095, 64, 65, 3000]] = -9.0
   d[1] = 3.0  # Every column ties: the answer is columns 0..k-1.
-  d[2, ::128] = -1.0  # One group holds all minima (group 0).
+  d[2, ::256] = -1.0  # All minima in group 0.
   val, idx = knn._host_topk(d, k)  # pylint: disable=protected-access
   ref_val, ref_idx = _stable_ref(d, k)
   np.testing.assert_array_equal(idx, ref_idx)
   np.testing.assert_array_equal(val, ref_val)
   if k == 5:
-    assert idx[0].tolist() == [7, 64, 65, 135, 3000]
+    assert idx[0].tolist() == [7, 64, 65, 263, 3000]
     assert idx[1].tolist() == [0, 1, 2, 3, 4]
-    assert idx[2].tolist() == [0, 128, 256, 384, 512]
+    assert idx[2].tolist() == [0, 256, 512, 768, 1024]
 
 
 def test_group_topk_random_rows_match_stable_sort():
