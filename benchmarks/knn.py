@@ -128,7 +128,8 @@ def _run_child(method: str, n_q: int, m: int, d: int, k: int, runs: int,
   return res
 
 
-def _speed_rows(case: str, ks: list[int], runs: int) -> list[dict]:
+def _speed_rows(case: str, ks: list[int], runs: int,
+                write: bool) -> list[dict]:
   """Ours vs faiss in this process, interleaved; rows for speed.json."""
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import _speed  # pylint: disable=g-import-not-at-top
@@ -199,6 +200,8 @@ def _speed_rows(case: str, ks: list[int], runs: int) -> list[dict]:
         **machine, "load": round(max(loads), 2),
     })
     print(rows[-1], flush=True)
+    if write:  # Row by row: a long run keeps what it measured.
+      _speed.add_rows(rows[-1:])
   return rows
 
 
@@ -228,10 +231,7 @@ def main() -> None:
     return
   if args.speed:
     ks = [int(v) for v in (args.ks or "1,5").split(",")]
-    rows = _speed_rows(args.case, ks, args.runs)
-    if not args.no_write:
-      import _speed  # pylint: disable=g-import-not-at-top
-      _speed.add_rows(rows)
+    _speed_rows(args.case, ks, args.runs, write=not args.no_write)
     return
   n_q, m, d = CASES[args.case]
   ks = [int(v) for v in (args.ks or ("1,5" if args.case == "small" else "1")
