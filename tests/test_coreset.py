@@ -13,6 +13,7 @@ from absl import logging
 import numpy as np
 import pytest
 
+from dicofun.methods.patchcore import method as patchcore
 from dicofun.ops import coreset
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,3 +131,18 @@ def test_sharded_picks_equal_single_device(ndev):
                        env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "OK" in out.stdout
+
+
+def test_patchcore_fit_passes_the_coreset_method():
+  feats = _fixed_input()[:288].reshape(2, 12, 12, 48)
+  flat = feats.reshape(-1, 48)
+  picks = {}
+  for name in ("greedy", "approximate"):
+    bank = patchcore.fit(feats, coreset_fraction=0.05, projection_dim=16,
+                         seed=1, coreset_method=name)
+    sel = coreset.greedy_coreset(flat, fraction=0.05, projection_dim=16,
+                                 seed=1, method=name)
+    assert bank["bank"].shape == (14, 48)
+    assert (bank["bank"] == flat[sel]).all()
+    picks[name] = sel.tolist()
+  assert picks["greedy"] != picks["approximate"]
