@@ -16,6 +16,15 @@ Usage:
   python benchmarks/knn.py --case small --sharded8 # + bank on 8 fake devices
 
 Prints a markdown table.
+
+Speed rows (issue 16): ``--speed`` runs ours (the entry points' default:
+``cpu.configure_cpu_devices()``, bank mesh when several devices; on CPU the
+host-BLAS path) and faiss ``IndexFlatL2`` in ONE process, in turns (ours,
+faiss, a 4096³ numpy GEMM probe, ours, ...; medians), and writes rows
+``knn_<case>_k<k>`` to benchmarks/results/speed.json with the achieved
+GFLOP/s of the distance GEMM (2·Q·M·d over the whole search time) as a
+fraction of the GEMM probe's rate measured in the same turns:
+  python benchmarks/knn.py --case big --speed --ks 1,5 --runs 1
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ import time
 
 import numpy as np
 
-CASES = {"small": (5_000, 20_000, 512), "big": (50_000, 200_000, 512)}
+CASES = {"small": (5_000, 20_000, 512), "mid": (20_000, 100_000, 512),
+         "big": (50_000, 200_000, 512)}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -118,6 +128,83 @@ def _run_child(method: str, n_q: int, m: int, d: int, k: int, runs: int,
   return res
 
 
+def _speed_rows(case: str, ks: list[int], runs: int,
+                write: bool) -> list[dict]:
+  """Ours vs faiss in this process, interleaved; rows for speed.json."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import _speed  # pylint: disable=g-import-not-at-top
+  from dicofun import cpu  # pylint: disable=g-import-not-at-top
+  cpu.configure_cpu_devices()
+  import faiss  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from dicofun import parallel  # pylint: disable=g-import-not-at-top
+  from dicofun.ops import knn  # pylint: disable=g-import-not-at-top
+  n_q, m, d = CASES[case]
+  queries, bank = _data(n_q, m, d)
+  mesh = parallel.make_mesh() if jax.device_count() > 1 else None
+  rng = np.random.default_rng(1)
+  ga = rng.standard_normal((4096, 4096), dtype=np.float32)
+  gb = rng.standard_normal((4096, 4096), dtype=np.float32)
+  machine = _speed.machine()
+  loads = [machine["load"]]
+  rows = []
+  flops = 2.0 * n_q * m * d
+  for k in ks:
+    def ours():
+      return knn.knn(queries, bank, k=k, mesh=mesh)
+
+    def peer():
+      index = faiss.IndexFlatL2(d)
+      index.add(bank)
+      return index.search(queries, k)
+
+    fns = {"ours": ours, "faiss": peer, "gemm": lambda: ga @ gb}
+    out = {}
+    times = {n: [] for n in fns}
+    for n, fn in fns.items():  # Warm-up (compilation; faiss/BLAS threads).
+      if n == "ours" and case != "big":
+        fn()
+      elif n == "gemm":
+        fn()
+    for _ in range(runs):
+      for n, fn in fns.items():
+        t = time.perf_counter()
+        res = fn()
+        times[n].append(time.perf_counter() - t)
+        if n != "gemm":
+          out[n] = res
+        loads.append(os.getloadavg()[0])
+    med = {n: float(np.median(v)) for n, v in times.items()}
+    gemm_gflops = 2.0 * 4096 ** 3 / med["gemm"] / 1e9
+    ours_gflops = flops / med["ours"] / 1e9
+    faiss_gflops = flops / med["faiss"] / 1e9
+    i_o, i_f = np.asarray(out["ours"][1]), np.asarray(out["faiss"][1])
+    identical = float(np.mean(np.all(i_o == i_f, axis=1)))
+    ratio = med["faiss"] / med["ours"]
+    frac = ours_gflops / gemm_gflops
+    rows.append({
+        "benchmark": f"knn_{case}_k{k}",
+        "peer": f"faiss {faiss.__version__} IndexFlatL2",
+        "ours_over_peer": round(ratio, 3),
+        "target": "≥ 1.0× faiss and ≥ 0.9 of the GEMM roofline",
+        "met": bool(ratio >= 1.0 and frac >= 0.9),
+        "roofline_fraction": round(frac, 3),
+        "shape": f"{n_q}×{m}×{d}", "k": k, "runs": runs,
+        "ours_s": round(med["ours"], 2), "faiss_s": round(med["faiss"], 2),
+        "ours_gflops": round(ours_gflops, 1),
+        "faiss_gflops": round(faiss_gflops, 1),
+        "gemm_probe_gflops": round(gemm_gflops, 1),
+        "identical_to_faiss": round(identical, 5),
+        "ours_backend": "host" if knn.use_host_blas(mesh) else "xla",
+        "jax_devices": jax.device_count(),
+        **machine, "load": round(max(loads), 2),
+    })
+    print(rows[-1], flush=True)
+    if write:  # Row by row: a long run keeps what it measured.
+      _speed.add_rows(rows[-1:])
+  return rows
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--case", choices=sorted(CASES), default="small")
@@ -125,6 +212,10 @@ def main() -> None:
                  help="comma-separated k values (default: small 1,5; big 1)")
   p.add_argument("--runs", type=int, default=3)
   p.add_argument("--methods", default="ours,ours_1device,faiss,sklearn")
+  p.add_argument("--speed", action="store_true",
+                 help="ours vs faiss interleaved in this process; write "
+                      "speed.json rows")
+  p.add_argument("--no_write", action="store_true")
   p.add_argument("--sharded8", action="store_true",
                  help="also run ours with the bank on 8 fake CPU devices")
   # Internal: child-process mode.
@@ -137,6 +228,10 @@ def main() -> None:
   args = p.parse_args()
   if args.child:
     _child(args)
+    return
+  if args.speed:
+    ks = [int(v) for v in (args.ks or "1,5").split(",")]
+    _speed_rows(args.case, ks, args.runs, write=not args.no_write)
     return
   n_q, m, d = CASES[args.case]
   ks = [int(v) for v in (args.ks or ("1,5" if args.case == "small" else "1")

@@ -173,6 +173,8 @@ def test_a_misspelt_field_in_a_config_is_refused(path):
     ("dico", "score_mode", "max", "score"),
     ("patchcore", "coreset_fraction", 0.4, "coreset"),
     ("softpatch", "coreset_fraction", 0.4, "coreset"),
+    ("patchcore", "coreset_method", "approximate", "coreset_method"),
+    ("softpatch", "coreset_method", "approximate", "coreset_method"),
 ])
 def test_arg_defaults_come_from_default_config(monkeypatch, method, field,
                                                value, arg):
@@ -428,6 +430,9 @@ def test_loading_every_config_imports_no_jax():
      "config.patchcore.coreset_fraction=1.5: expected a fraction in (0, 1]"),
     ("softpatch_synthetic", "lof_k", 0,
      "config.softpatch.lof_k=0: expected an integer >= 1"),
+    ("softpatch_synthetic", "coreset_method", "exact",
+     "config.softpatch.coreset_method='exact': expected one of "
+     "['greedy', 'approximate']"),
 ])
 def test_methods_check_config_runs_the_method_checks(name, field, value,
                                                      message):

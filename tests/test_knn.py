@@ -21,15 +21,17 @@ def _brute(q, b, k, metric="l2"):
   return np.take_along_axis(d, i, 1), i
 
 
+@pytest.mark.parametrize("backend", ["xla", "host"])
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 @pytest.mark.parametrize("n_q,m,k", [(37, 53, 1), (100, 300, 3), (9, 5, 5),
                                      (130, 257, 2)])
-def test_knn_matches_brute_force(metric, n_q, m, k):
+def test_knn_matches_brute_force(metric, n_q, m, k, backend):
   rng = np.random.default_rng(n_q * 1000 + m)
   q = rng.normal(size=(n_q, 13)).astype(np.float32)
   b = rng.normal(size=(m, 13)).astype(np.float32)
   # Small chunks so that padding of both queries and bank is exercised.
-  d, i = knn.knn(q, b, k=k, metric=metric, query_chunk=32, bank_chunk=64)
+  d, i = knn.knn(q, b, k=k, metric=metric, query_chunk=32, bank_chunk=64,
+                 backend=backend)
   d_ref, i_ref = _brute(q, b, k, metric)
   assert d.shape == (n_q, k) and d.dtype == np.float32
   assert i.shape == (n_q, k) and i.dtype == np.int32
@@ -59,15 +61,16 @@ def test_hand_values():
   np.testing.assert_allclose(d, [[1.0 - 21.0 / (5 * np.sqrt(18))]], atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["xla", "host"])
 @pytest.mark.parametrize("k", [1, 3])
-def test_ties_lower_index_first(k):
+def test_ties_lower_index_first(k, backend):
   # Integer-valued data: all distances are exact in float32, so duplicates
   # tie exactly, across chunk boundaries too (bank_chunk=8).
   rng = np.random.default_rng(2)
   base = rng.integers(-3, 4, size=(6, 4)).astype(np.float32)
   bank = np.concatenate([base, base, base[::-1], base])  # 24 rows
   q = rng.integers(-3, 4, size=(20, 4)).astype(np.float32)
-  d, i = knn.knn(q, bank, k=k, bank_chunk=8, query_chunk=8)
+  d, i = knn.knn(q, bank, k=k, bank_chunk=8, query_chunk=8, backend=backend)
   d_ref, i_ref = _brute(q, bank, k)  # stable argsort: lower index first
   np.testing.assert_array_equal(i, i_ref)
   np.testing.assert_allclose(d, d_ref, atol=1e-5)

@@ -36,8 +36,10 @@ _SCRIPT = textwrap.dedent("""
       b = rng.normal(size=(m, 12)).astype(np.float32)
       d1, i1 = knn.knn(q, b, k=k, metric=metric, bank_chunk=64,
                        query_chunk=32)
+      # The sharded XLA path (a CPU-only run would otherwise take the
+      # host-BLAS path, which ignores the mesh) against the default.
       d8, i8 = knn.knn(q, b, k=k, metric=metric, bank_chunk=64,
-                       query_chunk=32, mesh=mesh)
+                       query_chunk=32, mesh=mesh, backend="xla")
       np.testing.assert_array_equal(i1, i8)
       np.testing.assert_allclose(d1, d8, rtol=1e-5, atol=1e-6)
       dd = ((q[:, None].astype(np.float64) - b[None]) ** 2).sum(-1)
@@ -49,7 +51,7 @@ _SCRIPT = textwrap.dedent("""
     bank = np.tile(base, (40, 1))
     q = rng.integers(-2, 3, size=(16, 3)).astype(np.float32)
     _, i1 = knn.knn(q, bank, k=3, bank_chunk=8)
-    _, i8 = knn.knn(q, bank, k=3, bank_chunk=8, mesh=mesh)
+    _, i8 = knn.knn(q, bank, k=3, bank_chunk=8, mesh=mesh, backend="xla")
     np.testing.assert_array_equal(i1, i8)
     assert (i8 < 15).all()
 

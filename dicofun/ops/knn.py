@@ -37,23 +37,46 @@ Design:
   first axis (``data``); each device finds its local top-k with global
   indices, the candidates are all-gathered and merged. Indices are the same
   as on one device.
+* Host BLAS on CPU **(ours)**: on a CPU-only single-process run ``knn``
+  computes each distance tile with the host's BLAS sgemm (numpy) instead of
+  XLA's dot — on the 2-core Xeon of BENCHMARKS.md's Speed section OpenBLAS
+  ran a float32 GEMM at about 1.3–2× XLA CPU's rate. Query chunks run on one
+  thread per core, each with a single-threaded BLAS (so the passes around
+  the GEMM — bias, argmin/top-k — run on every core too); the ``‖b‖²`` term
+  and the transposed bank chunks are computed once per call. k = 1 uses
+  numpy's argmin; k > 1 takes the k smallest column groups of 16 by their
+  minimum (the k nearest lie in at most k groups, lower group first on
+  ties) and sorts only those candidates. Same tie rule as the XLA path;
+  ``backend="xla"`` forces the XLA path (GPU/TPU always use it;
+  ``knn_padded`` is always XLA).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import math
+import os
 from typing import Any, Optional, Union
 
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
+import threadpoolctl
 
 Array = Union[np.ndarray, jax.Array]
 P = jax.sharding.PartitionSpec
 
 _METRICS = ("l2", "cosine")
+BACKENDS = ("auto", "xla", "host")
+# Columns per group of the host top-k (see ``_host_topk``): 16 measured
+# fastest of 8–128 on 1024 × 16384 tiles (narrow groups: fewer candidates).
+_GROUP = 16
+# Host tiles of at most 512 × 8192 (16 MB per thread): of 256–2048 ×
+# 4096–16384 these measured fastest (4096 × 65536 × 512, k = 5).
+_HOST_QUERY_CHUNK = 512
+_HOST_BANK_CHUNK = 8192
 _MIN_CHUNK = 8
 _EPS = 1e-12
 
@@ -257,7 +280,8 @@ def _to_host(x: jax.Array) -> np.ndarray:
 def knn(queries: Array, bank: Array, *, k: int = 1, metric: str = "l2",
         query_chunk: int = 1024, bank_chunk: int = 16384,
         mesh: Optional[jax.sharding.Mesh] = None,
-        precision: Any = lax.Precision.HIGHEST
+        precision: Any = lax.Precision.HIGHEST,
+        backend: str = "auto", workers: Optional[int] = None
         ) -> tuple[np.ndarray, np.ndarray]:
   """Exact k nearest bank rows of every query.
 
@@ -267,13 +291,17 @@ def knn(queries: Array, bank: Array, *, k: int = 1, metric: str = "l2",
     k: number of neighbours.
     metric: ``"l2"`` (squared Euclidean) or ``"cosine"`` (1 − cosine).
     query_chunk: maximum queries per compiled block (reduced to a power of
-      two ≥ Q for small Q).
+      two ≥ Q for small Q); the host path caps it at 512.
     bank_chunk: maximum bank rows per distance tile (per device); the bank
-      is split into equal tiles of a 3-significant-bit size ≤ this.
+      is split into equal tiles of a 3-significant-bit size ≤ this (the
+      host path: at most 8192 rows, a multiple of 16).
     mesh: optional mesh; the bank is then split by rows over its first
       axis and results are identical to the single-device search. In a
       multi-process run every process passes the same queries and bank.
     precision: matmul precision (default HIGHEST: exact float32).
+    backend: ``"auto"`` (host BLAS when ``use_host_blas(mesh)``, else XLA),
+      ``"xla"`` or ``"host"`` (see the module docstring).
+    workers: host backend only: threads (default: usable cores).
 
   Returns:
     ``(dists, idx)``: (Q, k) float32 distances, ascending, and (Q, k) int32
@@ -283,6 +311,8 @@ def knn(queries: Array, bank: Array, *, k: int = 1, metric: str = "l2",
     ValueError: empty bank, k < 1, k > M, mismatched dims, unknown metric.
   """
   _check_metric(metric)
+  if backend not in BACKENDS:
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
   if bank.ndim != 2 or queries.ndim != 2:
     raise ValueError(f"queries and bank must be 2-D, got {queries.shape} "
                      f"and {bank.shape}")
@@ -296,6 +326,11 @@ def knn(queries: Array, bank: Array, *, k: int = 1, metric: str = "l2",
   n_q = queries.shape[0]
   if n_q == 0:
     return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
+  if backend == "host" or (backend == "auto" and use_host_blas(mesh)):
+    return knn_host(queries, bank, k=k, metric=metric,
+                    query_chunk=min(int(query_chunk), _HOST_QUERY_CHUNK),
+                    bank_chunk=min(int(bank_chunk), _HOST_BANK_CHUNK),
+                    workers=workers)
 
   ndev = 1 if mesh is None else int(mesh.devices.size)
   # Number of chunks per device first, then the smallest allowed chunk size
@@ -352,6 +387,162 @@ def knn(queries: Array, bank: Array, *, k: int = 1, metric: str = "l2",
   dists = np.concatenate([_to_host(d) for d, _ in outs])[:n_q]
   idx = np.concatenate([_to_host(i) for _, i in outs])[:n_q]
   return dists.astype(np.float32), idx.astype(np.int32)
+
+
+def use_host_blas(mesh: Optional[jax.sharding.Mesh] = None) -> bool:
+  """Whether ``knn(backend="auto")`` takes the host-BLAS path.
+
+  True on a single-process run whose default backend is the CPU and whose
+  mesh (if any) holds only CPU devices: then the host's BLAS computes the
+  distance tiles. GPUs/TPUs and multi-process runs keep the XLA path.
+  """
+  if jax.process_count() != 1 or jax.default_backend() != "cpu":
+    return False
+  return mesh is None or all(d.platform == "cpu" for d in mesh.devices.flat)
+
+
+def _cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def _stable_smallest(d: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """k smallest of every row, lower column first on ties (exact).
+
+  ``np.partition`` finds the k-th value v; the row's entries below v and
+  then its first entries equal to v (column order) are the answer.
+  """
+  rows = d.shape[0]
+  if d.shape[1] == k:
+    pos = np.broadcast_to(np.arange(k), (rows, k))
+  else:
+    kth = np.partition(d, k - 1, axis=1)[:, k - 1:k]
+    lt = d < kth
+    eq = d == kth
+    need = k - lt.sum(axis=1, keepdims=True)
+    take = lt | (eq & (np.cumsum(eq, axis=1) <= need))
+    pos = np.nonzero(take)[1].reshape(rows, k)
+  val = np.take_along_axis(d, pos, axis=1)
+  o = np.argsort(val, axis=1, kind="stable")
+  return np.take_along_axis(val, o, axis=1), np.take_along_axis(pos, o, axis=1)
+
+
+def _host_topk(d: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """k smallest of every row of ``d`` (lower column first on ties).
+
+  Columns are split into groups (column j in group j mod G, G = width /
+  ``_GROUP``, so a group's minimum is one strided pass). The k smallest
+  entries lie in the k groups with the smallest minima whenever the k-th
+  smallest minimum is not shared by another group; only those k groups'
+  ``k · _GROUP`` entries are then searched. Rows with such a tie take the
+  exact search over all columns.
+  """
+  rows, width = d.shape
+  if width <= 4 * k * _GROUP:
+    return _stable_smallest(d, k)
+  if width % _GROUP:
+    padded = np.full((rows, -(-width // _GROUP) * _GROUP), np.inf, d.dtype)
+    padded[:, :width] = d
+    d = padded
+  groups = d.shape[1] // _GROUP
+  gmin = d.reshape(rows, _GROUP, groups).min(axis=1)
+  gsel = np.argpartition(gmin, k - 1, axis=1)[:, :k]
+  kth = np.take_along_axis(gmin, gsel, axis=1).max(axis=1, keepdims=True)
+  tied = (gmin <= kth).sum(axis=1) > k
+  gsel.sort(axis=1)
+  # (rows, _GROUP, k) flattened: ascending column indices within a row.
+  cols = (gsel[:, None, :]
+          + groups * np.arange(_GROUP)[None, :, None]).reshape(rows, -1)
+  cand = np.take_along_axis(d, cols, axis=1)
+  val, pos = _stable_smallest(cand, k)
+  idx = np.take_along_axis(cols, pos, axis=1)
+  if tied.any():
+    val[tied], idx[tied] = _stable_smallest(d[tied], k)
+  return val, idx
+
+
+def knn_host(queries: Array, bank: Array, *, k: int = 1, metric: str = "l2",
+             query_chunk: int = _HOST_QUERY_CHUNK,
+             bank_chunk: int = _HOST_BANK_CHUNK,
+             workers: Optional[int] = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """``knn`` with the distance tiles computed by the host's BLAS (CPU).
+
+  Args and returns as ``knn`` (``workers``: threads, default the usable
+  cores; each runs whole query chunks with a single-threaded BLAS).
+  """
+  q_all = np.asarray(queries, np.float32)
+  b = np.asarray(bank, np.float32)
+  if metric == "cosine":
+    q_all = q_all / np.maximum(
+        np.sqrt(np.sum(q_all * q_all, axis=1, keepdims=True)), _EPS)
+    b = b / np.maximum(np.sqrt(np.sum(b * b, axis=1, keepdims=True)), _EPS)
+  m = b.shape[0]
+  n_q = q_all.shape[0]
+  # −2 (or −1) scales the bank once: a power-of-two factor commutes
+  # exactly with the GEMM's rounding, and saves a pass per tile.
+  scale = np.float32(-_scale(metric))
+  nb = math.ceil(m / max(int(bank_chunk), 1))
+  bc = -(-math.ceil(m / nb) // _GROUP) * _GROUP
+  chunks = []
+  for s in range(0, m, bc):
+    part = b[s:s + bc]
+    bias = (np.sum(part * part, axis=1) if metric == "l2"
+            else np.ones(part.shape[0], np.float32))
+    chunks.append((s, np.ascontiguousarray(part.T * scale),
+                   bias.astype(np.float32)))
+  n_workers = max(1, int(workers or _cores()))
+  # Equal query chunks, a multiple of the workers in number, so no core
+  # idles at the end (5 chunks on 2 cores would waste 1/6 of the time).
+  nqc = math.ceil(n_q / max(1, int(query_chunk)))
+  if n_workers > 1 and nqc > 1:
+    nqc = -(-nqc // n_workers) * n_workers
+  qc = max(1, math.ceil(n_q / nqc))
+  dists = np.empty((n_q, k), np.float32)
+  idx = np.empty((n_q, k), np.int32)
+
+  def one(start: int) -> None:
+    q = q_all[start:start + qc]
+    rows = q.shape[0]
+    best_d = np.full((rows, k), np.inf, np.float32)
+    best_i = np.full((rows, k), -1, np.int64)
+    ar = np.arange(rows)
+    for base, bt, bias in chunks:
+      d = q @ bt
+      d += bias
+      if k == 1:
+        j = d.argmin(axis=1)
+        v = d[ar, j]
+        better = v < best_d[:, 0]
+        best_d[better, 0] = v[better]
+        best_i[better, 0] = j[better] + base
+        continue
+      cd, ci = _host_topk(d, min(k, d.shape[1]))
+      # Earlier chunks first: a stable sort keeps them ahead on ties.
+      all_d = np.concatenate([best_d, cd], axis=1)
+      all_i = np.concatenate([best_i, ci + base], axis=1)
+      pos = np.argsort(all_d, axis=1, kind="stable")[:, :k]
+      best_d = np.take_along_axis(all_d, pos, axis=1)
+      best_i = np.take_along_axis(all_i, pos, axis=1)
+    if metric == "l2":
+      best_d += np.sum(q * q, axis=1, keepdims=True)
+    dists[start:start + rows] = np.maximum(best_d, 0.0)
+    idx[start:start + rows] = best_i
+
+  starts = range(0, n_q, qc)
+  n_workers = min(n_workers, len(starts))
+  if n_workers == 1:
+    for st in starts:
+      one(st)
+  else:
+    # One BLAS thread per worker: the cores are shared out by query chunk,
+    # so the passes around each GEMM run in parallel too.
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+      with concurrent.futures.ThreadPoolExecutor(n_workers) as pool:
+        list(pool.map(one, starts))
+  return dists, idx
 
 
 def _exact_tile(q, q_sq, q_ids, b, valid, ids, *, metric, precision,

@@ -16,10 +16,18 @@ import ml_collections
 from dicofun import configlib
 
 
+# dicofun.ops.coreset.METHODS, repeated here: a method config imports no JAX.
+CORESET_METHODS = ("greedy", "approximate")
+
+
 def default_config() -> ml_collections.ConfigDict:
   """``config.patchcore`` defaults (METHODS §3)."""
   return ml_collections.ConfigDict(dict(
       coreset_fraction=0.1,
+      # "greedy": first centre uniformly random; "approximate": the official
+      # PatchCore ApproximateGreedyCoresetSampler start (10 random rows,
+      # mean distance to them). Same loop and cost (dicofun/ops/coreset.py).
+      coreset_method="greedy",
       projection_dim=128,
       blur_sigma=4.0,
       transductive=True,
@@ -32,7 +40,8 @@ def bank_args(method: str) -> dict[str, str]:
           "layer": "backbone.layer",
           "norm": "backbone.norm_intermediate",
           "local_average": "backbone.vit_local_average",
-          "coreset": f"{method}.coreset_fraction"}
+          "coreset": f"{method}.coreset_fraction",
+          "coreset_method": f"{method}.coreset_method"}
 
 
 def apply_args(config: ml_collections.ConfigDict,
@@ -57,3 +66,6 @@ def check(config: ml_collections.ConfigDict) -> None:
   configlib.check_config(config)
   configlib.check_fraction(f"{config.method}.coreset_fraction",
                            config[config.method].coreset_fraction)
+  configlib.check_choice(f"{config.method}.coreset_method",
+                         config[config.method].coreset_method,
+                         CORESET_METHODS)

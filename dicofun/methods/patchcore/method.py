@@ -32,7 +32,8 @@ Bank = dict[str, np.ndarray]
 
 def fit(train_features: np.ndarray, *, coreset_fraction: float = 0.1,
         projection_dim: int = 128, seed: int = 0,
-        keep: Optional[np.ndarray] = None) -> Bank:
+        keep: Optional[np.ndarray] = None,
+        coreset_method: str = "greedy") -> Bank:
   """Builds the memory bank.
 
   Args:
@@ -43,6 +44,9 @@ def fit(train_features: np.ndarray, *, coreset_fraction: float = 0.1,
     seed: seed of the projection and of the first coreset centre.
     keep: optional (N, h, w) bool; patches with False never enter the bank
       (SoftPatch's denoising).
+    coreset_method: ``"greedy"`` or ``"approximate"``
+      (``dicofun.ops.coreset.greedy_coreset``). With several devices the
+      coreset's distance updates are split over them (same picks).
 
   Returns:
     ``{"bank": (M, C) float32, "source": (M,) int32 image index of each row}``.
@@ -54,9 +58,10 @@ def fit(train_features: np.ndarray, *, coreset_fraction: float = 0.1,
     sel = np.asarray(keep).reshape(-1)
     flat, source = flat[sel], source[sel]
   if coreset_fraction < 1.0:
+    mesh = parallel.make_mesh() if jax.device_count() > 1 else None
     idx = np.asarray(coreset.greedy_coreset(
         flat, fraction=coreset_fraction, projection_dim=projection_dim,
-        seed=seed))
+        seed=seed, method=coreset_method, mesh=mesh))
     flat, source = flat[idx], source[idx]
   return {"bank": flat, "source": source}
 
@@ -125,7 +130,8 @@ def run_bank_method(config: ml_collections.ConfigDict, data: api.RunData,
   t1 = time.time()
   keep = keep_fn(train_feats) if keep_fn is not None else None
   state = fit(train_feats, coreset_fraction=cfg.coreset_fraction,
-              projection_dim=cfg.projection_dim, seed=config.seed, keep=keep)
+              projection_dim=cfg.projection_dim, seed=config.seed, keep=keep,
+              coreset_method=cfg.coreset_method)
   fit_s = time.time() - t1
   logging.info("Bank: %d rows from %d training images (%.1fs)",
                state["bank"].shape[0], len(data.train), fit_s)

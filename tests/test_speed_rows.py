@@ -1,0 +1,52 @@
+"""benchmarks/_speed.py: speed.json rows and the generated BENCHMARKS.md block."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _speed():
+  spec = importlib.util.spec_from_file_location(
+      "_speed", os.path.join(_REPO, "benchmarks", "_speed.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_add_rows_replaces_same_benchmark_and_stamps(tmp_path, monkeypatch):
+  speed = _speed()
+  monkeypatch.setattr(speed, "commit", lambda: "abc1234")
+  monkeypatch.setattr(speed, "command", lambda: "python benchmarks/x.py")
+  path = str(tmp_path / "speed.json")
+  md = tmp_path / "B.md"
+  md.write_text("# B\n\n## Not measured yet\n")
+  row = dict(benchmark="knn_big_k1", peer="faiss", ours_over_peer=1.5,
+             roofline_fraction=0.8, cpu="Xeon", load=2.0)
+  speed.add_rows([row, dict(row, benchmark="coreset")], path=path,
+                 md_path=str(md))
+  speed.add_rows([dict(row, ours_over_peer=2.0)], path=path, md_path=str(md))
+  rows = json.load(open(path))
+  assert [r["benchmark"] for r in rows] == ["coreset", "knn_big_k1"]
+  assert rows[1]["ours_over_peer"] == 2.0
+  assert rows[1]["commit"] == "abc1234"
+  assert rows[1]["command"] == "python benchmarks/x.py"
+  text = md.read_text()
+  assert text.count(speed.BEGIN) == 1 and text.count(speed.END) == 1
+  assert "| knn_big_k1 | faiss | 2 |" in text
+  assert "| coreset | faiss | 1.5 |" in text
+  with pytest.raises(ValueError, match="roofline_fraction"):
+    speed.add_rows([{"benchmark": "x", "peer": "p", "ours_over_peer": 1}],
+                   path=path, md_path=None)
+
+
+def test_stored_rows_have_the_required_keys():
+  rows = _speed().load_rows()
+  assert rows, "benchmarks/results/speed.json is missing"
+  for r in rows:
+    for key in ("benchmark", "peer", "ours_over_peer", "roofline_fraction",
+                "commit", "command", "cpu", "load"):
+      assert key in r, (r["benchmark"], key)
