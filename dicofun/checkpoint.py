@@ -219,8 +219,8 @@ def load_inference(workdir: str, *, subdir: str = "model"
   path = os.path.abspath(os.path.join(workdir, subdir))
   if not os.path.isdir(path):
     raise FileNotFoundError(
-        f"no inference checkpoint at {path}; train a run with "
-        "experiments/main.py --workdir=... first")
+        f"no inference checkpoint at {path}: expected the --out folder of "
+        "`dicofun inspect` or the --workdir of a finished `dicofun run`")
   manager = ocp.CheckpointManager(
       # Not read_only=True: orbax then logs two warnings on every load.
       path, options=ocp.CheckpointManagerOptions(create=False))

@@ -48,6 +48,9 @@ _WORKDIR = flags.DEFINE_string(
     "run: output directory (default runs/<config name>[_<args>]); predict: a "
     "finished run's workdir; sweep: the sweep directory (default "
     "runs/sweeps/<name>[_<args>]).")
+# ``--model=DIR`` is ``--workdir=DIR`` for predict/export: an inspect --out
+# folder or a finished run's workdir (both hold ``model/``).
+flags.DEFINE_alias("model", "workdir")
 _IMAGES = flags.DEFINE_string(
     "images", None, "predict: folder of images to score (searched recursively).")
 _OUT = flags.DEFINE_string(
@@ -167,7 +170,7 @@ def predict_command(argv: Sequence[str]) -> None:
   """``dicofun predict``: scores a folder with a trained run's model."""
   _no_positional(argv)
   if not _WORKDIR.value or not _IMAGES.value:
-    raise app.UsageError("predict needs --workdir=RUN_DIR and --images=DIR")
+    raise app.UsageError("predict needs --model=DIR (an inspect --out folder or a run workdir; --workdir is the same) and --images=DIR")
   _quiet_unless_asked()
   try:
     outcome = predict_lib.predict_folder(
@@ -227,7 +230,7 @@ def export_command(argv: Sequence[str]) -> None:
   """``dicofun export``: a PatchCore/SoftPatch model as StableHLO."""
   _no_positional(argv)
   if not _WORKDIR.value:
-    raise app.UsageError("export needs --workdir=RUN_DIR (holding model/)")
+    raise app.UsageError("export needs --model=DIR (holding model/; --workdir is the same)")
   _quiet_unless_asked()
   out = _OUT.value or os.path.join(_WORKDIR.value, "model.stablehlo")
   try:
@@ -255,20 +258,21 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "inspect": ("out", "method", "backbone", "image_size", "labels",
                 "contamination_hint", "strict", "verbosity"),
     "run": ("config", "workdir"),
-    "predict": ("workdir", "images", "out", "threshold", "overlays",
+    "predict": ("model", "workdir", "images", "out", "threshold", "overlays",
                 "save_maps", "strict", "verbosity"),
     "sweep": ("sweep", "workdir", "only_cells", "dry_run"),
     "report": ("run", "out", "verbosity"),
-    "export": ("workdir", "out", "batch_size", "verbosity"),
+    "export": ("model", "workdir", "out", "batch_size", "verbosity"),
 }
 
 _USAGE = {
     "inspect": "dicofun inspect FOLDER [--flags]",
     "run": "dicofun run --config=configs/<method>_<dataset>.py[:args]",
-    "predict": "dicofun predict --workdir=RUN_DIR --images=DIR",
+    "predict": "dicofun predict --model=DIR --images=DIR (DIR: an inspect "
+               "--out folder or a run's workdir; --workdir is the same)",
     "sweep": "dicofun sweep --sweep=configs/sweeps/<name>.py[:args]",
     "report": "dicofun report --run=DIR [--out=FILE]",
-    "export": "dicofun export --workdir=RUN_DIR [--out=FILE]",
+    "export": "dicofun export --model=DIR [--out=FILE] (--workdir is the same)",
 }
 
 

@@ -23,7 +23,7 @@ Outputs, in ``out_dir``:
 * ``report.html`` with ``images/``, ``overlays/``, ``histogram.png`` (and
   ``roc.png`` with labels), see ``dicofun.report``;
 * ``model/``: the inference checkpoint with the threshold, so
-  ``dicofun predict --workdir=OUT_DIR --images=NEW`` scores new images the
+  ``dicofun predict --model=OUT_DIR --images=NEW`` scores new images the
   same way (on the inspected images themselves ``predict`` differs from
   scores.csv: there each image's own kept patches are in the bank);
 * ``errors.csv``: ``file``, ``reason`` of every file that could not be read

@@ -207,7 +207,7 @@ def inspect_headline(*, flagged: int, images: int, threshold: float,
       f"smaller than {image_size}x{image_size} upscaled"
       + (f": {names}." if small else "."),
       f"Model: {os.path.join(out_dir, 'model')} — score new images with: "
-      f"dicofun predict --workdir={out_dir} --images=NEW",
+      f"dicofun predict --model={out_dir} --images=NEW",
   ]
 
 

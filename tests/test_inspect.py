@@ -532,3 +532,17 @@ def test_synthetic_inspect_folder_layout(tmp_path):
                                   images.load_image(os.path.join(cat, b)))
   with pytest.raises(FileExistsError):
     synthetic.write_inspect_folder(root)
+
+
+def test_predict_takes_the_model_folder_as_model(tmp_path):
+  """``dicofun predict --model=DIR`` (the issue's spelling) is --workdir."""
+  proc = subprocess.run(
+      [sys.executable, "-m", "dicofun", "predict",
+       f"--model={tmp_path / 'no_run'}", f"--images={tmp_path}"],
+      capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert proc.returncode != 0
+  assert f"no inference checkpoint at {tmp_path / 'no_run' / 'model'}" in (
+      proc.stderr), proc.stderr[-2000:]
+  from dicofun import cli  # pylint: disable=g-import-not-at-top
+  assert "--model (default: None)" in cli.command_help("predict")
+  assert "--model (default: None)" in cli.command_help("export")
