@@ -196,6 +196,7 @@ def _cpu_model() -> str:
 
 def main(argv):
   del argv
+  commit = results_lib.git_commit()  # The code that runs, not later edits.
   config = _get_config(_ARG.value)
   data = protocol.prepare_data(config, _WORKDIR.value)
   feats = features_lib.load_features(config, data.train, layout="tokens")
@@ -231,7 +232,7 @@ def main(argv):
     command = "python " + " ".join(
         [os.path.relpath(sys.argv[0])] + [shlex.quote(a) for a in sys.argv[1:]])
     for r in rows_out:
-      r.update(commit=results_lib.git_commit(), command=command)
+      r.update(commit=commit, command=command)
     os.makedirs(os.path.dirname(os.path.abspath(_RESULTS.value)),
                 exist_ok=True)
     with open(_RESULTS.value + ".tmp", "w") as f:
