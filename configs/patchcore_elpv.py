@@ -12,7 +12,8 @@ Run::
       --config=configs/patchcore_elpv.py:contamination=0.1 \
       --workdir=runs/patchcore_elpv
 
-Args: category, contamination, coreset (fraction of patches kept), backbone,
+Args: category, contamination, coreset (fraction of patches kept),
+coreset_method (greedy | approximate), backbone,
 layer (ViT block), norm (ViT intermediate tokens through the final
 LayerNorm; default on), local_average (side of the ViT patch tokens' local
 average; default 1 = none), image_size, crop, seed, root, runlocal (the CPU
