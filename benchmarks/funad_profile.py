@@ -31,6 +31,7 @@ from absl import app
 from absl import flags
 
 import _shared  # pylint: disable=g-import-not-at-top,wrong-import-position
+import _speed  # pylint: disable=g-import-not-at-top,wrong-import-position
 _shared.use_shared_data()
 
 from dicofun import cpu  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -183,17 +184,6 @@ def _iteration(flat: np.ndarray, variant: str) -> tuple:
           iters, timed)
 
 
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return "unknown"
-
-
 def main(argv):
   del argv
   commit = results_lib.git_commit()  # The code that runs, not later edits.
@@ -222,7 +212,7 @@ def main(argv):
                               if rows_out else 1.0,
         "candidates_at_last": cand, "bank_rows": rows,
         "features": list(flat.shape), "devices": jax.device_count(),
-        "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+        "cpu": _speed.cpu_model(), "cpu_count": os.cpu_count(),
         "load_average_1min": os.getloadavg()[0]})
   print("\n| variant | s / epoch | speed-up over the first |\n|---|---|---|")
   for r in rows_out:

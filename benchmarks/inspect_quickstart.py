@@ -24,7 +24,6 @@ current interpreter's ``python -m dicofun`` runs.
 import csv
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from absl import app
 from absl import flags
 import numpy as np
 from PIL import Image
+
+import _speed  # pylint: disable=g-import-not-at-top
 
 _METHOD = flags.DEFINE_string("method", "", "--method of inspect ('' = its default).")
 _SIZE = flags.DEFINE_integer("image_size", 224, "Synthetic image size.")
@@ -53,15 +54,6 @@ _OUT = flags.DEFINE_string(
                             "results", "inspect.json"), "Rows file.")
 
 
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def _commit(here: str = "") -> str:
@@ -171,7 +163,7 @@ def main(argv):
       "wall_seconds": round(wall, 1),
       "transductive_image_auroc": info["metrics"].get("image_auroc"),
       "metrics": info["metrics"],
-      "machine": f"{_cpu_model()}, {os.cpu_count()} cores",
+      "machine": f"{_speed.cpu_model()}, {os.cpu_count()} cores",
       "load_average_1min": [round(load_before[0], 1),
                             round(load_after[0], 1)],
       # The installed code: the clone's commit with --fresh_venv.
