@@ -240,3 +240,40 @@ def test_norm_intermediate_is_final_layernorm_of_block_tokens(weights_name):
       np.asarray(jax.jit(a.apply_features)(a.variables, x)["tokens"]),
       np.asarray(jax.jit(b.apply_features)(b.variables, x)["tokens"]),
       atol=1e-5)
+
+
+@pytest.mark.parametrize("size,kernel,stride", [
+    (9, 3, 1), (9, 3, 2), (10, 5, 2), (8, 5, 1), (7, 5, 2), (16, 3, 2)])
+def test_shifted_depthwise_equals_grouped_conv(size, kernel, stride):
+  """The CPU depthwise path is the same "SAME" convolution as XLA's."""
+  rng = np.random.default_rng(size * 10 + kernel + stride)
+  x = jnp.asarray(rng.normal(size=(2, size, size + 1, 6)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 1, 6)), jnp.float32)
+  ref = jax.lax.conv_general_dilated(
+      x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=6)
+  for impl in ("shifted", "xla"):
+    got = efficientnet_lite.depthwise_conv(x, w, stride, impl)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5)
+  with pytest.raises(ValueError, match="auto|xla|shifted"):
+    efficientnet_lite.depthwise_conv(x, w, stride, "fast")
+
+
+def test_lite_features_same_with_either_depthwise_path():
+  """Extraction outputs unchanged by the CPU depthwise path (issue #16)."""
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 96, 80, 3)),
+                  jnp.float32)
+  shifted = efficientnet_lite.EfficientNetLite(0, depthwise_impl="shifted")
+  variables = shifted.init(jax.random.PRNGKey(0), x)
+  # Parameter tree is nn.Conv's: converted torch weights load unchanged.
+  assert variables["params"]["blocks_0"]["depthwise_conv"]["kernel"].shape == (
+      3, 3, 1, 32)
+  logits_s, feats_s = shifted.apply(variables, x)
+  logits_x, feats_x = efficientnet_lite.EfficientNetLite(
+      0, depthwise_impl="xla").apply(variables, x)
+  np.testing.assert_allclose(logits_s, logits_x, rtol=1e-4, atol=1e-4)
+  for name in feats_x:
+    scale = float(jnp.abs(feats_x[name]).max())
+    np.testing.assert_allclose(feats_s[name], feats_x[name],
+                               atol=1e-4 * max(scale, 1.0))

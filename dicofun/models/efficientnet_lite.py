@@ -77,6 +77,68 @@ def block_settings(variant: int) -> Tuple[Tuple[int, int, int, int, int, int],
   return tuple(out)
 
 
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int,
+                   impl: str = "auto") -> jax.Array:
+  """Depthwise 2-D convolution with TensorFlow "SAME" padding, no bias.
+
+  Args:
+    x: NHWC input.
+    kernel: (k, k, 1, C), flax's HWIO layout for ``feature_group_count=C``.
+    stride: the same in both spatial dimensions.
+    impl: ``"xla"`` (``conv_general_dilated`` with one group per channel),
+      ``"shifted"`` (the sum over the k*k taps of a strided slice of the padded
+      input times that tap's per-channel weight) or ``"auto"``: shifted on
+      the CPU backend, where XLA's grouped convolution runs 8-60x slower
+      than the fused elementwise sum (benchmarks/backbones.py), XLA's
+      convolution elsewhere (cuDNN/TPU kernels). Both compute the same sum;
+      they differ only in float rounding (~1e-6 relative).
+
+  Returns:
+    NHWC output of shape (B, ceil(H/stride), ceil(W/stride), C).
+  """
+  if impl == "auto":
+    impl = "shifted" if jax.default_backend() == "cpu" else "xla"
+  if impl == "xla":
+    return jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), (stride, stride), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=x.shape[-1])
+  if impl != "shifted":
+    raise ValueError(f"depthwise impl must be auto|xla|shifted, got {impl!r}")
+  k = kernel.shape[0]
+  h, w = x.shape[1], x.shape[2]
+  ho, wo = -(-h // stride), -(-w // stride)
+  pad_h = max((ho - 1) * stride + k - h, 0)  # "SAME": the extra row goes last.
+  pad_w = max((wo - 1) * stride + k - w, 0)
+  xp = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                   (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+  kernel = kernel.astype(x.dtype)
+  out = None
+  for i in range(k):
+    for j in range(k):
+      tap = jax.lax.slice(
+          xp, (0, i, j, 0),
+          (xp.shape[0], i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1,
+           xp.shape[3]), (1, stride, stride, 1)) * kernel[i, j, 0]
+      out = tap if out is None else out + tap
+  return out
+
+
+class DepthwiseConv(nn.Module):
+  """``nn.Conv(C, (k, k), feature_group_count=C, use_bias=False)``'s
+  parameters (``kernel`` of shape (k, k, 1, C)) with ``depthwise_conv``."""
+  kernel_size: int
+  stride: int = 1
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (self.kernel_size, self.kernel_size, 1, c), jnp.float32)
+    return depthwise_conv(x, kernel, self.stride, self.impl)
+
+
 def _bn(train: bool, name: str) -> nn.BatchNorm:
   return nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM,
                       epsilon=_BN_EPS, name=name)
@@ -89,6 +151,7 @@ class MBConv(nn.Module):
   kernel: int
   stride: int
   expand: int
+  depthwise_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -97,10 +160,8 @@ class MBConv(nn.Module):
     if self.expand != 1:
       x = nn.Conv(hidden, (1, 1), use_bias=False, name="expand_conv")(x)
       x = jax.nn.relu6(_bn(train, "bn0")(x))
-    x = nn.Conv(hidden, (self.kernel, self.kernel),
-                strides=(self.stride, self.stride), padding="SAME",
-                feature_group_count=hidden, use_bias=False,
-                name="depthwise_conv")(x)
+    x = DepthwiseConv(self.kernel, self.stride, self.depthwise_impl,
+                      name="depthwise_conv")(x)
     x = jax.nn.relu6(_bn(train, "bn1")(x))
     x = nn.Conv(self.cout, (1, 1), use_bias=False, name="project_conv")(x)
     x = _bn(train, "bn2")(x)
@@ -115,9 +176,11 @@ class EfficientNetLite(nn.Module):
   Attributes:
     variant: 0..4.
     num_classes: classifier outputs (1000 for the ImageNet weights).
+    depthwise_impl: how the depthwise convolutions run (``depthwise_conv``).
   """
   variant: int = 0
   num_classes: int = 1000
+  depthwise_impl: str = "auto"  # See ``depthwise_conv``.
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False
@@ -140,7 +203,7 @@ class EfficientNetLite(nn.Module):
         block_settings(self.variant)):
       for j in range(r):
         x = MBConv(cin if j == 0 else cout, cout, k, s if j == 0 else 1, e,
-                   name=f"blocks_{idx}")(x, train=train)
+                   self.depthwise_impl, name=f"blocks_{idx}")(x, train=train)
         idx += 1
       if stage in _FEATURE_STAGES:
         feats[_FEATURE_STAGES[stage]] = x
