@@ -512,7 +512,7 @@ def test_cpu_preset_sets_the_hour_run_and_explicit_args_win():
   d = module.get_config("cpu").dico
   assert (d.epochs, d.batch_size, d.eval_every, d.lr_schedule,
           d.warmup_epochs, d.cache_targets, d.cpu_preset) == (
-              9, 8, 3, "cosine", 1, True, True)
+              30, 8, 3, "cosine", 1, True, True)
   assert module.get_config("cpu,epochs=4").dico.epochs == 4
 
 

@@ -136,8 +136,8 @@ def _vit_features(module, layer: int, norm_intermediate: bool, variables,
 
 def get_backbone(name: str, *, weights: str = "pretrained",
                  layer: Optional[int] = None, seed: int = 0,
-                 norm_intermediate: bool = names.DEFAULT_NORM_INTERMEDIATE
-                 ) -> Backbone:
+                 norm_intermediate: bool = names.DEFAULT_NORM_INTERMEDIATE,
+                 depthwise_impl: str = "auto") -> Backbone:
   """Builds backbone ``name`` with its weights.
 
   Args:
@@ -149,6 +149,8 @@ def get_backbone(name: str, *, weights: str = "pretrained",
     norm_intermediate: ViT only: apply the final LayerNorm to the tokens of
       an intermediate ``layer`` (METHODS §1); ignored by CNNs and by the last
       layer (final-normed either way).
+    depthwise_impl: CNNs only: how depthwise convolutions run
+      (``efficientnet_lite.depthwise_conv``: auto | xla | shifted).
 
   Returns:
     A ``Backbone``.
@@ -164,7 +166,8 @@ def get_backbone(name: str, *, weights: str = "pretrained",
   spec = BACKBONES[name]
   kwargs = dict(spec.kwargs)
   if spec.family == "efficientnet_lite":
-    module = efficientnet_lite.EfficientNetLite(**kwargs)
+    module = efficientnet_lite.EfficientNetLite(
+        **kwargs, depthwise_impl=depthwise_impl)
     convert = efficientnet_lite.convert_torch_weights
     features = functools.partial(_cnn_features, module)
     layer = None

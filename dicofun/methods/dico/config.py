@@ -35,13 +35,13 @@ ARGS: dict[str, str] = {
 
 # The ``cpu`` preset: the largest sensible DiCo run in <= 1 hour on 2 CPU
 # cores on magnetic tile (761 training, 583 test images, 256 px,
-# EfficientNet-Lite0). Estimate from benchmarks/dico_profile.py on the shared
-# 2-core machine (load ~7, batch 8): a cached-target step 2.82 s (2.8
-# images/s; the faithful step 5.78 s), the clean encoder 0.24 s/image,
-# scoring ~0.3 s/image. Target cache 761 × 0.24 ≈ 185 s + 9 epochs × 761 /
-# 2.8 ≈ 2410 s + test evaluations at epochs 3, 6, 9 ≈ 3 × 175 s + final test
-# and transductive scoring ≈ 405 s ≈ 3530 s ≈ 59 min (not run for the hour).
-CPU_PRESET = dict(epochs=9, batch_size=8, eval_batch_size=8, eval_every=3,
+# EfficientNet-Lite0). Estimate from benchmarks/dico_profile.py on the idle
+# 2-core Intel Xeon sandbox (batch 8, after the CPU depthwise path of
+# efficientnet_lite.depthwise_conv): a train step 0.84 s (9.5 images/s; 2.40
+# s before it), scoring ~0.04 s/image. Target cache 761 × 0.015 ≈ 11 s + 30
+# epochs × 761 / 9.5 ≈ 2400 s + 10 test evaluations (every 3 epochs) ×
+# ~45 s + final test and transductive scoring ≈ 60 s ≈ 2900 s ≈ 48 min.
+CPU_PRESET = dict(epochs=30, batch_size=8, eval_batch_size=8, eval_every=3,
                   checkpoint_every=1, lr_schedule="cosine", warmup_epochs=1,
                   cache_targets=True)
 

@@ -67,7 +67,8 @@ def encoder_from_fn(encode: Callable[[Array], dict[str, Array]],
 
 
 def encoder_from_backbone(name: str, *, levels: Sequence[str],
-                          image_size: int, weights: str = "pretrained"
+                          image_size: int, weights: str = "pretrained",
+                          depthwise_impl: str = "auto"
                           ) -> tuple[Encoder, Any]:
   """The EfficientNet-Lite (or other registry) backbone as an ``Encoder``.
 
@@ -76,11 +77,13 @@ def encoder_from_backbone(name: str, *, levels: Sequence[str],
     levels: the levels used (channel counts are read for these).
     image_size: input size used to infer the channel counts.
     weights: "pretrained", "random" or a checkpoint path.
+    depthwise_impl: CNN depthwise convolutions (``registry.get_backbone``).
 
   Returns:
     ``(encoder, backbone)``; the backbone carries ``mean`` / ``std``.
   """
-  bb = registry.get_backbone(name, weights=weights)
+  bb = registry.get_backbone(name, weights=weights,
+                             depthwise_impl=depthwise_impl)
   apply_features = bb.apply_features
 
   def apply(variables, images):
