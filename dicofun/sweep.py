@@ -508,6 +508,18 @@ def flatten_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
+def last_epoch_values(res: dict[str, Any]) -> dict[str, Any]:
+  """``{"last.<key>": v}``: the numeric values of the training history's
+  last row in a results.json (losses, DiCo's gate quantiles and item usage,
+  FUN-AD's pseudo-label counts); ``{}`` for runs without a history."""
+  history = (res.get("extra") or {}).get("history") or []
+  if not history:
+    return {}
+  return {f"last.{k}": v for k, v in history[-1].items()
+          if k != "epoch" and isinstance(v, (int, float))
+          and not isinstance(v, bool)}
+
+
 def collect_results(cells: Sequence[Cell],
                     workdir: str) -> list[dict[str, Any]]:
   """One row per cell: axis labels, status, seconds and flattened metrics.
@@ -526,6 +538,7 @@ def collect_results(cells: Sequence[Cell],
       row["status"] = "done"
       row["seconds"] = res.get("seconds")
       row.update(flatten_metrics(res.get("metrics", {})))
+      row.update(last_epoch_values(res))
     else:
       status = "pending"
       info_path = os.path.join(d, CELL_INFO)

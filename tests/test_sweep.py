@@ -404,3 +404,27 @@ def test_tiny_synthetic_sweep_end_to_end(tmp_path):
   assert (workdir / "heatmap_test_image_auroc.png").stat().st_size > 0
   assert "| coreset \\ contamination | 0.0 | 0.1 |" in (
       workdir / "sweep_results.md").read_text()
+
+
+def test_dico_sweep_axes_from_args():
+  sweep = sweep_lib.load_sweep(
+      "configs/sweeps/dico_memory_contamination.py:dataset=magnetic_tile,cpu,"
+      "image_size=128,epochs=8,memory=0+50+200,contamination=0+0.2")
+  cells = sweep_lib.expand_cells(sweep)
+  assert sorted((int(c.labels["memory"]), float(c.labels["contamination"]))
+                for c in cells) == [(0, 0.0), (0, 0.2), (50, 0.0), (50, 0.2),
+                                    (200, 0.0), (200, 0.2)]
+  assert sweep.base.endswith(":category=magnetic_tile,cpu,image_size=128,"
+                             "epochs=8")
+  sweep_lib.validate_cells(cells)
+
+
+def test_last_epoch_values_from_the_history():
+  res = {"extra": {"history": [
+      {"epoch": 1, "loss": 2.0, "gate_p50": 0.5},
+      {"epoch": 2, "loss": 1.5, "gate_p50": 0.25, "items_used": 12,
+       "note": "text", "converged": True}]}}
+  assert sweep_lib.last_epoch_values(res) == {
+      "last.loss": 1.5, "last.gate_p50": 0.25, "last.items_used": 12}
+  assert sweep_lib.last_epoch_values({"extra": {}}) == {}
+  assert sweep_lib.last_epoch_values({}) == {}

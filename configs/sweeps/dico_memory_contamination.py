@@ -12,7 +12,13 @@ Run:
 Args: dataset (synthetic|mvtec|visa|magnetic_tile|elpv), category (default: the
 dataset's), runlocal (every cell at its config's CPU smoke size),
 image_size (0 = the config's), epochs (0 = the config's), cpu (the ``cpu``
-preset; image_size, epochs and cpu set the budget, the same for every cell).
+preset; image_size, epochs and cpu set the budget, the same for every cell),
+memory and contamination (the axes, ``+``-separated; default the 4 × 4 grid
+above), e.g. issue 14's 3 × 2 table::
+
+  dicofun sweep --sweep=configs/sweeps/dico_memory_contamination.py:\
+dataset=magnetic_tile,cpu,image_size=128,epochs=8,memory=0+50+200,\
+contamination=0+0.2 --workdir=runs/sweeps/dico_mc_mt
 """
 
 import ml_collections
@@ -22,7 +28,9 @@ from dicofun import configlib
 
 def get_sweep(arg=None):
   a = configlib.parse_arg(arg, dataset="synthetic", category="",
-                          runlocal=False, image_size=0, epochs=0, cpu=False)
+                          runlocal=False, image_size=0, epochs=0, cpu=False,
+                          memory=(0, 10, 50, 200),
+                          contamination=(0.0, 0.05, 0.1, 0.2))
   category = a.category or configlib.dataset_defaults(a.dataset)["category"]
   base_arg = f"category={category}" + (",runlocal" if a.runlocal else "")
   base_arg += ",cpu" if a.cpu else ""
@@ -31,10 +39,12 @@ def get_sweep(arg=None):
   base_arg += f",epochs={a.epochs}" if a.epochs else ""
   return ml_collections.ConfigDict(dict(
       base=f"configs/dico_{a.dataset}.py:{base_arg}",
-      axes=dict(memory=[0, 10, 50, 200],
-                contamination=[0.0, 0.05, 0.1, 0.2]),
+      axes=dict(memory=[int(n) for n in a.memory],
+                contamination=[float(c) for c in a.contamination]),
       rows="memory",
       cols="contamination",
-      metric=("test.image_auroc", "test.pixel_auroc",
-              "transductive.image_auroc"),
+      # last.*: the last epoch's gate median and items used (of N): does the
+      # memory do anything (issue 14)?
+      metric=("test.image_auroc", "test.aupro", "transductive.image_auroc",
+              "last.gate_p50", "last.items_used"),
   ))
