@@ -14,12 +14,13 @@ Run::
       --workdir=runs/dico_visa_local
 
 Args: category, contamination, memory (N; 0 = no memory), mask_ratio,
-mask_patch, masking, score (adaptive|max|topk_mean), k_masks, epochs,
-lr_schedule (constant|cosine), warmup_epochs, batch_size, backbone (a CNN),
-image_size, crop, seed, root, runlocal (the CPU smoke size of get_config), cpu
-(the largest sensible run in <= 1 hour on 2 CPU cores on magnetic tile: 30
-epochs at batch 8 with cached targets and a cosine lr with 1 warm-up epoch;
-estimated 48 min from 9.5 training images/s at 256 px, see CPU_PRESET in
+mask_patch, masking, score (adaptive|max|topk_mean), k_masks (inference
+passes), k_combine (mean|masked: how they combine), epochs, lr_schedule
+(constant|cosine), warmup_epochs, batch_size, backbone (a CNN), image_size,
+crop, seed, root, runlocal (the CPU smoke size of get_config), cpu (the largest
+sensible run in <= 1 hour on 2 CPU cores on magnetic tile: 30 epochs at batch 8
+with cached targets and a cosine lr with 1 warm-up epoch; estimated 48 min from
+9.5 training images/s at 256 px, see CPU_PRESET in
 dicofun/methods/dico/config.py).
 Defaults: ``default_config()`` of dicofun/methods/dico/config.py, the
 shared blocks of ``configlib.run_config`` and the values below; an arg given

@@ -235,9 +235,12 @@ class ResumeMismatchError(ValueError):
 # of the run (a resumed run may extend it), schedules and scoring batch sizes.
 # Fields that change how, not what, training computes (DiCo's target cache and
 # fused encoder pass give the same function) stay out of the fingerprint.
+# DiCo's scoring settings (the image score, the blur, inference-time masks)
+# only read the trained model, so a finished run can be re-scored with others.
 _NOT_TRAINING = frozenset({"epochs", "eval_every", "checkpoint_every",
                            "eval_batch_size", "transductive", "cache_targets",
-                           "fuse_encoder", "cpu_preset"})
+                           "fuse_encoder", "cpu_preset", "score_mode", "kappa",
+                           "topk_fraction", "k_masks", "k_masks_combine"})
 _DATASET_FIELDS = ("name", "category", "root", "contamination",
                    "contamination_seed", "image_size", "crop_fraction",
                    "synthetic", "folder")

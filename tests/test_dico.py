@@ -531,3 +531,55 @@ def test_speed_knobs_stay_out_of_the_resume_fingerprint():
   for kw in (dict(feature_masking=True), dict(lr_schedule="cosine"),
              dict(warmup_epochs=1)):
     assert fp(**kw) != base, kw
+
+
+def test_combine_pass_maps_hand_values():
+  # Two passes, complementary masks: left column masked in pass 0.
+  masks = jnp.asarray([[[1.0, 0.0]], [[0.0, 1.0]]])[..., None]  # (2,1,2,1)
+  maps = jnp.asarray([[[[1.0, 5.0]]], [[[3.0, 7.0]]]])  # (K=2,B=1,1,2)
+  mean = scoring.combine_pass_maps(maps, masks, how="mean", sigma=0.0)
+  np.testing.assert_allclose(np.asarray(mean), [[[2.0, 6.0]]])
+  masked = scoring.combine_pass_maps(maps, masks, how="masked", sigma=0.0)
+  # Each pixel from the pass that masked it: left from pass 0, right pass 1.
+  np.testing.assert_allclose(np.asarray(masked), [[[1.0, 7.0]]])
+  with pytest.raises(ValueError, match="k_masks_combine"):
+    scoring.combine_pass_maps(maps, masks, how="max", sigma=0.0)
+
+
+def test_scoring_knobs_resume_and_masked_passes_score(data):
+  def fp(**kw):
+    config = ml_collections.ConfigDict({"dico": small_config(**kw),
+                                        "seed": 0})
+    return training.training_fingerprint(config, "dico")["hash"]
+  # A finished model may be re-scored with other inference settings.
+  for kw in (dict(k_masks=2), dict(k_masks_combine="masked"),
+             dict(score_mode="max"), dict(kappa=2.0)):
+    assert fp(**kw) == fp(), kw
+  assert fp(mask_ratio=0.25) != fp()
+  # The masked combination of the score function, recomputed by hand.
+  _, test, _ = data
+  enc = tiny_encoder()
+  cfg = small_config(k_masks=2, k_masks_combine="masked")
+  net = dico.build_net(cfg, enc.channels)
+  st = step_lib.init_state(net, enc, step_lib.make_optimizer(),
+                           jax.random.PRNGKey(0), test[:8])
+  variables = {"params": st["params"], "batch_stats": st["batch_stats"]}
+  scfg = dico.step_config(cfg)
+  _, got = step_lib.make_score_fn(net, enc, scfg)(variables, test[:4])
+  x = jnp.asarray(test[:4], jnp.float32)
+  targets = enc.apply(enc.variables, x)
+  masks = masking.complementary_masks(jax.random.PRNGKey(0), x.shape[1:3],
+                                      k=2, patch=cfg.mask_patch)
+  total = 0.0
+  for mask in masks:
+    recons, _ = net.apply(variables, enc.apply(
+        enc.variables, masking.apply_mask(x, mask[None])), train=False)
+    total = total + mask[None, ..., 0] * scoring.anomaly_map(
+        targets, recons, LEVELS, size=x.shape[1:3], sigma=0.0)
+  want = scoring.gaussian_blur(total, cfg.blur_sigma)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4,
+                             atol=1e-5)
+  # ... and differs from the mean of the passes.
+  _, mean_maps = step_lib.make_score_fn(
+      net, enc, dico.step_config(small_config(k_masks=2)))(variables, test[:4])
+  assert np.abs(np.asarray(mean_maps) - np.asarray(got)).max() > 1e-3

@@ -16,6 +16,8 @@ from dicofun import configlib
 from dicofun.models import names
 
 SCORE_MODES = ("adaptive", "max", "topk_mean")
+# How the K masked inference passes combine (scoring.combine_pass_maps).
+K_MASKS_COMBINE = ("mean", "masked")
 
 # Config-file argument → the field it sets (its default is that field's).
 ARGS: dict[str, str] = {
@@ -26,6 +28,7 @@ ARGS: dict[str, str] = {
     "masking": "dico.masking",
     "score": "dico.score_mode",
     "k_masks": "dico.k_masks",
+    "k_combine": "dico.k_masks_combine",
     "epochs": "dico.epochs",
     "batch_size": "dico.batch_size",
     "lr_schedule": "dico.lr_schedule",
@@ -61,7 +64,10 @@ def default_config() -> ml_collections.ConfigDict:
       score_mode="adaptive",  # One of SCORE_MODES.
       kappa=3.0,
       topk_fraction=0.01,
-      k_masks=0,  # K complementary masks averaged at inference (0 = off).
+      k_masks=0,  # K complementary masked passes at inference (0 = off).
+      # How they combine: "mean" of the K maps, or "masked" (ours): each
+      # pixel from the pass that masked it (inpainting error, as trained).
+      k_masks_combine="mean",
       epochs=200,
       batch_size=16,
       lr=5e-3,
@@ -130,6 +136,8 @@ def check(config: ml_collections.ConfigDict) -> None:
                        f"a CNN, one of {cnns} (DiCo decodes its stride levels)")
   d = config.dico
   configlib.check_choice("dico.score_mode", d.score_mode, SCORE_MODES)
+  configlib.check_choice("dico.k_masks_combine", d.k_masks_combine,
+                         K_MASKS_COMBINE)
   configlib.check_positive_int("dico.epochs", d.epochs)
   configlib.check_positive_int("dico.batch_size", d.batch_size)
   configlib.check_positive("dico.lr", d.lr)

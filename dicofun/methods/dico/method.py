@@ -53,6 +53,7 @@ def step_config(cfg: ml_collections.ConfigDict) -> step_lib.StepConfig:
       blur_sigma=float(cfg.blur_sigma), score_mode=str(cfg.score_mode),
       kappa=float(cfg.kappa), topk_fraction=float(cfg.topk_fraction),
       k_masks=int(cfg.k_masks),
+      k_masks_combine=str(cfg.k_masks_combine),
       fuse_encoder=bool(cfg.get("fuse_encoder", False)),
       feature_masking=bool(cfg.get("feature_masking", False)))
 

@@ -50,6 +50,36 @@ def anomaly_map(targets: dict[str, Array], recons: dict[str, Array],
   return gaussian_blur(total, sigma)
 
 
+# How the K complementary masked passes of inference make one map: "mean"
+# (every pass at every pixel) or "masked" (ours: each pixel's error from the
+# one pass that masked it, i.e. the inpainting error training optimises).
+K_MASKS_COMBINE = dico_config.K_MASKS_COMBINE
+
+
+def combine_pass_maps(maps: Array, masks: Array, *, how: str,
+                      sigma: float) -> Array:
+  """One anomaly map from the unblurred maps of K masked passes.
+
+  Args:
+    maps: (K, B, H, W) maps of the passes, not blurred.
+    masks: (K, H, W, 1) complementary masks (1 = masked; they sum to 1).
+    how: one of ``K_MASKS_COMBINE``.
+    sigma: Gaussian blur applied after combining (the blur is linear, so
+      "mean" equals the mean of the blurred maps).
+
+  Returns:
+    (B, H, W).
+  """
+  if how == "mean":
+    total = jnp.mean(maps, axis=0)
+  elif how == "masked":
+    total = jnp.sum(maps * masks[:, None, :, :, 0], axis=0)
+  else:
+    raise ValueError(f"k_masks_combine must be one of {K_MASKS_COMBINE}, got "
+                     f"{how!r}")
+  return gaussian_blur(total, sigma)
+
+
 def topk_count(num_pixels: int, fraction: float) -> int:
   """``max(1, ceil(fraction · P))``."""
   return max(1, int(math.ceil(float(fraction) * num_pixels - 1e-9)))

@@ -114,6 +114,7 @@ class StepConfig:
   kappa: float = 3.0
   topk_fraction: float = 0.01
   k_masks: int = 0
+  k_masks_combine: str = "mean"  # One of K_MASKS_COMBINE.
   fuse_encoder: bool = False
   feature_masking: bool = False
 
@@ -125,6 +126,7 @@ ITEM_COUNTS = "item_counts"
 
 
 LR_SCHEDULES = ("constant", "cosine")
+K_MASKS_COMBINE = scoring.K_MASKS_COMBINE
 
 
 def make_lr_schedule(lr: float, *, schedule: str = "constant",
@@ -445,9 +447,10 @@ def make_score_fn(net: model_lib.DiCoNet, encoder: Encoder, cfg: StepConfig, *,
                   ) -> Callable[[Any, Array], tuple[Array, Array]]:
   """Jitted ``score(variables, images) -> (scores (B,), maps (B, H, W))``.
 
-  Inference uses the unmasked image; with ``cfg.k_masks = K > 0`` the map is
-  the mean of the maps of K complementary masked passes (fixed masks from
-  key 0), every pass compared with the clean targets.
+  Inference uses the unmasked image; with ``cfg.k_masks = K > 0`` the map
+  comes from K complementary masked passes (fixed masks from key 0), every
+  pass compared with the clean targets: their mean (``k_masks_combine=
+  "mean"``) or, per pixel, the pass that masked it (``"masked"``, ours).
 
   Args:
     net: network.
@@ -475,9 +478,11 @@ def make_score_fn(net: model_lib.DiCoNet, encoder: Encoder, cfg: StepConfig, *,
         recons, _ = net.apply(variables, _features(encoder, enc_vars, x),
                               train=False)
         return scoring.anomaly_map(targets, recons, cfg.levels, size=size,
-                                   sigma=cfg.blur_sigma)
+                                   sigma=0.0)
 
-      amap = jnp.mean(jax.lax.map(one, masks), axis=0)
+      amap = scoring.combine_pass_maps(
+          jax.lax.map(one, masks), masks, how=cfg.k_masks_combine,
+          sigma=cfg.blur_sigma)
     else:
       recons, _ = net.apply(variables, targets, train=False)
       amap = scoring.anomaly_map(targets, recons, cfg.levels, size=size,
