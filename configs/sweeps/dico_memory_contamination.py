@@ -13,12 +13,14 @@ Args: dataset (synthetic|mvtec|visa|magnetic_tile|elpv), category (default: the
 dataset's), runlocal (every cell at its config's CPU smoke size),
 image_size (0 = the config's), epochs (0 = the config's), cpu (the ``cpu``
 preset; image_size, epochs and cpu set the budget, the same for every cell),
-memory and contamination (the axes, ``+``-separated; default the 4 × 4 grid
-above), e.g. issue 14's 3 × 2 table::
+memory (the N axis, ``+``-separated), contamination (the other axis; the
+defaults give the 4 × 4 grid above).
 
-  dicofun sweep --sweep=configs/sweeps/dico_memory_contamination.py:\
-dataset=magnetic_tile,cpu,image_size=128,epochs=8,memory=0+50+200,\
-contamination=0+0.2 --workdir=runs/sweeps/dico_mc_mt
+Issue 14's 3 × 2 table at a small budget::
+
+  dicofun sweep \
+      --sweep=configs/sweeps/dico_memory_contamination.py:dataset=magnetic_tile,cpu,image_size=128,epochs=8,memory=0+50+200,contamination=0+0.2 \
+      --workdir=runs/sweeps/dico_mc_mt
 """
 
 import ml_collections
