@@ -327,10 +327,16 @@ def _check_fingerprint(path: str, fingerprint: dict[str, Any], *,
     return
   old, new = stored.get("values", {}), fingerprint["values"]
   missing = object()
+  # A field a checkpoint recorded that no longer counts for training (it
+  # joined _NOT_TRAINING after the checkpoint was written) is no difference.
+  dropped = {k for k in set(old) - set(new)
+             if k.rsplit(".", 1)[-1] in _NOT_TRAINING}
   diffs = [f"{k}: {old.get(k, '<absent>')!r} (checkpoint) vs "
            f"{new.get(k, '<absent>')!r} (now)"
-           for k in sorted(set(old) | set(new))
+           for k in sorted((set(old) | set(new)) - dropped)
            if old.get(k, missing) != new.get(k, missing)]
+  if not diffs and stored.get("values") is not None:
+    return
   raise ResumeMismatchError(
       f"{ckpt_root} holds a training checkpoint (epoch {epoch}) of a run with "
       f"a different config, so it cannot be resumed: "

@@ -359,3 +359,32 @@ def test_figure_indices_are_the_first_anomalies_and_normals():
   np.testing.assert_array_equal(training.figure_indices(labels), [1, 4, 0, 2])
   np.testing.assert_array_equal(training.figure_indices(labels, k=1), [1, 0])
   assert training.figure_indices(np.zeros(0)).shape == (0,)
+
+
+def test_checkpoint_fields_that_no_longer_count_do_not_block_resume(tmp_path):
+  wd = str(tmp_path)
+  now = _fp()
+  training.run_loop(state=_state(), epochs=2, epoch_fn=_epoch_fn, workdir=wd,
+                    fingerprint=now)
+  path = os.path.join(wd, "checkpoints", "fingerprint.json")
+  # As written by an older dicofun that still counted funad.kappa (a
+  # scoring field, now in _NOT_TRAINING) and a field that still counts.
+  for extra, resumes in (({"funad.kappa": 3.0}, True),
+                         ({"funad.other_knob": 1.0}, False)):
+    stored = {"hash": "older", "values": {**now["values"], **extra}}
+    with open(path, "w") as f:
+      json.dump(stored, f)
+    calls = []
+
+    def counting(state, epoch, calls=calls):
+      calls.append(epoch)
+      return _epoch_fn(state, epoch)
+
+    if resumes:
+      training.run_loop(state=_state(), epochs=3, epoch_fn=counting,
+                        workdir=wd, fingerprint=now)
+      assert calls == [2]
+    else:
+      with pytest.raises(training.ResumeMismatchError, match="other_knob"):
+        training.run_loop(state=_state(), epochs=4, epoch_fn=counting,
+                          workdir=wd, fingerprint=now)
