@@ -30,6 +30,9 @@ the two sides' outputs on the benchmark batch.
 
 Run (near-idle machine preferred; the row records the 1-minute load):
   python benchmarks/vs_onnxruntime.py --models lite0,dinov2
+  # Lite0 with XLA CPU's YNNPACK library fusions off (rows *_no_ynn):
+  XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= \
+      python benchmarks/vs_onnxruntime.py --models lite0 --tag no_ynn
   python benchmarks/vs_onnxruntime.py --models lite0 --batch 2 --size 96 \
       --repeats 2 --no_write   # quick check
 """
@@ -259,6 +262,9 @@ def main() -> None:
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--gemm", type=int, default=4096,
                  help="side of the numpy GEMM probe")
+  p.add_argument("--tag", default="",
+                 help="suffix of the rows' names (e.g. a run with other "
+                      "XLA_FLAGS); the rows then record XLA_FLAGS")
   p.add_argument("--no_write", action="store_true")
   args = p.parse_args()
   rng = np.random.default_rng(1)
@@ -272,6 +278,9 @@ def main() -> None:
       rows = dinov2_rows(args.dinov2_batch, args.size, args.repeats, gemm,
                          args.before)
     for r in rows:
+      if args.tag:
+        r["benchmark"] += f"_{args.tag}"
+        r["xla_flags"] = os.environ.get("XLA_FLAGS", "")
       print(r, flush=True)
     if not args.no_write:
       _speed.add_rows(rows)
