@@ -21,7 +21,7 @@ Writes benchmarks/results/phases.json (rows with the CPU, its load, the
 commit and the command) and the table between the ``phases:begin`` /
 ``phases:end`` markers of BENCHMARKS.md.
 
-Run (≈10 minutes on 2 cores):
+Run (≈15 minutes on 2 loaded cores):
   python benchmarks/phases.py
   python benchmarks/phases.py --methods patchcore --no_write   # one method
 """
