@@ -72,12 +72,33 @@ def commit() -> str:
   return head + ("-dirty" if dirty else "")
 
 
+# Environment variables that change what a benchmark measures, as the
+# process started (before ``cpu.configure_cpu_devices`` adds its flag).
+_ENV = ("DICOFUN_CPU_DEVICES", "XLA_FLAGS")
+_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+_START_ENV = {k: os.environ.get(k, "") for k in _ENV}
+
+
+def env_prefix(env: Optional[dict[str, str]] = None) -> str:
+  """``VAR=value `` for each set variable of ``_ENV`` (the device-count
+  flag that ``cpu.configure_cpu_devices`` adds is left out)."""
+  env = _START_ENV if env is None else env
+  parts = []
+  for k in _ENV:
+    v = env.get(k, "")
+    if k == "XLA_FLAGS":
+      v = " ".join(f for f in v.split() if not f.startswith(_DEVICE_FLAG))
+    if v:
+      parts.append(f"{k}={shlex.quote(v)} ")
+  return "".join(parts)
+
+
 def command() -> str:
   """The command line of this process, relative to the checkout."""
   argv = list(sys.argv)
   if argv and os.path.isabs(argv[0]):
     argv[0] = os.path.relpath(argv[0], ROOT)
-  return "python " + " ".join(shlex.quote(a) for a in argv)
+  return env_prefix() + "python " + " ".join(shlex.quote(a) for a in argv)
 
 
 def load_rows(path: str = SPEED_JSON) -> list[dict[str, Any]]:

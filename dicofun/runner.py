@@ -63,19 +63,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   main_process = parallel.is_main_process()
   os.makedirs(workdir, exist_ok=True)
   t0 = time.time()
+  phases: dict[str, float] = {}
+  clock = [t0]
+
+  def lap(name: str) -> None:
+    now = time.time()
+    phases[name] = round(now - clock[0], 3)
+    clock[0] = now
+
   data = parallel.main_process_first(
       lambda: protocol.prepare_data(config, workdir), name="dicofun_data")
+  lap("data")
   # Everything the evaluation reads (test masks: present unless
   # config.dataset.allow_missing_masks, decodable) is loaded before the
   # method runs, so a bad input fails in seconds, not after training.
   eval_arrays = protocol.load_eval_arrays(config, data.test)
+  lap("masks")
   preds = method.run(config, data, workdir)
+  lap("method")
   metrics = protocol.evaluate_predictions(preds, data, eval_arrays)
+  lap("metrics")
   threshold, threshold_how = choose_threshold(config, method, data, preds)
+  lap("threshold")
   if preds.state is not None:
     checkpoint.save_inference(
         workdir, state=preds.state, config=config, threshold=threshold,
         meta={"threshold_rule": threshold_how, "method": config.method})
+  lap("checkpoint")
   elapsed = time.time() - t0
   table = results_lib.metrics_table(
       metrics, title=f"{config.method} on {config.dataset.name}/{data.category}"
@@ -83,6 +97,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   logging.info("Results:\n%s", table)
   if main_process:
     figures = results_lib.write_figures(workdir, config, data, preds, eval_arrays)
+    lap("figures")
     results = {
         "method": config.method,
         "dataset": config.dataset.name,
@@ -103,12 +118,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         "threshold_rule": threshold_how,
         "figures": figures,
         "seconds": elapsed,
+        # Wall seconds of each runner phase in order (the method's own split,
+        # e.g. feature_seconds / fit_seconds / train_seconds, is in extra);
+        # "results" is the writing of the files before results.json.
+        "phases": phases,
         "extra": preds.extra,
     }
     results_lib.write_metrics_md(os.path.join(workdir, "metrics.md"), table)
     results_lib.write_scores_csv(os.path.join(workdir, "test_scores.csv"), data, preds)
     if config.eval.tensorboard:
       results_lib.write_summaries(workdir, metrics, preds.extra, enabled=True)
+    lap("results")
+    logging.info("Phases (s): %s", ", ".join(f"{k} {v:.1f}"
+                                             for k, v in phases.items()))
     # Written last and atomically: its presence marks a finished run (sweeps
     # skip such cells).
     results_lib.write_json_atomic(os.path.join(workdir, "results.json"), results)

@@ -277,3 +277,41 @@ def test_lite_features_same_with_either_depthwise_path():
     scale = float(jnp.abs(feats_x[name]).max())
     np.testing.assert_allclose(feats_s[name], feats_x[name],
                                atol=1e-4 * max(scale, 1.0))
+
+
+def test_vit_gelu_is_exact_erf_gelu():
+  """The erf form equals jax's erfc form and hand values (not tanh GELU)."""
+  x = jnp.linspace(-6.0, 6.0, 1201, dtype=jnp.float32)
+  # Absolute: below x ≈ -4, 1 + erf rounds to a multiple of 2^-24 (as in
+  # torch); there GELU is ~0 and the forms differ by < 1e-6.
+  np.testing.assert_allclose(vit.gelu(x), jax.nn.gelu(x, approximate=False),
+                             atol=1e-6, rtol=1e-6)
+  # Φ(1) = 0.841344746..., so gelu(1) = Φ(1), gelu(-1) = -(1 - Φ(1)).
+  np.testing.assert_allclose(vit.gelu(jnp.array([1.0, -1.0, 0.0, 2.0])),
+                             [0.8413447, -0.1586553, 0.0, 1.9544997],
+                             atol=1e-6)
+  # The tanh approximation differs by ~1e-4 at x = 1: not what we compute.
+  assert abs(float(jax.nn.gelu(1.0, approximate=True)) - 0.8413447) > 1e-4
+
+
+def test_vit_attention_equals_softmax_einsum():
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 7, 3, 4)), jnp.float32)
+             for _ in range(3))
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / 2.0  # sqrt(hd) = 2.
+  ref = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v)
+  got = vit.attention(q, k, v)
+  assert got.shape == (2, 7, 3, 4)
+  np.testing.assert_allclose(got, ref, atol=1e-6)
+  # Equal keys: uniform weights, every query gets the mean of the values.
+  same_k = jnp.broadcast_to(k[:, :1], k.shape)
+  np.testing.assert_allclose(
+      vit.attention(q, same_k, v),
+      jnp.broadcast_to(v.mean(axis=1, keepdims=True), v.shape), atol=1e-6)
+  # Two tokens, one head, hd = 1: logits q·k = [[1, 0], [0, 0]] → the first
+  # query weights the values by softmax([1, 0]) = [e/(e+1), 1/(e+1)].
+  one = lambda a: jnp.asarray(a, jnp.float32).reshape(1, 2, 1, 1)
+  out = vit.attention(one([1, 0]), one([1, 0]), one([2, 4]))
+  e = np.e
+  np.testing.assert_allclose(np.asarray(out).ravel(),
+                             [(2 * e + 4) / (e + 1), 3.0], rtol=1e-6)

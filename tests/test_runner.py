@@ -92,3 +92,29 @@ def test_allowed_missing_mask_runs_and_evaluates(dataset_without_one_mask,
   assert metrics["test"]["image_auroc"] == 1.0
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)["metrics"]["test"]["image_auroc"] == 1.0
+
+
+def test_results_record_the_runner_phases(dataset_without_one_mask, fake,
+                                          tmp_path, monkeypatch):
+  """Each phase's wall seconds are the clock differences around it."""
+  root, _, _ = dataset_without_one_mask
+  config = _config(root)
+  config.dataset.allow_missing_masks = True
+  # runner's clock reads, in order: start, data, masks, method, metrics,
+  # threshold, checkpoint, the total, figures, results.
+  reads = iter([100.0, 101.0, 101.5, 111.5, 112.0, 112.25, 113.25, 113.25,
+                115.25, 115.75])
+  monkeypatch.setattr(runner, "time",
+                      types.SimpleNamespace(time=lambda: next(reads)))
+  workdir = str(tmp_path / "run")
+  runner.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "results.json")) as f:
+    res = json.load(f)
+  assert res["phases"] == {"data": 1.0, "masks": 0.5, "method": 10.0,
+                           "metrics": 0.5, "threshold": 0.25,
+                           "checkpoint": 1.0, "figures": 2.0, "results": 0.5}
+  assert list(res["phases"]) == ["data", "masks", "method", "metrics",
+                                 "threshold", "checkpoint", "figures",
+                                 "results"]
+  assert res["seconds"] == 13.25
+  assert next(reads, None) is None  # No other clock read.

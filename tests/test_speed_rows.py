@@ -50,3 +50,17 @@ def test_stored_rows_have_the_required_keys():
     for key in ("benchmark", "peer", "ours_over_peer", "roofline_fraction",
                 "commit", "command", "cpu", "load"):
       assert key in r, (r["benchmark"], key)
+
+
+def test_command_names_the_environment_that_changes_a_row():
+  speed = _speed()
+  assert speed.env_prefix({}) == ""
+  assert speed.env_prefix({"DICOFUN_CPU_DEVICES": "1"}) == (
+      "DICOFUN_CPU_DEVICES=1 ")
+  # The device count cpu.configure_cpu_devices adds is not the user's flag.
+  assert speed.env_prefix({
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}) == ""
+  assert speed.env_prefix({
+      "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type= "
+                   "--xla_force_host_platform_device_count=2"}) == (
+      "XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= ")
