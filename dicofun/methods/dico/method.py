@@ -210,6 +210,11 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
   info = {"history": loop.history, "oracle": loop.oracle, "losses": losses,
           "epochs": int(cfg.epochs), "resumed_from_epoch": loop.start_epoch,
           "train_seconds": loop.train_seconds,
+          # Training only (no evaluation/checkpoint), first epoch (compile)
+          # left out when others ran.
+          "train_images_per_s": (
+              images_per_epoch / loop.seconds_per_epoch
+              if images_per_epoch and loop.seconds_per_epoch else None),
           "compilations": len(train_step.traces),
           "num_parameters": model_lib.tree_size(variables["params"])}
   return variables, info
@@ -386,6 +391,7 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
       # wrote each row to TensorBoard (history/*) as it trained.
       "history": info["history"],
       "train_seconds": info["train_seconds"],
+      "train_images_per_s": info.get("train_images_per_s"),
       "train_step_compilations": info["compilations"],
       "num_parameters": info["num_parameters"],
       "batch_size": bs,
