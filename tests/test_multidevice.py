@@ -74,8 +74,15 @@ def results(tmp_path_factory):
   return _run(tmp_path, data, 1), _run(tmp_path, data, 8)
 
 
+# The trained methods' scores agree to 2 % across device counts (float
+# reduction order in training); on this tiny test set (4 normal, 4 anomalous
+# images: 16 pairs) a near-tie may swap one pair, 1/16 of image AUROC.
+_ONE_PAIR = 1 / 16 + 1e-9
+
+
 @pytest.mark.parametrize("method,score_rtol,metric_atol", [
-    ("patchcore", 1e-5, 1e-4), ("funad", 2e-2, 0.06), ("dico", 2e-2, 0.06)])
+    ("patchcore", 1e-5, 1e-4), ("funad", 2e-2, _ONE_PAIR),
+    ("dico", 2e-2, _ONE_PAIR)])
 def test_eight_devices_match_one(results, method, score_rtol, metric_atol):
   one, eight = results[0][method], results[1][method]
   assert one["devices"] == 1 and eight["devices"] == 8
