@@ -16,7 +16,6 @@ A cell whose results.json exists is not run again (delete it to re-measure).
 import json
 import os
 import shlex
-import statistics
 import sys
 import time
 
@@ -31,7 +30,7 @@ from dicofun import cpu  # pylint: disable=g-import-not-at-top,wrong-import-posi
 cpu.configure_cpu_devices()  # Before anything imports jax.
 
 from dicofun import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
-from dicofun import summary  # pylint: disable=g-import-not-at-top,wrong-import-position
+import _rows  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DATASET = flags.DEFINE_string("dataset", "magnetic_tile", "Dataset config suffix.")
 _RUNS = flags.DEFINE_multi_string(
@@ -55,19 +54,6 @@ def _load_config(method: str, dataset: str, arg: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg or None)
-
-
-def _tensorboard_images_per_s(cell: str):
-  """Median training images/s of a cell's epochs (its TensorBoard
-  ``speed/images_per_second``, first epoch left out), for runs whose
-  results.json predates ``train_images_per_s``; None without one."""
-  tb = os.path.join(cell, summary.TENSORBOARD_DIR)
-  if not os.path.isdir(tb):
-    return None
-  values = [v for _, v in summary.read_scalars(tb).get(
-      "speed/images_per_second", [])]
-  values = values[1:] or values
-  return float(statistics.median(values)) if values else None
 
 
 def _fmt(v) -> str:
@@ -120,7 +106,7 @@ def main(argv):
       elif epochs and extra.get("train_seconds") is not None:
         row["seconds_per_epoch"] = extra["train_seconds"] / epochs
       if row.get("train_images_per_s") is None:
-        row["train_images_per_s"] = _tensorboard_images_per_s(cell)
+        row["train_images_per_s"] = _rows.tensorboard_images_per_s(cell)
       oracle = extra.get("oracle") or {}
       for k in _COLS:
         if k in oracle:

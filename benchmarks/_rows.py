@@ -1,0 +1,19 @@
+"""Helpers for benchmark rows that read a finished run's own outputs."""
+
+import os
+import statistics
+
+from dicofun import summary
+
+
+def tensorboard_images_per_s(cell: str):
+  """Median training images/s of a cell's epochs (its TensorBoard
+  ``speed/images_per_second``, first epoch left out), for runs whose
+  results.json predates ``train_images_per_s``; None without one."""
+  tb = os.path.join(cell, summary.TENSORBOARD_DIR)
+  if not os.path.isdir(tb):
+    return None
+  values = [v for _, v in summary.read_scalars(tb).get(
+      "speed/images_per_second", [])]
+  values = values[1:] or values
+  return float(statistics.median(values)) if values else None
