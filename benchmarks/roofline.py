@@ -53,11 +53,13 @@ def _median_time(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
+def interleaved_medians(fns: dict, repeats: int,
+                        loads: list | None = None) -> dict[str, float]:
   """Median seconds of each function, timed in turns (a, b, a, b, ...).
 
   On a machine shared with other jobs, turns make load changes hit every
-  contender alike instead of whichever ran during a busy minute.
+  contender alike instead of whichever ran during a busy minute. With
+  ``loads``, the 1-minute load average after each call is appended to it.
   """
   for fn in fns.values():
     fn()  # Warm-up (compilation, page faults).
@@ -67,6 +69,8 @@ def interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
       t = time.perf_counter()
       fn()
       times[k].append(time.perf_counter() - t)
+      if loads is not None:
+        loads.append(os.getloadavg()[0])
   return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -42,11 +42,9 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import types
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -64,6 +62,7 @@ import onnx  # pylint: disable=g-import-not-at-top,wrong-import-position
 import onnxruntime as ort  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import _onnx_lite  # pylint: disable=g-import-not-at-top,wrong-import-position
+import roofline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dicofun import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dicofun.models import registry  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dicofun.models import weights  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -92,20 +91,6 @@ def _session(model_bytes: bytes, threads: int) -> ort.InferenceSession:
   opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
   return ort.InferenceSession(model_bytes, sess_options=opts,
                               providers=["CPUExecutionProvider"])
-
-
-def _turns(fns: dict, repeats: int, loads: list) -> dict[str, float]:
-  """Median seconds per function, timed in turns after one warm-up each."""
-  for fn in fns.values():
-    fn()
-  times = {k: [] for k in fns}
-  for _ in range(repeats):
-    for k, fn in fns.items():
-      t = time.perf_counter()
-      fn()
-      times[k].append(time.perf_counter() - t)
-      loads.append(os.getloadavg()[0])
-  return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _ours(module, variables, outputs):
@@ -140,7 +125,7 @@ def lite0_rows(batch: int, size: int, repeats: int, gemm) -> list[dict]:
          "ours_xla": _ours(xla.module, xla.variables, outputs)}
   fns = {"ours": lambda: run["ours"](x), "ours_xla": lambda: run["ours_xla"](x),
          "peer": lambda: sess.run(names, {"images": x_nchw}), "gemm": gemm[0]}
-  med = _turns(fns, repeats, loads)
+  med = roofline.interleaved_medians(fns, repeats, loads)
   ref = sess.run(names, {"images": x_nchw})
   ref = [ref[0], ref[1].transpose(0, 2, 3, 1), ref[2].transpose(0, 2, 3, 1)]
   gemm_gflops = gemm[1] / med["gemm"] / 1e9
@@ -212,7 +197,7 @@ def dinov2_rows(batch: int, size: int, repeats: int, gemm,
   fns = {k: functools.partial(f, x) for k, f in run.items()}
   fns["peer"] = lambda: sess.run(None, {"input_image": x_nchw})
   fns["gemm"] = gemm[0]
-  med = _turns(fns, repeats, loads)
+  med = roofline.interleaved_medians(fns, repeats, loads)
   ref = sess.run(None, {"input_image": x_nchw})
   g = size // bb.patch
   flops = vit_flops(1 + g * g, 384, 12, g * g, 3 * bb.patch ** 2)
