@@ -6,19 +6,28 @@ by ``dicofun.features``; magnetic tile, DINOv2-S by default). Timed in turns
 
 * ``old``: the loop as it was at commit a687557 (one jitted ``fori_loop`` on
   one device, copied below verbatim);
-* ``new``: ``greedy_coreset`` as ``patchcore.fit`` calls it (segments with
-  progress; rows split over the ``data`` devices when there are several);
-* ``approximate``: ``method="approximate"`` (official PatchCore start).
+* ``loop``: ``greedy_coreset(impl="loop")``, the jitted loop in segments
+  with progress, rows split over the ``data`` devices when there are several
+  (the default before the rounds);
+* ``new``: ``greedy_coreset`` as ``patchcore.fit`` calls it (``impl="auto"``:
+  the exact greedy in rounds over the farthest rows on a CPU-only run);
+* ``approximate``: ``method="approximate"`` (official PatchCore start), as
+  ``new``.
 
 Reported: seconds, the coverage radius of each selection in the full feature
 space (``coreset.coverage_radius``), whether old and new picked the same
-rows, and the achieved memory bandwidth of the loop (each pick reads the N
-projected rows once) as a fraction of ``roofline.py``'s copy bandwidth — the
-loop is bound by memory traffic, not by FLOPs.
+rows (they may part at a float near-tie; the radius is the criterion), and
+the roofline fraction: the exact greedy's N × M distance work (2 N M d FLOP)
+per second of ``new`` over ``roofline.py``'s measured GEMM rate — the rounds
+turn the loop's memory-bound row reads into GEMMs, so their limit is the
+GEMM rate (the loop's achieved bandwidth is reported as ``loop_gbs``).
 
 Run:
   python benchmarks/coreset.py                      # magnetic tile, 1 %
   python benchmarks/coreset.py --synthetic 20000 --no_write   # quick
+  python benchmarks/coreset.py --benchmark coreset_lite0_256 --repeats 1 \
+      --config configs/patchcore_magnetic_tile.py:image_size=256 \
+      --fraction 0.02                               # PatchCore's 256-px bank
 """
 
 from __future__ import annotations
@@ -118,6 +127,11 @@ def main() -> None:
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--synthetic", type=int, default=0,
                  help="rows of clustered random data instead of --config")
+  p.add_argument("--benchmark", default="coreset",
+                 help="row name in speed.json")
+  p.add_argument("--skip_old", action="store_true",
+                 help="leave out the pre-issue-16 loop (same code as loop "
+                      "on one device)")
   p.add_argument("--no_write", action="store_true")
   args = p.parse_args()
   x, what = _features(args.config, args.synthetic)
@@ -127,44 +141,57 @@ def main() -> None:
   kw = dict(num=num, projection_dim=args.projection_dim, seed=0)
   runs = {
       "old": lambda: old_greedy_coreset(x, **kw),
+      "loop": lambda: coreset.greedy_coreset(x, mesh=mesh, impl="loop", **kw),
       "new": lambda: coreset.greedy_coreset(x, mesh=mesh, **kw),
       "approximate": lambda: coreset.greedy_coreset(
           x, mesh=mesh, method="approximate", **kw),
   }
+  if args.skip_old:
+    del runs["old"]
+  base = "loop" if args.skip_old else "old"
   m = _speed.machine()
-  sel = {k: fn() for k, fn in runs.items()}  # Warm-up: compilation.
+  sel = {}
+  if args.repeats > 1:
+    sel = {k: fn() for k, fn in runs.items()}  # Warm-up: compilation.
+  # (One turn, for a long case: the ~1 s of compilation is in its time.)
   times = {k: [] for k in runs}
   for _ in range(args.repeats):
     for k, fn in runs.items():
       t = time.perf_counter()
       sel[k] = fn()
       times[k].append(time.perf_counter() - t)
+      print(f"{k}: {times[k][-1]:.1f} s", flush=True)
   load = max(m["load"], os.getloadavg()[0])
   med = {k: float(np.median(v)) for k, v in times.items()}
   radius = {k: coreset.coverage_radius(x, s, mesh=mesh) for k, s in sel.items()}
   zdim = args.projection_dim if 0 < args.projection_dim < dim else dim
-  gbs = n * zdim * 4 * num / med["new"] / 1e9
+  gbs = n * zdim * 4 * num / med["loop"] / 1e9
+  gflops = 2.0 * n * num * zdim / med["new"] / 1e9
   roof = None
   for r in _speed.load_rows():
     if r["benchmark"] == "roofline":
-      roof = max(r["copy_gbs"], r["triad_gbs"])
-  ratio = med["old"] / med["new"]
-  same = bool(np.array_equal(sel["old"], sel["new"]))
+      roof = r["roofline_gflops"]
+  ratio = med[base] / med["new"]
+  same = bool(np.array_equal(sel[base], sel["new"]))
+  first_diff = (None if same else
+                int(np.argmax(np.asarray(sel[base]) != np.asarray(sel["new"]))))
+  peer = ("ours before issue 16 (one device, one loop)" if base == "old" else
+          "ours, impl=loop (the jitted loop, rows over the data devices)")
   row = {
-      "benchmark": "coreset",
-      "peer": "ours before issue 16 (one device, one loop)",
+      "benchmark": args.benchmark,
+      "peer": peer,
       "ours_over_peer": round(ratio, 3),
       "target": "≥ 2× at equal coverage radius",
-      "met": bool(ratio >= 2.0 and radius["new"] <= radius["old"] * 1.0001),
-      "roofline_fraction": round(gbs / roof, 3) if roof else None,
+      "met": bool(ratio >= 2.0 and radius["new"] <= radius[base] * 1.0001),
+      "roofline_fraction": round(gflops / roof, 3) if roof else None,
       "features": what, "rows": n, "dim": dim, "picks": num,
-      "old_s": round(med["old"], 2), "new_s": round(med["new"], 2),
-      "approximate_s": round(med["approximate"], 2),
-      "approximate_over_old": round(med["old"] / med["approximate"], 3),
-      "radius_old": round(radius["old"], 4),
-      "radius_new": round(radius["new"], 4),
-      "radius_approximate": round(radius["approximate"], 4),
-      "same_picks_old_new": same,
+      **{f"{k}_s": round(v, 2) for k, v in med.items()},
+      **{f"{k}_over_{base}": round(med[base] / v, 3)
+         for k, v in med.items() if k != base},
+      **{f"radius_{k}": round(v, 4) for k, v in radius.items()},
+      f"same_picks_{base}_new": same,
+      "first_different_pick": first_diff,
+      "distance_gflops_new": round(gflops, 1),
       "loop_gbs": round(gbs, 2),
       "jax_devices": jax.device_count(),
       **m, "load": round(load, 2),

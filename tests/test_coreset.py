@@ -1,4 +1,4 @@
-"""Coreset: exact picks unchanged, the approximate start, sharding, radius.
+"""Coreset: exact picks unchanged, the rounds, the approximate start, sharding, radius.
 
 The basic greedy rules (count, determinism, the 2-approximation bound) are in
 tests/test_ops.py; these tests pin what issue 16 changed around the loop.
@@ -35,9 +35,58 @@ _OLD_UNPROJECTED = [201, 28, 97, 206, 182, 52, 245, 283, 186, 219, 181, 36,
 def test_exact_greedy_picks_unchanged(segment):
   x = _fixed_input()
   assert coreset.greedy_coreset(x, num=15, projection_dim=16, seed=5,
-                                segment=segment).tolist() == _OLD_PROJECTED
+                                segment=segment, impl="loop"
+                                ).tolist() == _OLD_PROJECTED
   assert coreset.greedy_coreset(x, num=15, projection_dim=0, seed=5,
-                                segment=segment).tolist() == _OLD_UNPROJECTED
+                                segment=segment, impl="loop"
+                                ).tolist() == _OLD_UNPROJECTED
+
+
+@pytest.mark.parametrize("hot", [1, 3, 16, 4096])
+def test_rounds_picks_equal_the_loop(hot):
+  # hot=1: a round per pick; 4096 ≥ N: one round, the loop on the host.
+  x = _fixed_input()
+  assert coreset.greedy_coreset(x, num=15, projection_dim=16, seed=5,
+                                impl="rounds", hot=hot
+                                ).tolist() == _OLD_PROJECTED
+  assert coreset.greedy_coreset(x, num=15, projection_dim=0, seed=5,
+                                impl="rounds", hot=hot
+                                ).tolist() == _OLD_UNPROJECTED
+  for method in ("greedy", "approximate"):
+    loop = coreset.greedy_coreset(x, num=120, projection_dim=16, seed=2,
+                                  method=method, impl="loop")
+    rounds = coreset.greedy_coreset(x, num=120, projection_dim=16, seed=2,
+                                    method=method, impl="rounds", hot=hot)
+    np.testing.assert_array_equal(rounds, loop)
+
+
+def test_rounds_on_clustered_rows_keep_the_radius():
+  # Many rounds with both early and late hot sets: the same picks (or, at a
+  # float near-tie, the same coverage radius) as the loop.
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(12, 8)).astype(np.float32) * 5
+  x = centres[rng.integers(12, size=3000)] + rng.normal(
+      size=(3000, 8)).astype(np.float32)
+  loop = coreset.greedy_coreset(x, num=300, projection_dim=0, impl="loop")
+  rounds = coreset.greedy_coreset(x, num=300, projection_dim=0,
+                                  impl="rounds", hot=64)
+  assert len(set(rounds.tolist())) == 300
+  assert coreset.coverage_radius(x, rounds) == pytest.approx(
+      coreset.coverage_radius(x, loop), rel=1e-5)
+
+
+@pytest.mark.parametrize("hot", [1, 2, 4, 100])
+def test_rounds_duplicates_are_never_picked_twice(hot):
+  # Ties everywhere: rows outside the hot set share the maximum, so the
+  # rounds fall back to plain steps (lowest row first, as the loop).
+  dup = np.tile(np.eye(3, dtype=np.float32), (5, 1))
+  want = coreset.greedy_coreset(dup, num=15, projection_dim=0, impl="loop")
+  got = coreset.greedy_coreset(dup, num=15, projection_dim=0,
+                               impl="rounds", hot=hot)
+  assert got.tolist() == want.tolist()
+  assert sorted(got.tolist()) == list(range(15))
+  with pytest.raises(ValueError, match="impl"):
+    coreset.greedy_coreset(dup, num=2, impl="fast")
 
 
 def test_approximate_greedy_hand_example():
@@ -89,9 +138,16 @@ def test_progress_is_logged_per_segment(monkeypatch):
   monkeypatch.setattr(logging, "info",
                       lambda msg, *a: lines.append(msg % a if a else msg))
   coreset.greedy_coreset(_fixed_input(), num=15, projection_dim=0, seed=5,
-                         segment=4)
+                         segment=4, impl="loop")
   final = [l for l in lines if l.startswith("coreset greedy (15 picks)")]
   assert final and final[-1].startswith("coreset greedy (15 picks): 4/4 (")
+  assert "it/s" in final[-1]
+  lines.clear()
+  coreset.greedy_coreset(_fixed_input(), num=15, projection_dim=0, seed=5,
+                         impl="rounds", hot=8)
+  final = [l for l in lines if l.startswith("coreset greedy (15 picks)")]
+  # Per pick, with rate and ETA.
+  assert final and final[-1].startswith("coreset greedy (15 picks): 15/15 (")
   assert "it/s" in final[-1]
 
 
@@ -110,13 +166,19 @@ _SHARDED = textwrap.dedent("""
     for method in ("greedy", "approximate"):
       for proj in (16, 0):
         one = coreset.greedy_coreset(x, num=40, projection_dim=proj, seed=5,
-                                     method=method, segment=7)
+                                     method=method, segment=7, impl="loop")
         many = coreset.greedy_coreset(x, num=40, projection_dim=proj, seed=5,
-                                      method=method, segment=7, mesh=mesh)
+                                      method=method, segment=7, mesh=mesh,
+                                      impl="loop")
         np.testing.assert_array_equal(one, many)
+        # CPU mesh: "auto" takes the host rounds, same picks.
+        auto = coreset.greedy_coreset(x, num=40, projection_dim=proj, seed=5,
+                                      method=method, mesh=mesh, hot=32)
+        np.testing.assert_array_equal(one, auto)
     # Exact duplicates spread over shards: never picked twice.
     dup = np.tile(np.eye(3, dtype=np.float32), (5, 1))
-    sel = coreset.greedy_coreset(dup, num=15, projection_dim=0, mesh=mesh)
+    sel = coreset.greedy_coreset(dup, num=15, projection_dim=0, mesh=mesh,
+                                 impl="loop")
     assert sorted(sel.tolist()) == list(range(15))
     print("OK")
 """)
