@@ -54,18 +54,24 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def interleaved_medians(fns: dict, repeats: int,
-                        loads: list | None = None) -> dict[str, float]:
+                        loads: list | None = None,
+                        settle_s: float = 0.5) -> dict[str, float]:
   """Median seconds of each function, timed in turns (a, b, a, b, ...).
 
   On a machine shared with other jobs, turns make load changes hit every
   contender alike instead of whichever ran during a busy minute. With
   ``loads``, the 1-minute load average after each call is appended to it.
+  Each call starts ``settle_s`` after the previous one ended: the thread
+  pools of OpenBLAS and onnxruntime spin for a while after their work, and
+  would otherwise take cores from whichever contender runs next (measured:
+  the Lite0 forward timed right after the GEMM probe ran 0.8× as fast).
   """
   for fn in fns.values():
     fn()  # Warm-up (compilation, page faults).
   times = {k: [] for k in fns}
   for _ in range(repeats):
     for k, fn in fns.items():
+      time.sleep(settle_s)
       t = time.perf_counter()
       fn()
       times[k].append(time.perf_counter() - t)

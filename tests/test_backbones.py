@@ -279,6 +279,29 @@ def test_lite_features_same_with_either_depthwise_path():
                                atol=1e-4 * max(scale, 1.0))
 
 
+def test_lite_pointwise_dot_equals_the_1x1_convolution():
+  """The 1 × 1 convolutions as one matrix product: same outputs (#16)."""
+  x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 64, 48, 3)),
+                  jnp.float32)
+  dot = efficientnet_lite.EfficientNetLite(0)
+  variables = dot.init(jax.random.PRNGKey(1), x)
+  # nn.Conv's parameter layout: converted weights load unchanged.
+  assert variables["params"]["blocks_1"]["expand_conv"]["kernel"].shape == (
+      1, 1, 16, 96)
+  assert variables["params"]["conv_head"]["kernel"].shape == (1, 1, 320, 1280)
+  logits_d, feats_d = dot.apply(variables, x)
+  logits_c, feats_c = efficientnet_lite.EfficientNetLite(
+      0, pointwise_impl="conv").apply(variables, x)
+  np.testing.assert_allclose(logits_d, logits_c, rtol=1e-5, atol=1e-5)
+  for name in feats_c:
+    scale = float(jnp.abs(feats_c[name]).max())
+    np.testing.assert_allclose(feats_d[name], feats_c[name],
+                               atol=1e-5 * max(scale, 1.0))
+  with pytest.raises(ValueError, match="pointwise"):
+    efficientnet_lite.EfficientNetLite(0, pointwise_impl="fast").init(
+        jax.random.PRNGKey(1), x)
+
+
 def test_vit_gelu_is_exact_erf_gelu():
   """The erf form equals jax's erfc form and hand values (not tanh GELU)."""
   x = jnp.linspace(-6.0, 6.0, 1201, dtype=jnp.float32)
