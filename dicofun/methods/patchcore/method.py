@@ -45,8 +45,9 @@ def fit(train_features: np.ndarray, *, coreset_fraction: float = 0.1,
     keep: optional (N, h, w) bool; patches with False never enter the bank
       (SoftPatch's denoising).
     coreset_method: ``"greedy"`` or ``"approximate"``
-      (``dicofun.ops.coreset.greedy_coreset``). With several devices the
-      coreset's distance updates are split over them (same picks).
+      (``dicofun.ops.coreset.greedy_coreset``, ``impl="auto"``: on a
+      CPU-only run the exact greedy in rounds on the host; on accelerators
+      the jitted loop with its distance updates split over the devices).
 
   Returns:
     ``{"bank": (M, C) float32, "source": (M,) int32 image index of each row}``.
