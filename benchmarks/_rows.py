@@ -17,3 +17,16 @@ def tensorboard_images_per_s(cell: str):
       "speed/images_per_second", [])]
   values = values[1:] or values
   return float(statistics.median(values)) if values else None
+
+
+def _key(row: dict) -> tuple:
+  return (row.get("method"), row.get("args"), float(row.get("contamination")))
+
+
+def merge_rows(old: list, new: list) -> list:
+  """``old`` rows not measured again in ``new`` (same method, args and
+  contamination), then ``new``: a results file can collect the cells of
+  several invocations, each row keeping the command and commit that measured
+  it."""
+  fresh = {_key(r) for r in new}
+  return [r for r in old if _key(r) not in fresh] + list(new)

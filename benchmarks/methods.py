@@ -43,6 +43,10 @@ _RESULTS = flags.DEFINE_string(
     "benchmarks/results/funad_magnetic_tile.json): one row per (method, args, "
     "contamination) with the commit that measured it and this command.")
 
+_MERGE = flags.DEFINE_bool(
+    "merge", False, "With --results: keep the file's rows of cells not in "
+    "this invocation (each row keeps the command that measured it).")
+
 _COLS = ("image_auroc", "pixel_auroc", "aupro")
 
 
@@ -134,6 +138,9 @@ def main(argv):
         [os.path.relpath(sys.argv[0])] + [shlex.quote(a) for a in sys.argv[1:]])
     for r in rows:
       r["command"] = command
+    if _MERGE.value and os.path.exists(_RESULTS.value):
+      with open(_RESULTS.value) as f:
+        rows = _rows.merge_rows(json.load(f), rows)
     os.makedirs(os.path.dirname(os.path.abspath(_RESULTS.value)), exist_ok=True)
     tmp = _RESULTS.value + ".tmp"
     with open(tmp, "w") as f:

@@ -26,3 +26,16 @@ def test_images_per_s_is_the_median_after_the_compiling_epoch(tmp_path):
   # Epoch 1 (compilation, 1.0) is left out: median of 4, 9, 5.
   assert rows.tensorboard_images_per_s(cell) == 5.0
   assert rows.tensorboard_images_per_s(str(tmp_path / "none")) is None
+
+
+def test_merge_keeps_other_cells_and_replaces_remeasured_ones():
+  rows = _rows()
+  old = [{"method": "dico", "args": "cpu", "contamination": 0.0, "v": 1},
+         {"method": "dico", "args": "cpu,k_masks=2", "contamination": 0.0,
+          "v": 2},
+         {"method": "patchcore", "args": "", "contamination": 0.2, "v": 3}]
+  new = [{"method": "patchcore", "args": "", "contamination": 0.2, "v": 4},
+         {"method": "dico", "args": "cpu", "contamination": 0.2, "v": 5}]
+  got = rows.merge_rows(old, new)
+  assert [r["v"] for r in got] == [1, 2, 4, 5]
+  assert rows.merge_rows([], new) == new
