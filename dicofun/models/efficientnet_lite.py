@@ -143,9 +143,9 @@ class DepthwiseConv(nn.Module):
 class PointwiseConv(nn.Module):
   """``nn.Conv(cout, (1, 1), use_bias=False)``'s parameters (``kernel`` of
   shape (1, 1, Cin, Cout)) as one matrix product over all pixels **(ours)**:
-  on the CPU backend XLA runs the 2-D dot 1.55× faster than the same 1 × 1
-  convolution in a Lite0 forward (batch 8, 224 px), with bitwise equal
-  outputs there; ``impl="conv"`` keeps the convolution."""
+  on the CPU backend XLA runs the 2-D dot faster than the same 1 × 1
+  convolution (BENCHMARKS.md, ``lite0_full`` vs ``lite0_full_conv1x1``),
+  same outputs up to rounding; ``impl="conv"`` keeps the convolution."""
   features: int
   impl: str = "dot"
 
