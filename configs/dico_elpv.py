@@ -16,7 +16,8 @@ Run::
       --config=configs/dico_elpv.py:runlocal,contamination=0.1 \
       --workdir=runs/dico_elpv_local
 
-Args: category, contamination, memory (N; 0 = no memory), mask_ratio,
+Args: category, contamination, memory (N; 0 = no memory), bottleneck
+(channels), bottleneck_stride (0 = coarsest level's; 32 = once more), mask_ratio,
 mask_patch, masking, score (adaptive|max|topk_mean), k_masks (inference
 passes), k_combine (mean|masked: how they combine), epochs, lr_schedule
 (constant|cosine), warmup_epochs, batch_size, backbone (a CNN), image_size,

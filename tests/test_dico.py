@@ -227,6 +227,38 @@ def test_memory_size_zero_is_identity():
   np.testing.assert_array_equal(np.asarray(out), np.asarray(z))
 
 
+def test_bottleneck_stride_32_halves_the_grid_and_decodes_every_level():
+  feats = {"stride4": jnp.ones((2, 16, 16, 8)), "stride8": jnp.ones((2, 8, 8, 12)),
+           "stride16": jnp.ones((2, 4, 4, 16))}
+  chans = {"stride4": 8, "stride8": 12, "stride16": 16}
+  for stride, grid in ((0, 4), (16, 4), (32, 2), (64, 1)):
+    net = model_lib.DiCoNet(LEVELS, chans, bottleneck_channels=6,
+                            bottleneck_stride=stride, memory_size=4)
+    params = net.init(jax.random.PRNGKey(0), feats, train=False)
+    z = net.apply(params, feats, train=False, method=model_lib.DiCoNet.encode)
+    assert z.shape == (2, grid, grid, 6)
+    rec, _ = net.apply(params, feats, train=False)
+    assert {k: v.shape for k, v in rec.items()} == {
+        k: v.shape for k, v in feats.items()}
+  bad = model_lib.DiCoNet(LEVELS, chans, bottleneck_channels=6,
+                          bottleneck_stride=8, memory_size=4)
+  with pytest.raises(ValueError, match="multiple of the coarsest"):
+    bad.init(jax.random.PRNGKey(0), feats, train=False)
+
+
+def test_bottleneck_stride_config_check_names_the_field():
+  path = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "configs", "dico_magnetic_tile.py")
+  spec = importlib.util.spec_from_file_location("dico_mt_cfg_bs", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert module.get_config("bottleneck_stride=32").dico.bottleneck_stride == 32
+  assert module.get_config("").dico.bottleneck_stride == 0
+  for bad in (8, 48):
+    with pytest.raises(Exception, match="dico.bottleneck_stride"):
+      module.get_config(f"bottleneck_stride={bad}")
+
+
 def test_momentum_update_moves_toward_assigned_queries():
   items = jnp.array([[0.0, 0.0], [5.0, 5.0], [9.0, 9.0]])
   queries = jnp.array([[1.0, 0.0], [3.0, 0.0], [5.0, 7.0]])

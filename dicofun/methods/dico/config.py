@@ -23,6 +23,8 @@ K_MASKS_COMBINE = ("mean", "masked")
 ARGS: dict[str, str] = {
     **configlib.SHARED_ARGS,
     "memory": "dico.memory_size",
+    "bottleneck": "dico.bottleneck_channels",
+    "bottleneck_stride": "dico.bottleneck_stride",
     "mask_ratio": "dico.mask_ratio",
     "mask_patch": "dico.mask_patch",
     "masking": "dico.masking",
@@ -54,6 +56,10 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       levels=("stride4", "stride8", "stride16"),
       bottleneck_channels=256,
+      # Stride of the bottleneck map; 0 = the coarsest level's (16 for the
+      # default levels). 32 downsamples once more (ours), as reverse
+      # distillation's stride-32 one-class embedding.
+      bottleneck_stride=0,
       memory_size=50,  # N; 0 disables the memory.
       temperature=0.1,  # τ of the addressing softmax (ours).
       shrink=0.0,  # λ of the hard shrinkage; 0 means 1/N.
@@ -147,4 +153,12 @@ def check(config: ml_collections.ConfigDict) -> None:
                        d.warmup_epochs, "an integer in [0, epochs)")
   configlib.check_that(d.memory_size >= 0, "dico.memory_size", d.memory_size,
                        "an integer >= 0 (0 disables the memory)")
+  coarsest = max(int(str(k)[len("stride"):]) for k in d.levels)
+  bs = int(d.get("bottleneck_stride", 0))
+  configlib.check_that(
+      bs == 0 or (bs >= coarsest and bs % coarsest == 0
+                  and (bs // coarsest) & (bs // coarsest - 1) == 0),
+      "dico.bottleneck_stride", d.get("bottleneck_stride", 0),
+      f"0 (the coarsest level's stride, {coarsest}) or {coarsest} times a "
+      "power of 2")
   configlib.check_fraction("dico.mask_ratio", d.mask_ratio)

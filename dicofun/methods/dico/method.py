@@ -65,6 +65,7 @@ def build_net(cfg: ml_collections.ConfigDict,
   return model_lib.DiCoNet(
       levels=levels, enc_channels={k: int(channels[k]) for k in levels},
       bottleneck_channels=int(cfg.bottleneck_channels),
+      bottleneck_stride=int(cfg.get("bottleneck_stride", 0)),
       memory_size=int(cfg.memory_size), temperature=float(cfg.temperature),
       shrink=float(cfg.shrink) if cfg.shrink else None)
 

@@ -78,14 +78,23 @@ class Bottleneck(nn.Module):
     levels: encoder level names (``"strideN"``), any order.
     channels: width C of ``z`` (also the width every level is projected to
       before concatenation).
+    stride: stride of ``z``; 0 (default) = the coarsest level's. A larger
+      power-of-2 multiple of it (e.g. 32 over Lite0's stride 16, as reverse
+      distillation's stride-32 embedding) downsamples every level further
+      **(ours)**: fewer positions per channel, a tighter bottleneck.
   """
   levels: Sequence[str]
   channels: int
+  stride: int = 0
 
   @nn.compact
   def __call__(self, feats: dict[str, Array], *, train: bool) -> Array:
     levels = sort_levels(self.levels)
-    target = level_stride(levels[-1])
+    coarsest = level_stride(levels[-1])
+    target = self.stride or coarsest
+    if target < coarsest or target % coarsest:
+      raise ValueError(f"bottleneck stride {target} must be a multiple of the "
+                       f"coarsest level's stride {coarsest}")
     parts = []
     for level in levels:
       x = feats[level]
@@ -245,6 +254,7 @@ class DiCoNet(nn.Module):
     levels: encoder levels used.
     enc_channels: encoder channel count per level.
     bottleneck_channels: width C of the bottleneck.
+    bottleneck_stride: stride of the bottleneck map (0 = coarsest level's).
     memory_size: N (0 disables the memory).
     temperature: τ.
     shrink: λ (None = 1/N).
@@ -253,13 +263,15 @@ class DiCoNet(nn.Module):
   levels: Sequence[str]
   enc_channels: dict[str, int]
   bottleneck_channels: int = 256
+  bottleneck_stride: int = 0
   memory_size: int = 50
   temperature: float = 0.1
   shrink: Optional[float] = None
   decoder_widths: Optional[dict[str, int]] = None
 
   def setup(self):
-    self.bottleneck = Bottleneck(tuple(self.levels), self.bottleneck_channels)
+    self.bottleneck = Bottleneck(tuple(self.levels), self.bottleneck_channels,
+                                 self.bottleneck_stride)
     self.memory = DynamicMemory(self.memory_size, self.temperature,
                                 self.shrink)
     self.decoder = Decoder(tuple(self.levels), dict(self.enc_channels),
