@@ -80,6 +80,16 @@ def small_config(**kw):
   return cfg
 
 
+def magnetic_tile_config():
+  """configs/dico_magnetic_tile.py, loaded as a module."""
+  path = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "configs", "dico_magnetic_tile.py")
+  spec = importlib.util.spec_from_file_location("dico_mt_cfg", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 # --- masking -----------------------------------------------------------------
 
 
@@ -247,11 +257,7 @@ def test_bottleneck_stride_32_halves_the_grid_and_decodes_every_level():
 
 
 def test_bottleneck_stride_config_check_names_the_field():
-  path = os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), "configs", "dico_magnetic_tile.py")
-  spec = importlib.util.spec_from_file_location("dico_mt_cfg_bs", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = magnetic_tile_config()
   assert module.get_config("bottleneck_stride=32").dico.bottleneck_stride == 32
   assert module.get_config("").dico.bottleneck_stride == 0
   for bad in (8, 48):
@@ -533,11 +539,7 @@ def test_cosine_lr_schedule_with_warmup_hand_values():
 
 
 def test_cpu_preset_sets_the_hour_run_and_explicit_args_win():
-  path = os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), "configs", "dico_magnetic_tile.py")
-  spec = importlib.util.spec_from_file_location("dico_mt_cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = magnetic_tile_config()
   plain = module.get_config("")
   assert plain.dico.epochs == 200 and plain.dico.lr_schedule == "constant"
   assert plain.dico.cache_targets and not plain.dico.cpu_preset
