@@ -100,6 +100,9 @@ def main(argv):
       for view in ("test", "test_overlap", "transductive"):
         for k in _COLS:
           row[f"{view}.{k}"] = m.get(view, {}).get(k)
+        # Per defect type (its anomalies against every normal of the view).
+        for d, v in sorted((m.get(view, {}).get("by_defect") or {}).items()):
+          row[f"{view}.image_auroc.{d}"] = v["image_auroc"]
       for k in ("fit_seconds", "inference_images_per_s", "seconds_per_iteration",
                 "train_seconds", "train_images_per_s", "last_epoch",
                 "result_epoch"):

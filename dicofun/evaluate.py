@@ -64,6 +64,39 @@ def _pixel_evaluator(*, maps: Optional[np.ndarray],
   yield from metrics.pixel_metrics(maps, masks, fpr_limit=fpr_limit).items()
 
 
+def image_auroc_by_defect(image_scores: np.ndarray, image_labels: np.ndarray,
+                          defects: Sequence[str]) -> dict[str, dict[str, float]]:
+  """Image AUROC of each defect type: its anomalies against every normal.
+
+  Which kinds of defect a method misses is what the one pooled AUROC hides
+  (e.g. thin cracks against large breaks on magnetic tile).
+
+  Args:
+    image_scores: (N,) image anomaly scores.
+    image_labels: (N,) 0 normal / 1 anomalous.
+    defects: (N,) defect type per image (the normal images' is ignored).
+
+  Returns:
+    ``{defect: {"image_auroc": value, "count": anomalies of that type}}``
+    over the anomalous images' types, sorted by name; empty when there is no
+    normal image.
+  """
+  scores = np.asarray(image_scores, np.float64).reshape(-1)
+  labels = np.asarray(image_labels).reshape(-1)
+  defects = np.asarray([str(d) for d in defects])
+  if defects.shape != scores.shape:
+    raise ValueError(f"{defects.size} defect names for {scores.size} scores")
+  normal = labels == 0
+  out: dict[str, dict[str, float]] = {}
+  if not normal.any():
+    return out
+  for name in sorted(set(defects[labels == 1])):
+    keep = normal | ((labels == 1) & (defects == name))
+    out[name] = {"image_auroc": metrics.image_auroc(scores[keep], labels[keep]),
+                 "count": int(np.sum(keep & ~normal))}
+  return out
+
+
 # Name → evaluator. Plain dict: add entries to plug in new metrics.
 EVALUATORS: dict[str, Evaluator] = {
     "image": _image_evaluator,
@@ -79,7 +112,9 @@ def compute_metrics(*, image_scores: np.ndarray, image_labels: np.ndarray,
                     masks: Optional[np.ndarray] = None,
                     has_mask: Optional[np.ndarray] = None,
                     evaluators: Sequence[str] = ("image", "pixel"),
-                    fpr_limit: float = 0.3) -> dict[str, float]:
+                    fpr_limit: float = 0.3,
+                    defects: Optional[Sequence[str]] = None
+                    ) -> dict[str, Any]:
   """The metrics of one evaluation view.
 
   Args:
@@ -92,11 +127,14 @@ def compute_metrics(*, image_scores: np.ndarray, image_labels: np.ndarray,
       means every image.
     evaluators: names in ``EVALUATORS`` to run, in order.
     fpr_limit: AUPRO integration limit (0.3 in METHODS §4).
+    defects: optional (N,) defect type per image; adds ``by_defect``.
 
   Returns:
     {"image_auroc", "image_f1_max"} always, plus {"pixel_auroc", "aupro",
     "pixel_ap"} when maps and masks are given and the masked images hold both
-    normal and anomalous pixels. Values are Python floats.
+    normal and anomalous pixels. Values are Python floats. With ``defects``
+    and at least two defect types, also ``"by_defect"``:
+    ``image_auroc_by_defect``'s dict.
   """
   image_scores = np.asarray(image_scores, np.float64).reshape(-1)
   image_labels = np.asarray(image_labels).reshape(-1)
@@ -111,6 +149,10 @@ def compute_metrics(*, image_scores: np.ndarray, image_labels: np.ndarray,
         image_scores=image_scores, image_labels=image_labels, maps=maps,
         masks=masks, has_mask=has_mask, fpr_limit=fpr_limit):
       out[key] = float(value)
+  if defects is not None:
+    by = image_auroc_by_defect(image_scores, image_labels, defects)
+    if len(by) >= 2:
+      out["by_defect"] = by
   return out
 
 

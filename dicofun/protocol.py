@@ -100,11 +100,13 @@ def load_eval_arrays(config: ml_collections.ConfigDict,
   return arrays
 
 
-def _view_metrics(scores, labels, maps, masks, has_mask) -> dict[str, Any]:
+def _view_metrics(scores, labels, maps, masks, has_mask,
+                  defects=None) -> dict[str, Any]:
   if len(np.unique(labels)) < 2:
     return {"error": "only one class present"}
   return evaluate.compute_metrics(image_scores=scores, image_labels=labels,
-                                  maps=maps, masks=masks, has_mask=has_mask)
+                                  maps=maps, masks=masks, has_mask=has_mask,
+                                  defects=defects)
 
 
 def evaluate_predictions(preds: api.Predictions, data: api.RunData,
@@ -123,16 +125,18 @@ def evaluate_predictions(preds: api.Predictions, data: api.RunData,
   moved = (np.zeros(n, bool) if data.test_is_moved is None
            else np.asarray(data.test_is_moved, bool))
   keep = ~moved
+  defects = np.array([r.defect for r in data.test])
   out = {"test": _view_metrics(
       scores[keep], labels[keep], None if maps is None else maps[keep],
-      eval_arrays["mask"][keep], eval_arrays["has_mask"][keep])}
+      eval_arrays["mask"][keep], eval_arrays["has_mask"][keep],
+      defects[keep])}
   if moved.any():
     out["test_overlap"] = _view_metrics(scores, labels, maps, eval_arrays["mask"],
-                                        eval_arrays["has_mask"])
+                                        eval_arrays["has_mask"], defects)
   if preds.train_scores is not None:
     train_labels = np.array([r.label for r in data.train])
     if len(np.unique(train_labels)) == 2:
       out["transductive"] = _view_metrics(
           np.asarray(preds.train_scores, np.float64), train_labels, None, None,
-          None)
+          None, [r.defect for r in data.train])
   return out

@@ -101,6 +101,20 @@ def metrics_table(metrics: dict[str, Any], *, title: str = "") -> str:
       v = m.get(c) if isinstance(m, dict) else None
       cells.append("—" if v is None else f"{v:.4f}")
     lines.append(f"| {view} | " + " | ".join(cells) + " |")
+  by_view = {view: m["by_defect"] for view, m in metrics.items()
+             if isinstance(m, dict) and m.get("by_defect")}
+  if by_view:
+    names = sorted({d for by in by_view.values() for d in by})
+    lines.append("")
+    lines.append("Image AUROC by defect type (its anomalies against every "
+                 "normal image of the view; count in brackets):")
+    lines.append("")
+    lines.append("| view | " + " | ".join(names) + " |")
+    lines.append("|---" * (len(names) + 1) + "|")
+    for view, by in by_view.items():
+      cells = [f"{by[d]['image_auroc']:.4f} ({by[d]['count']})" if d in by
+               else "—" for d in names]
+      lines.append(f"| {view} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ from scipy import ndimage
 from sklearn import metrics as skm
 
 from dicofun import evaluate
+from dicofun import results as results_lib
 from dicofun import metrics
 
 
@@ -273,6 +274,33 @@ def test_compute_metrics_views():
   image_only = evaluate.compute_metrics(image_scores=scores,
                                         image_labels=labels, masks=masks)
   assert set(image_only) == {"image_auroc", "image_f1_max"}
+
+
+def test_image_auroc_by_defect_hand_values():
+  # Normals 0.1-0.4; crack 0.35 beats 3 of 4 and 0.5 all 4 → 7/8;
+  # break 0.05 beats none and 0.9 all 4 → 4/8. Pooled: 11/16.
+  scores = [0.1, 0.2, 0.3, 0.4, 0.35, 0.5, 0.05, 0.9]
+  labels = [0, 0, 0, 0, 1, 1, 1, 1]
+  defects = ["good"] * 4 + ["crack", "crack", "break", "break"]
+  by = evaluate.image_auroc_by_defect(scores, labels, defects)
+  assert list(by) == ["break", "crack"]
+  assert by["crack"] == {"image_auroc": pytest.approx(7 / 8), "count": 2}
+  assert by["break"] == {"image_auroc": pytest.approx(0.5), "count": 2}
+  out = evaluate.compute_metrics(image_scores=scores, image_labels=labels,
+                                 defects=defects)
+  assert out["image_auroc"] == pytest.approx(11 / 16)
+  assert out["by_defect"] == by
+  # One defect type repeats the pooled AUROC: no by_defect entry.
+  one = evaluate.compute_metrics(image_scores=scores, image_labels=labels,
+                                 defects=["good"] * 4 + ["crack"] * 4)
+  assert "by_defect" not in one
+  assert "by_defect" not in evaluate.compute_metrics(image_scores=scores,
+                                                     image_labels=labels)
+  with pytest.raises(ValueError, match="3 defect names for 8 scores"):
+    evaluate.image_auroc_by_defect(scores, labels, ["good"] * 3)
+  table = results_lib.metrics_table({"test": out})
+  assert "| view | break | crack |" in table
+  assert "| test | 0.5000 (2) | 0.8750 (2) |" in table
 
 
 def test_evaluator_registry_is_pluggable(monkeypatch):

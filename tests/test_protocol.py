@@ -12,6 +12,8 @@ left scores 0.9 (above every normal). So:
   score 16 (beats 10) and 6 (beats 6, ties 1) → (10 + 6.5) / 20 = 0.825.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -128,3 +130,17 @@ def test_wrong_score_shape_is_named(data):
   preds.test_scores = preds.test_scores[:-1]
   with pytest.raises(ValueError, match=r"shape \(6,\), expected \(7,\)"):
     protocol.evaluate_predictions(preds, d, _eval_arrays(d))
+
+
+def test_views_report_image_auroc_by_defect_type(data):
+  d = data(0.0)
+  # Two of the three test anomalies are renamed "break" (scores stay 0.9).
+  renamed = [dataclasses.replace(r, defect="break") if r.label and i % 2 else r
+             for i, r in enumerate(d.test)]
+  d = dataclasses.replace(d, test=renamed)
+  out = protocol.evaluate_predictions(_memorising_predictions(d), d,
+                                      _eval_arrays(d))
+  by = out["test"]["by_defect"]
+  assert sorted(by) == ["break", "crack"]
+  assert sum(v["count"] for v in by.values()) == 3
+  assert all(v["image_auroc"] == pytest.approx(1.0) for v in by.values())
