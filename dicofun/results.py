@@ -8,6 +8,7 @@ one (``results.json`` marks a finished run: sweeps skip such cells).
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import subprocess
 from typing import Any
@@ -62,8 +63,14 @@ def write_summaries(workdir: str, metrics: dict[str, Any],
     writer.close()
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-  """The commit of the dicofun checkout, or 'unknown' outside git."""
+  """The commit of the dicofun checkout, or 'unknown' outside git.
+
+  Read once per process, at the first call (the runner makes it before the
+  data load): the code a process runs is the code it imported, so commits
+  or edits made while a long run trains do not relabel its results.
+  """
   here = os.path.dirname(os.path.abspath(__file__))
   try:
     out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here,

@@ -62,6 +62,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   parallel.maybe_initialize_distributed()
   main_process = parallel.is_main_process()
   os.makedirs(workdir, exist_ok=True)
+  commit = results_lib.git_commit()  # Now: the code this process runs.
   t0 = time.time()
   phases: dict[str, float] = {}
   clock = [t0]
@@ -103,7 +104,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         "dataset": config.dataset.name,
         "category": data.category,
         "seed": config.seed,
-        "commit": results_lib.git_commit(),
+        "commit": commit,
         "config": config.to_dict(),
         "metrics": metrics,
         "counts": {

@@ -83,3 +83,22 @@ def test_write_figures_draws_the_learning_curve_of_a_trained_method(tmp_path):
       preds, {"label": LABELS, "mask": None})
   assert written == ["learning_curve.png", "roc.png"]
   assert (tmp_path / "learning_curve.png").stat().st_size > 0
+
+
+def test_git_commit_is_read_once_per_process(monkeypatch):
+  calls = []
+  real = results.subprocess.run
+
+  def counting(*args, **kwargs):
+    calls.append(args[0])
+    return real(*args, **kwargs)
+
+  results.git_commit.cache_clear()
+  monkeypatch.setattr(results.subprocess, "run", counting)
+  try:
+    first = results.git_commit()
+    n = len(calls)
+    assert n >= 1
+    assert results.git_commit() == first and len(calls) == n
+  finally:
+    results.git_commit.cache_clear()
