@@ -16,7 +16,8 @@ Run::
 Args: category, contamination, memory (N; 0 = no memory), bottleneck
 (channels), bottleneck_stride (0 = coarsest level's; 32 = once more), mask_ratio,
 mask_patch, masking, score (adaptive|max|topk_mean), k_masks (inference
-passes), k_combine (mean|masked: how they combine), epochs, lr_schedule
+passes), k_combine (mean|masked: how they combine), score_levels
+(levels summed into the map, e.g. stride16 or stride8+stride16; default all), epochs, lr_schedule
 (constant|cosine), warmup_epochs, batch_size, backbone (a CNN), image_size,
 crop, seed, root, runlocal (the CPU smoke size of get_config), cpu (the largest
 sensible run in <= 1 hour on 2 CPU cores on magnetic tile: 30 epochs at batch 8

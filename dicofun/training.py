@@ -240,7 +240,8 @@ class ResumeMismatchError(ValueError):
 _NOT_TRAINING = frozenset({"epochs", "eval_every", "checkpoint_every",
                            "eval_batch_size", "transductive", "cache_targets",
                            "fuse_encoder", "cpu_preset", "score_mode", "kappa",
-                           "topk_fraction", "k_masks", "k_masks_combine"})
+                           "topk_fraction", "k_masks", "k_masks_combine",
+                           "score_levels"})
 _DATASET_FIELDS = ("name", "category", "root", "contamination",
                    "contamination_seed", "image_size", "crop_fraction",
                    "synthetic", "folder")

@@ -617,3 +617,45 @@ def test_scoring_knobs_resume_and_masked_passes_score(data):
   _, mean_maps = step_lib.make_score_fn(
       net, enc, dico.step_config(small_config(k_masks=2)))(variables, test[:4])
   assert np.abs(np.asarray(mean_maps) - np.asarray(got)).max() > 1e-3
+
+
+def test_score_levels_sum_only_the_named_levels(data):
+  def fp(**kw):
+    config = ml_collections.ConfigDict({"dico": small_config(**kw),
+                                        "seed": 0})
+    return training.training_fingerprint(config, "dico")["hash"]
+  assert fp(score_levels="stride16") == fp()  # Re-scoring a trained model.
+  _, test, _ = data
+  enc = tiny_encoder()
+  cfg = small_config(score_levels="stride8+stride16")
+  assert dico_config.score_levels(cfg) == ("stride8", "stride16")
+  assert dico_config.score_levels(small_config()) == ()
+  net = dico.build_net(cfg, enc.channels)
+  st = step_lib.init_state(net, enc, step_lib.make_optimizer(),
+                           jax.random.PRNGKey(0), test[:8])
+  variables = {"params": st["params"], "batch_stats": st["batch_stats"]}
+  _, got = step_lib.make_score_fn(net, enc, dico.step_config(cfg))(
+      variables, test[:4])
+  x = jnp.asarray(test[:4], jnp.float32)
+  targets = enc.apply(enc.variables, x)
+  recons, _ = net.apply(variables, targets, train=False)
+  want = 0.0
+  for level in ("stride8", "stride16"):  # By hand: 1 - cos, resized, summed.
+    t, r = targets[level], recons[level]
+    cos = jnp.sum(t * r, -1) / (jnp.linalg.norm(t, axis=-1)
+                                * jnp.linalg.norm(r, axis=-1))
+    want = want + jax.image.resize(1 - cos, (4,) + x.shape[1:3], "bilinear")
+  want = scoring.gaussian_blur(want, cfg.blur_sigma)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4,
+                             atol=1e-5)
+  _, every = step_lib.make_score_fn(net, enc, dico.step_config(small_config()))(
+      variables, test[:4])
+  assert np.abs(np.asarray(every) - np.asarray(got)).max() > 1e-3
+
+
+def test_score_levels_config_check_names_the_field():
+  module = magnetic_tile_config()
+  assert module.get_config(
+      "score_levels=stride8+stride16").dico.score_levels == "stride8+stride16"
+  with pytest.raises(Exception, match="dico.score_levels"):
+    module.get_config("score_levels=stride32")

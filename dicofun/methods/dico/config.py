@@ -31,6 +31,7 @@ ARGS: dict[str, str] = {
     "score": "dico.score_mode",
     "k_masks": "dico.k_masks",
     "k_combine": "dico.k_masks_combine",
+    "score_levels": "dico.score_levels",
     "epochs": "dico.epochs",
     "batch_size": "dico.batch_size",
     "lr_schedule": "dico.lr_schedule",
@@ -74,6 +75,10 @@ def default_config() -> ml_collections.ConfigDict:
       # How they combine: "mean" of the K maps, or "masked" (ours): each
       # pixel from the pass that masked it (inpainting error, as trained).
       k_masks_combine="mean",
+      # (ours) Levels summed into the anomaly map, "+"-separated (e.g.
+      # "stride16" or "stride8+stride16"); "" = every level of ``levels``
+      # (METHODS §2.3). Scoring only: a trained run can be re-scored.
+      score_levels="",
       epochs=200,
       batch_size=16,
       lr=5e-3,
@@ -104,6 +109,12 @@ def default_config() -> ml_collections.ConfigDict:
       # with cache_targets no encoder runs during training.
       feature_masking=False,
   ))
+
+
+def score_levels(d: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """``dico.score_levels`` as a tuple (empty = every level)."""
+  return tuple(p.strip() for p in str(d.get("score_levels", "") or "").split("+")
+               if p.strip())
 
 
 def apply_cpu_preset(config: ml_collections.ConfigDict,
@@ -142,6 +153,11 @@ def check(config: ml_collections.ConfigDict) -> None:
                        f"a CNN, one of {cnns} (DiCo decodes its stride levels)")
   d = config.dico
   configlib.check_choice("dico.score_mode", d.score_mode, SCORE_MODES)
+  for level in score_levels(d):
+    configlib.check_that(level in tuple(d.levels), "dico.score_levels",
+                         d.score_levels,
+                         f"'+'-separated names out of {list(d.levels)} "
+                         "(or empty for all)")
   configlib.check_choice("dico.k_masks_combine", d.k_masks_combine,
                          K_MASKS_COMBINE)
   configlib.check_positive_int("dico.epochs", d.epochs)

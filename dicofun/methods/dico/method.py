@@ -37,6 +37,7 @@ from dicofun import summary
 from dicofun import training
 from dicofun import viz
 from dicofun.data import pipeline
+from dicofun.methods.dico import config as dico_config
 from dicofun.methods.dico import model as model_lib
 from dicofun.methods.dico import scoring
 from dicofun.methods.dico import step as step_lib
@@ -54,6 +55,7 @@ def step_config(cfg: ml_collections.ConfigDict) -> step_lib.StepConfig:
       kappa=float(cfg.kappa), topk_fraction=float(cfg.topk_fraction),
       k_masks=int(cfg.k_masks),
       k_masks_combine=str(cfg.k_masks_combine),
+      score_levels=dico_config.score_levels(cfg),
       fuse_encoder=bool(cfg.get("fuse_encoder", False)),
       feature_masking=bool(cfg.get("feature_masking", False)))
 

@@ -115,6 +115,8 @@ class StepConfig:
   topk_fraction: float = 0.01
   k_masks: int = 0
   k_masks_combine: str = "mean"  # One of K_MASKS_COMBINE.
+  # Levels summed into the anomaly map; () = every level (ours).
+  score_levels: tuple[str, ...] = ()
   fuse_encoder: bool = False
   feature_masking: bool = False
 
@@ -465,6 +467,8 @@ def make_score_fn(net: model_lib.DiCoNet, encoder: Encoder, cfg: StepConfig, *,
     are split over the devices (``parallel.gather_to_host`` reads them).
   """
 
+  score_levels = tuple(cfg.score_levels) or tuple(cfg.levels)
+
   def fn(variables, enc_vars, images):
     images = images.astype(jnp.float32)
     size = images.shape[1:3]
@@ -477,7 +481,7 @@ def make_score_fn(net: model_lib.DiCoNet, encoder: Encoder, cfg: StepConfig, *,
         x = masking.apply_mask(images, mask[None], fill="zero")
         recons, _ = net.apply(variables, _features(encoder, enc_vars, x),
                               train=False)
-        return scoring.anomaly_map(targets, recons, cfg.levels, size=size,
+        return scoring.anomaly_map(targets, recons, score_levels, size=size,
                                    sigma=0.0)
 
       amap = scoring.combine_pass_maps(
@@ -485,7 +489,7 @@ def make_score_fn(net: model_lib.DiCoNet, encoder: Encoder, cfg: StepConfig, *,
           sigma=cfg.blur_sigma)
     else:
       recons, _ = net.apply(variables, targets, train=False)
-      amap = scoring.anomaly_map(targets, recons, cfg.levels, size=size,
+      amap = scoring.anomaly_map(targets, recons, score_levels, size=size,
                                  sigma=cfg.blur_sigma)
     scores = scoring.image_scores(amap, mode=cfg.score_mode, kappa=cfg.kappa,
                                   topk_fraction=cfg.topk_fraction)
