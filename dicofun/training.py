@@ -242,6 +242,10 @@ _NOT_TRAINING = frozenset({"epochs", "eval_every", "checkpoint_every",
                            "fuse_encoder", "cpu_preset", "score_mode", "kappa",
                            "topk_fraction", "k_masks", "k_masks_combine",
                            "score_levels"})
+# Method-block fields added after runs were stored, with the value that
+# reproduces the code before them: at that value they are left out, so those
+# runs' checkpoints still resume (and can be re-scored).
+_ADDED_AT_DEFAULT = {"bottleneck_stride": 0}
 _DATASET_FIELDS = ("name", "category", "root", "contamination",
                    "contamination_seed", "image_size", "crop_fraction",
                    "synthetic", "folder")
@@ -297,7 +301,9 @@ def training_fingerprint(config: ml_collections.ConfigDict, method: str, *,
   values: dict[str, Any] = {}
   block = _plain(config.get(method) or {})
   _flat_items(method, {k: v for k, v in block.items()
-                       if k not in _NOT_TRAINING}, values)
+                       if k not in _NOT_TRAINING
+                       and not (k in _ADDED_AT_DEFAULT
+                                and v == _ADDED_AT_DEFAULT[k])}, values)
   for name, fields in (("dataset", _DATASET_FIELDS),
                        ("backbone", _BACKBONE_FIELDS)):
     sub = config.get(name)

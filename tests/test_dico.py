@@ -659,3 +659,13 @@ def test_score_levels_config_check_names_the_field():
       "score_levels=stride8+stride16").dico.score_levels == "stride8+stride16"
   with pytest.raises(Exception, match="dico.score_levels"):
     module.get_config("score_levels=stride32")
+
+
+def test_bottleneck_stride_at_its_default_keeps_older_fingerprints():
+  def fp(cfg):
+    return training.training_fingerprint(
+        ml_collections.ConfigDict({"dico": cfg, "seed": 0}), "dico")["hash"]
+  older = small_config()
+  del older["bottleneck_stride"]  # A run stored before the field existed.
+  assert fp(small_config()) == fp(older)
+  assert fp(small_config(bottleneck_stride=32)) != fp(older)
