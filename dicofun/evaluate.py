@@ -90,10 +90,26 @@ def image_auroc_by_defect(image_scores: np.ndarray, image_labels: np.ndarray,
   out: dict[str, dict[str, float]] = {}
   if not normal.any():
     return out
-  for name in sorted(set(defects[labels == 1])):
+  for name in sorted({str(d) for d in defects[labels == 1]}):
     keep = normal | ((labels == 1) & (defects == name))
     out[name] = {"image_auroc": metrics.image_auroc(scores[keep], labels[keep]),
                  "count": int(np.sum(keep & ~normal))}
+  return out
+
+
+def flat_metrics(view_metrics: dict[str, Any], prefix: str = ""
+                 ) -> dict[str, float]:
+  """One view's metrics with nested entries joined by dots, numbers only:
+  ``{"image_auroc": a, "by_defect": {"crack": {"image_auroc": b}}}`` →
+  ``{"image_auroc": a, "by_defect.crack.image_auroc": b, ...}``."""
+  out: dict[str, float] = {}
+  for key, value in view_metrics.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(flat_metrics(value, prefix=f"{name}."))
+    elif isinstance(value, (int, float, np.integer, np.floating)) and not \
+        isinstance(value, bool):
+      out[name] = float(value)
   return out
 
 

@@ -303,6 +303,14 @@ def test_image_auroc_by_defect_hand_values():
   assert "| test | 0.5000 (2) | 0.8750 (2) |" in table
 
 
+def test_flat_metrics_joins_nested_entries():
+  flat = evaluate.flat_metrics({"image_auroc": 0.5, "error": "x",
+                                "by_defect": {"crack": {"image_auroc": 0.75,
+                                                        "count": 2}}})
+  assert flat == {"image_auroc": 0.5, "by_defect.crack.image_auroc": 0.75,
+                  "by_defect.crack.count": 2.0}
+
+
 def test_evaluator_registry_is_pluggable(monkeypatch):
   def _count(*, image_labels, **unused):
     yield "num_anomalous", float(np.sum(image_labels))
