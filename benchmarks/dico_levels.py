@@ -38,7 +38,6 @@ from dicofun import metrics  # pylint: disable=g-import-not-at-top,wrong-import-
 from dicofun import protocol  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dicofun import results as results_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dicofun.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
-from dicofun.methods.dico import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dicofun.methods.dico import method as dico  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dicofun.methods.dico import scoring  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dicofun.methods.dico import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -73,9 +72,8 @@ def level_maps(run: str) -> tuple[dict[str, np.ndarray], dict, np.ndarray,
   def per_level(images):
     targets = encoder.apply(encoder.variables, images)
     recons, _ = net.apply(variables, targets, train=False)
-    return {lv: jax.image.resize(
-        losses.cosine_distance(targets[lv], recons[lv]),
-        (images.shape[0],) + tuple(size), "bilinear") for lv in cfg.levels}
+    return {lv: scoring.anomaly_map(targets, recons, (lv,), size=size,
+                                    sigma=0.0) for lv in cfg.levels}
 
   parts: dict[str, list] = {lv: [] for lv in cfg.levels}
   images = arrays["image"]

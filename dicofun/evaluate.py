@@ -90,7 +90,7 @@ def image_auroc_by_defect(image_scores: np.ndarray, image_labels: np.ndarray,
   out: dict[str, dict[str, float]] = {}
   if not normal.any():
     return out
-  for name in sorted({str(d) for d in defects[labels == 1]}):
+  for name in sorted(set(defects[labels == 1].tolist())):
     keep = normal | ((labels == 1) & (defects == name))
     out[name] = {"image_auroc": metrics.image_auroc(scores[keep], labels[keep]),
                  "count": int(np.sum(keep & ~normal))}
