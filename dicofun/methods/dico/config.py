@@ -13,7 +13,6 @@ from typing import Optional
 import ml_collections
 
 from dicofun import configlib
-from dicofun.methods.dico import model as model_lib
 from dicofun.models import names
 
 SCORE_MODES = ("adaptive", "max", "topk_mean")
@@ -170,7 +169,8 @@ def check(config: ml_collections.ConfigDict) -> None:
                        d.warmup_epochs, "an integer in [0, epochs)")
   configlib.check_that(d.memory_size >= 0, "dico.memory_size", d.memory_size,
                        "an integer >= 0 (0 disables the memory)")
-  coarsest = max(model_lib.level_stride(k) for k in d.levels)
+  # model.level_stride's parse; config files load without jax (no model import).
+  coarsest = max(int(str(k)[len("stride"):]) for k in d.levels)
   bs = int(d.get("bottleneck_stride", 0))
   configlib.check_that(
       bs == 0 or (bs >= coarsest and bs % coarsest == 0
