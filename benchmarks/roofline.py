@@ -53,10 +53,10 @@ def _median_time(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def interleaved_medians(fns: dict, repeats: int,
-                        loads: list | None = None,
-                        settle_s: float = 0.5) -> dict[str, float]:
-  """Median seconds of each function, timed in turns (a, b, a, b, ...).
+def interleaved_times(fns: dict, repeats: int,
+                      loads: list | None = None,
+                      settle_s: float = 0.5) -> dict[str, list[float]]:
+  """Seconds of each call of each function, timed in turns (a, b, a, b, ...).
 
   On a machine shared with other jobs, turns make load changes hit every
   contender alike instead of whichever ran during a busy minute. With
@@ -77,7 +77,27 @@ def interleaved_medians(fns: dict, repeats: int,
       times[k].append(time.perf_counter() - t)
       if loads is not None:
         loads.append(os.getloadavg()[0])
-  return {k: statistics.median(v) for k, v in times.items()}
+  return times
+
+
+def interleaved_medians(fns: dict, repeats: int,
+                        loads: list | None = None,
+                        settle_s: float = 0.5) -> dict[str, float]:
+  """Median seconds of each function over ``interleaved_times``' turns."""
+  return {k: statistics.median(v) for k, v in
+          interleaved_times(fns, repeats, loads, settle_s).items()}
+
+
+def turn_ratio_quartiles(times: dict[str, list[float]], slow: str,
+                         fast: str) -> list[float]:
+  """25th, 50th and 75th percentile of ``times[slow][i] / times[fast][i]``.
+
+  The ratio of two contenders' calls in the same turn (seconds apart), so
+  the spread shows how far this machine's speed swings between turns move
+  a speed ratio; a ratio > 1 means ``fast`` was faster.
+  """
+  r = np.asarray(times[slow]) / np.asarray(times[fast])
+  return [round(float(v), 3) for v in np.percentile(r, [25, 50, 75])]
 
 
 def gemm_rates(n: int, repeats: int) -> dict[str, float]:

@@ -132,7 +132,8 @@ def lite0_rows(batch: int, size: int, repeats: int, gemm) -> list[dict]:
   fns = {"ours": lambda: run["ours"](x), "ours_xla": lambda: run["ours_xla"](x),
          "ours_conv1x1": lambda: run["ours_conv1x1"](x),
          "peer": lambda: sess.run(names, {"images": x_nchw}), "gemm": gemm[0]}
-  med = roofline.interleaved_medians(fns, repeats, loads)
+  times = roofline.interleaved_times(fns, repeats, loads)
+  med = {k: float(np.median(v)) for k, v in times.items()}
   ref = sess.run(names, {"images": x_nchw})
   ref = [ref[0], ref[1].transpose(0, 2, 3, 1), ref[2].transpose(0, 2, 3, 1)]
   gemm_gflops = gemm[1] / med["gemm"] / 1e9
@@ -163,6 +164,8 @@ def lite0_rows(batch: int, size: int, repeats: int, gemm) -> list[dict]:
         "roofline_fraction": round(gflops / gemm_gflops, 3),
         "ours_ips": round(batch / med[key], 1),
         "ours_gflops": round(gflops, 1), **extra,
+        "turn_ratio_quartiles": roofline.turn_ratio_quartiles(
+            times, "peer", key),
         "max_abs_diff": round(_diff(run[key](x), ref), 6),
     })
   rows[0]["shifted_over_xla"] = round(med["ours_xla"] / med["ours"], 2)
@@ -208,7 +211,8 @@ def dinov2_rows(batch: int, size: int, repeats: int, gemm,
   fns = {k: functools.partial(f, x) for k, f in run.items()}
   fns["peer"] = lambda: sess.run(None, {"input_image": x_nchw})
   fns["gemm"] = gemm[0]
-  med = roofline.interleaved_medians(fns, repeats, loads)
+  times = roofline.interleaved_times(fns, repeats, loads)
+  med = {k: float(np.median(v)) for k, v in times.items()}
   ref = sess.run(None, {"input_image": x_nchw})
   g = size // bb.patch
   flops = vit_flops(1 + g * g, 384, 12, g * g, 3 * bb.patch ** 2)
@@ -237,6 +241,8 @@ def dinov2_rows(batch: int, size: int, repeats: int, gemm,
         "ours_gflops": round(gflops, 1),
         "peer_gflops": round(batch * flops / med["peer"] / 1e9, 1),
         "gemm_probe_gflops": round(gemm_gflops, 1), **extra,
+        "turn_ratio_quartiles": roofline.turn_ratio_quartiles(
+            times, "peer", key),
         "max_abs_diff": round(_diff(run[key](x), ref), 6),
         "jax_devices": jax.device_count(),
         **machine, "load": round(max(loads + [machine["load"]]), 2),
@@ -255,7 +261,8 @@ def main() -> None:
   p.add_argument("--before", default=BEFORE,
                  help="git revision of the 'before' ViT row ('' = none)")
   p.add_argument("--size", type=int, default=224)
-  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--repeats", type=int, default=11,
+                 help="turns (each: ours, peer, GEMM probe); medians")
   p.add_argument("--gemm", type=int, default=4096,
                  help="side of the numpy GEMM probe")
   p.add_argument("--tag", default="",

@@ -64,3 +64,26 @@ def test_command_names_the_environment_that_changes_a_row():
       "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type= "
                    "--xla_force_host_platform_device_count=2"}) == (
       "XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= ")
+
+
+def _roofline():
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(_REPO, "benchmarks"))
+  spec = importlib.util.spec_from_file_location(
+      "roofline", os.path.join(_REPO, "benchmarks", "roofline.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_turn_ratios_pair_calls_of_the_same_turn():
+  roofline = _roofline()
+  # Turn i: peer took peer[i] s, ours ours[i] s; ratios 2, 1, 4, 0.5, 3.
+  times = {"peer": [2.0, 3.0, 8.0, 1.0, 9.0], "ours": [1.0, 3.0, 2.0, 2.0, 3.0]}
+  assert roofline.turn_ratio_quartiles(times, "peer", "ours") == [1.0, 2.0, 3.0]
+  calls = []
+  got = roofline.interleaved_times(
+      {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+      repeats=2, settle_s=0.0)
+  assert calls == ["a", "b", "a", "b", "a", "b"]  # Warm-up, then turns.
+  assert sorted(got) == ["a", "b"] and all(len(v) == 2 for v in got.values())
