@@ -255,9 +255,17 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
       idx = _place(perm[it * b:(it + 1) * b].astype(np.int32), mesh,
                    shard=False)
       state, m = step(state, idx, jax.random.fold_in(ekey, it), feats, valid)
-      sums = m if not sums else jax.tree_util.tree_map(jnp.add, sums, m)
-    out = {k: float(v) / max(iters, 1)
-           for k, v in jax.device_get(sums).items()}
+      # Metrics are summed on the host, and fetching them waits for the
+      # step. A device computation on the outputs of a step that is still
+      # running (``jnp.add`` of the metrics, as here before) deadlocked XLA's
+      # CPU runtime with 2 host devices: the dependent add, run inline on
+      # device 1, held that device's launch slot while waiting for the step,
+      # whose device-1 half could then never start, and device 0 waited in
+      # the step's all-reduce until XLA aborted the process (FUN-AD on
+      # magnetic tile, runlocal, 2 cores; benchmarks/phases.py).
+      for k, v in jax.device_get(m).items():
+        sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
+    out = {k: float(v) / max(iters, 1) for k, v in sums.items()}
     if train_labels is not None and _evaluated(epoch):
       scores, _ = predict_features(
           config, {"params": _infer_params(state)}, train_features,
