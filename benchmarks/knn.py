@@ -128,6 +128,27 @@ def _run_child(method: str, n_q: int, m: int, d: int, k: int, runs: int,
   return res
 
 
+def near_tie_gap(queries: np.ndarray, bank: np.ndarray, ours: np.ndarray,
+                 ref: np.ndarray) -> float:
+  """Largest relative gap between two answers' distances where they differ.
+
+  For each query whose k neighbour indices differ, both answers' exact
+  (float64) squared distances are sorted and compared position by position;
+  the result is the largest ``|d_ours − d_ref| / d_ref``. A gap far below
+  float32's resolution of the expanded distance (~1e-6 relative) means the
+  two answers differ only in how near-ties were rounded, not in which
+  points are nearest; 0.0 when every query agrees.
+  """
+  rows = np.flatnonzero(np.any(ours != ref, axis=1))
+  gap = 0.0
+  for i in rows:
+    q = queries[i].astype(np.float64)
+    d_o = np.sort(((bank[ours[i]].astype(np.float64) - q) ** 2).sum(-1))
+    d_r = np.sort(((bank[ref[i]].astype(np.float64) - q) ** 2).sum(-1))
+    gap = max(gap, float(np.max(np.abs(d_o - d_r) / np.maximum(d_r, 1e-30))))
+  return gap
+
+
 def _speed_rows(case: str, ks: list[int], runs: int,
                 write: bool) -> list[dict]:
   """Ours vs faiss in this process, interleaved; rows for speed.json."""
@@ -190,6 +211,7 @@ def _speed_rows(case: str, ks: list[int], runs: int,
     faiss_gflops = flops / med["faiss"] / 1e9
     i_o, i_f = np.asarray(out["ours"][1]), np.asarray(out["faiss"][1])
     identical = float(np.mean(np.all(i_o == i_f, axis=1)))
+    tie_gap = near_tie_gap(queries, bank, i_o, i_f)
     ratio = med["faiss"] / med["ours"]
     frac = ours_gflops / gemm_gflops
     rows.append({
@@ -205,6 +227,8 @@ def _speed_rows(case: str, ks: list[int], runs: int,
         "faiss_gflops": round(faiss_gflops, 1),
         "gemm_probe_gflops": round(gemm_gflops, 1),
         "identical_to_faiss": round(identical, 5),
+        "queries_differing": int(np.sum(np.any(i_o != i_f, axis=1))),
+        "max_rel_gap_where_differing": float(f"{tie_gap:.3g}"),
         "ours_backend": "host" if knn.use_host_blas(mesh) else "xla",
         "jax_devices": jax.device_count(),
         **machine, "load": round(max(loads), 2),

@@ -87,3 +87,19 @@ def test_turn_ratios_pair_calls_of_the_same_turn():
       repeats=2, settle_s=0.0)
   assert calls == ["a", "b", "a", "b", "a", "b"]  # Warm-up, then turns.
   assert sorted(got) == ["a", "b"] and all(len(v) == 2 for v in got.values())
+
+
+def test_near_tie_gap_separates_ties_from_wrong_neighbours():
+  spec = importlib.util.spec_from_file_location(
+      "knn_bench", os.path.join(_REPO, "benchmarks", "knn.py"))
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  bank = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 0.0]], np.float32)
+  queries = np.zeros((2, 2), np.float32)
+  ref = np.array([[0], [0]])
+  # Query 0 agrees; query 1 took the other point at the same distance 1.
+  assert bench.near_tie_gap(queries, bank, np.array([[0], [1]]), ref) == 0.0
+  # A farther point (distance 9 vs 1) is a real difference: gap 8.
+  assert bench.near_tie_gap(queries, bank, np.array([[0], [2]]), ref) == 8.0
+  assert bench.near_tie_gap(queries, bank, ref, ref) == 0.0
