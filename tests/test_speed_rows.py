@@ -9,12 +9,17 @@ import pytest
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _speed():
+def _bench(name: str, file: str = ""):
+  """benchmarks/<file or name>.py loaded as module ``name``."""
   spec = importlib.util.spec_from_file_location(
-      "_speed", os.path.join(_REPO, "benchmarks", "_speed.py"))
+      name, os.path.join(_REPO, "benchmarks", (file or name) + ".py"))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod
+
+
+def _speed():
+  return _bench("_speed")
 
 
 def test_add_rows_replaces_same_benchmark_and_stamps(tmp_path, monkeypatch):
@@ -68,12 +73,8 @@ def test_command_names_the_environment_that_changes_a_row():
 
 def _roofline():
   import sys  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.join(_REPO, "benchmarks"))
-  spec = importlib.util.spec_from_file_location(
-      "roofline", os.path.join(_REPO, "benchmarks", "roofline.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  sys.path.insert(0, os.path.join(_REPO, "benchmarks"))  # Its _speed import.
+  return _bench("roofline")
 
 
 def test_turn_ratios_pair_calls_of_the_same_turn():
@@ -90,10 +91,7 @@ def test_turn_ratios_pair_calls_of_the_same_turn():
 
 
 def test_near_tie_gap_separates_ties_from_wrong_neighbours():
-  spec = importlib.util.spec_from_file_location(
-      "knn_bench", os.path.join(_REPO, "benchmarks", "knn.py"))
-  bench = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench)
+  bench = _bench("knn_bench", "knn")
   import numpy as np  # pylint: disable=g-import-not-at-top
   bank = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 0.0]], np.float32)
   queries = np.zeros((2, 2), np.float32)
