@@ -84,8 +84,12 @@ def interleaved_medians(fns: dict, repeats: int,
                         loads: list | None = None,
                         settle_s: float = 0.5) -> dict[str, float]:
   """Median seconds of each function over ``interleaved_times``' turns."""
-  return {k: statistics.median(v) for k, v in
-          interleaved_times(fns, repeats, loads, settle_s).items()}
+  return medians(interleaved_times(fns, repeats, loads, settle_s))
+
+
+def medians(times: dict[str, list[float]]) -> dict[str, float]:
+  """Median of each contender's ``interleaved_times`` calls."""
+  return {k: float(statistics.median(v)) for k, v in times.items()}
 
 
 def turn_ratio_quartiles(times: dict[str, list[float]], slow: str,

@@ -133,7 +133,7 @@ def lite0_rows(batch: int, size: int, repeats: int, gemm) -> list[dict]:
          "ours_conv1x1": lambda: run["ours_conv1x1"](x),
          "peer": lambda: sess.run(names, {"images": x_nchw}), "gemm": gemm[0]}
   times = roofline.interleaved_times(fns, repeats, loads)
-  med = {k: float(np.median(v)) for k, v in times.items()}
+  med = roofline.medians(times)
   ref = sess.run(names, {"images": x_nchw})
   ref = [ref[0], ref[1].transpose(0, 2, 3, 1), ref[2].transpose(0, 2, 3, 1)]
   gemm_gflops = gemm[1] / med["gemm"] / 1e9
@@ -212,7 +212,7 @@ def dinov2_rows(batch: int, size: int, repeats: int, gemm,
   fns["peer"] = lambda: sess.run(None, {"input_image": x_nchw})
   fns["gemm"] = gemm[0]
   times = roofline.interleaved_times(fns, repeats, loads)
-  med = {k: float(np.median(v)) for k, v in times.items()}
+  med = roofline.medians(times)
   ref = sess.run(None, {"input_image": x_nchw})
   g = size // bb.patch
   flops = vit_flops(1 + g * g, 384, 12, g * g, 3 * bb.patch ** 2)
