@@ -2,7 +2,8 @@ r"""Rows of ``benchmarks/results/speed.json`` and the "Speed" section of BENCHMA
 
 Every speed benchmark (roofline, coreset, decode_resize, knn) calls
 ``add_rows(rows)``: rows replace the stored rows with the same ``benchmark``
-key, get the ``commit`` (``git describe``-style short hash, ``-dirty`` when
+key measured on the same CPU model (rows of other machines are kept, so
+every machine a ratio was reported on stays visible), get the ``commit`` (``git describe``-style short hash, ``-dirty`` when
 tracked files differ) and the ``command`` that produced them, and the Speed
 table in BENCHMARKS.md (between the ``speed:begin`` / ``speed:end`` markers)
 is re-rendered from the JSON, so the two never disagree.
@@ -108,9 +109,28 @@ def load_rows(path: str = SPEED_JSON) -> list[dict[str, Any]]:
     return json.load(f)
 
 
+def _key(row: dict[str, Any]) -> tuple[str, str]:
+  """A row is the same measurement as another when both name and CPU match."""
+  return row["benchmark"], row.get("cpu", "")
+
+
+def stored_roofline(path: str = SPEED_JSON,
+                    cpu: Optional[str] = None) -> Optional[float]:
+  """The stored GEMM roofline (GFLOP/s) of this CPU model (``cpu``), if any.
+
+  A fraction of another machine's roofline would mean nothing, so rows of
+  other CPU models are never used.
+  """
+  cpu = cpu_model() if cpu is None else cpu
+  for r in load_rows(path):
+    if r["benchmark"] == "roofline" and r.get("cpu") == cpu:
+      return float(r["roofline_gflops"])
+  return None
+
+
 def add_rows(rows: Iterable[dict[str, Any]], *, path: str = SPEED_JSON,
              md_path: Optional[str] = BENCHMARKS_MD) -> list[dict[str, Any]]:
-  """Stores ``rows`` (replacing rows with the same ``benchmark``), re-renders.
+  """Stores ``rows`` (replacing rows with the same ``benchmark`` and CPU).
 
   Args:
     rows: dicts with at least ``benchmark``, ``peer``, ``ours_over_peer``,
@@ -128,8 +148,8 @@ def add_rows(rows: Iterable[dict[str, Any]], *, path: str = SPEED_JSON,
     if missing:
       raise ValueError(f"speed row {r.get('benchmark')!r} lacks {missing}")
     r.update(stamp)
-  new = {r["benchmark"] for r in rows}
-  kept = [r for r in load_rows(path) if r["benchmark"] not in new]
+  new = {_key(r) for r in rows}
+  kept = [r for r in load_rows(path) if _key(r) not in new]
   out = kept + rows
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + ".tmp"
@@ -162,7 +182,8 @@ def table(rows: list[dict[str, Any]]) -> str:
           "roofline fraction", "measured", "CPU", "load", "commit"]
   lines = ["| " + " | ".join(head) + " |",
            "|" + "---|" * len(head)]
-  for r in rows:
+  # One machine's rows together (stable: each keeps its stored order).
+  for r in sorted(rows, key=lambda r: str(r.get("cpu", ""))):
     extra = {k: v for k, v in r.items()
              if k not in _ORDER and k not in ("command", "cores")}
     cells = [r["benchmark"], _fmt(r.get("peer")), _fmt(r.get("ours_over_peer")),

@@ -167,10 +167,7 @@ def main() -> None:
   zdim = args.projection_dim if 0 < args.projection_dim < dim else dim
   gbs = n * zdim * 4 * num / med["loop"] / 1e9
   gflops = 2.0 * n * num * zdim / med["new"] / 1e9
-  roof = None
-  for r in _speed.load_rows():
-    if r["benchmark"] == "roofline":
-      roof = r["roofline_gflops"]
+  roof = _speed.stored_roofline()  # This CPU's (roofline.py).
   ratio = med[base] / med["new"]
   same = bool(np.array_equal(sel[base], sel["new"]))
   first_diff = (None if same else

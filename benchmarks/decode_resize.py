@@ -142,10 +142,7 @@ def main() -> None:
     flops = float(cost["flops"])
   except Exception:  # pylint: disable=broad-except
     pass
-  roof = None
-  for r in _speed.load_rows():
-    if r["benchmark"] == "roofline":
-      roof = r["roofline_gflops"]
+  roof = _speed.stored_roofline()  # This CPU's (roofline.py).
   gflops = flops * forward_rate / gbs / 1e9 if flops else None
   best_name = max((k for k in rates if k != "serial"), key=rates.get)
   ratio = rates[best_name] / extract_rate

@@ -172,11 +172,8 @@ def measure(n: int = 4096, repeats: int = 5, mib: int = 512) -> dict:
 
 
 def roofline_gflops(path: str = _speed.SPEED_JSON) -> float | None:
-  """The stored GEMM roofline (GFLOP/s), for other benchmarks' rows."""
-  for r in _speed.load_rows(path):
-    if r["benchmark"] == "roofline":
-      return float(r["roofline_gflops"])
-  return None
+  """This CPU's stored GEMM roofline (GFLOP/s), for other benchmarks' rows."""
+  return _speed.stored_roofline(path)
 
 
 def main() -> None:

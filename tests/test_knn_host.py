@@ -45,6 +45,38 @@ def test_group_topk_random_rows_match_stable_sort():
       np.testing.assert_array_equal(val, ref_val)
 
 
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_merge_below_equals_stable_sort_of_both_tiles(k):
+  # Small integers tie a lot: entries equal to a row's k-th held distance
+  # must lose to the held (lower) index, and equal candidates of the new
+  # tile keep column order.
+  rng = np.random.default_rng(2)
+  first = rng.integers(0, 6, size=(30, 40)).astype(np.float32)
+  second = rng.integers(0, 6, size=(30, 300)).astype(np.float32)
+  second[0] = 99.0  # No candidate in row 0: its list is unchanged.
+  second[1, [5, 6, 250]] = -1.0  # Three new best, one of them past k.
+  best_d, best_i = _stable_ref(first, k)
+  best_d, best_i = best_d.copy(), best_i.astype(np.int64)
+  knn._merge_below(best_d, best_i, second, 40)  # pylint: disable=protected-access
+  ref_d, ref_i = _stable_ref(np.concatenate([first, second], axis=1), k)
+  np.testing.assert_array_equal(best_i, ref_i)
+  np.testing.assert_array_equal(best_d, ref_d)
+  assert best_i[1].tolist()[:min(k, 3)] == [45, 46, 290][:min(k, 3)]
+
+
+@pytest.mark.parametrize("k", [2, 5, 7])
+def test_host_path_exact_on_tie_heavy_integer_data(k):
+  # Many bank tiles (bank_chunk=512 of 5,000 rows): every tile after the
+  # first goes through the candidate merge; integer coordinates make many
+  # exactly equal distances, where the lower bank index must win.
+  rng = np.random.default_rng(4)
+  q = rng.integers(0, 3, (200, 8)).astype(np.float32)
+  b = rng.integers(0, 3, (5000, 8)).astype(np.float32)
+  _, idx = knn.knn_host(q, b, k=k, bank_chunk=512)
+  full = ((q[:, None, :].astype(np.float64) - b[None]) ** 2).sum(-1)
+  np.testing.assert_array_equal(idx, _stable_ref(full, k)[1])
+
+
 def _data(n_q, m, d, seed=0):
   rng = np.random.default_rng(seed)
   return (rng.standard_normal((n_q, d), dtype=np.float32),

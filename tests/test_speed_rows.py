@@ -48,6 +48,26 @@ def test_add_rows_replaces_same_benchmark_and_stamps(tmp_path, monkeypatch):
                    path=path, md_path=None)
 
 
+def test_add_rows_keeps_other_machines_rows(tmp_path, monkeypatch):
+  speed = _speed()
+  monkeypatch.setattr(speed, "commit", lambda: "abc1234")
+  path = str(tmp_path / "speed.json")
+  row = dict(benchmark="roofline", peer="numpy", ours_over_peer=0.8,
+             roofline_fraction=0.8, roofline_gflops=190.0, cpu="Xeon")
+  speed.add_rows([row], path=path, md_path=None)
+  speed.add_rows([dict(row, cpu="EPYC", roofline_gflops=170.0)], path=path,
+                 md_path=None)
+  speed.add_rows([dict(row, cpu="EPYC", roofline_gflops=160.0)], path=path,
+                 md_path=None)
+  rows = json.load(open(path))
+  assert [(r["cpu"], r["roofline_gflops"]) for r in rows] == [
+      ("Xeon", 190.0), ("EPYC", 160.0)]
+  # A fraction is only ever taken of the same CPU's roofline.
+  assert speed.stored_roofline(path, cpu="Xeon") == 190.0
+  assert speed.stored_roofline(path, cpu="EPYC") == 160.0
+  assert speed.stored_roofline(path, cpu="Graviton") is None
+
+
 def test_stored_rows_have_the_required_keys():
   rows = _speed().load_rows()
   assert rows, "benchmarks/results/speed.json is missing"
