@@ -103,48 +103,18 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
   return out.transpose(0, 2, 1, 3)
 
 
-class DenseParams(nn.Module):
-  """The ``kernel`` (in, out) and ``bias`` of an ``nn.Dense``, not applied.
-
-  Lets several projections of one input keep their own parameters (and so
-  the checkpoint and weight-conversion layout of separate ``nn.Dense``
-  layers) while one matrix product computes them together.
-  """
-  features: int
-
-  @nn.compact
-  def __call__(self, in_features: int) -> Tuple[jax.Array, jax.Array]:
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (in_features, self.features))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    return kernel, bias
-
-
 class Attention(nn.Module):
-  """Multi-head self-attention; q, k, v from one fused projection.
-
-  The parameters are ``query``, ``key`` and ``value`` (each an ``nn.Dense``
-  layout) and ``out``; the three input projections run as one (D, 3D)
-  product (concatenated kernels): on the 2-core CPUs of BENCHMARKS.md one
-  wide product ran the DINOv2-S forward ~4 % faster than three (D, D) ones,
-  with the same outputs (each output column sums the same products in the
-  same order).
-  """
   dim: int
   heads: int
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    b, n, d_in = x.shape
+    b, n, _ = x.shape
     hd = self.dim // self.heads
-    kb = [DenseParams(self.dim, name=name)(d_in)
-          for name in ("query", "key", "value")]
-    kernel = jnp.concatenate([kern for kern, _ in kb], axis=1)
-    bias = jnp.concatenate([bias for _, bias in kb])
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)  # As Dense.
-    qkv = jnp.dot(x, kernel) + bias
-    q, k, v = (t.reshape(b, n, self.heads, hd)
-               for t in jnp.split(qkv, 3, axis=-1))
+    split = lambda t: t.reshape(b, n, self.heads, hd)
+    q = split(nn.Dense(self.dim, name="query")(x))
+    k = split(nn.Dense(self.dim, name="key")(x))
+    v = split(nn.Dense(self.dim, name="value")(x))
     out = attention(q, k, v).reshape(b, n, self.dim)
     return nn.Dense(self.dim, name="out")(out)
 
