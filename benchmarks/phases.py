@@ -19,7 +19,8 @@ and reads back what the run recorded in its results.json:
 
 Writes benchmarks/results/phases.json (rows with the CPU, its load, the
 commit and the command) and the table between the ``phases:begin`` /
-``phases:end`` markers of BENCHMARKS.md.
+``phases:end`` markers of BENCHMARKS.md; a row replaces the same method's row
+measured on the same CPU model, other machines' rows are kept.
 
 Run (≈15 minutes on 2 loaded cores):
   python benchmarks/phases.py
@@ -172,12 +173,16 @@ def main() -> None:
   if a.no_write:
     return
   kept = []
+  # A row replaces the same method's row of the same CPU model; other
+  # machines' rows stay (as in speed.json).
+  key = lambda r: (r["method"], r.get("cpu", ""))
   if os.path.exists(PHASES_JSON):
     with open(PHASES_JSON) as f:
-      new = {r["method"] for r in rows}
-      kept = [r for r in json.load(f) if r["method"] not in new]
+      new = {key(r) for r in rows}
+      kept = [r for r in json.load(f) if key(r) not in new]
   order = {m: i for i, m in enumerate(RUNS)}
-  out = sorted(kept + rows, key=lambda r: order.get(r["method"], 99))
+  out = sorted(kept + rows, key=lambda r: (str(r.get("cpu", "")),
+                                           order.get(r["method"], 99)))
   with open(PHASES_JSON, "w") as f:
     json.dump(out, f, indent=1)
     f.write("\n")
