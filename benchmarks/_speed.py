@@ -3,8 +3,9 @@ r"""Rows of ``benchmarks/results/speed.json`` and the "Speed" section of BENCHMA
 Every speed benchmark (roofline, coreset, decode_resize, knn) calls
 ``add_rows(rows)``: rows replace the stored rows with the same ``benchmark``
 key measured on the same CPU model (rows of other machines are kept, so
-every machine a ratio was reported on stays visible), get the ``commit`` (``git describe``-style short hash, ``-dirty`` when
-tracked files differ) and the ``command`` that produced them, and the Speed
+every machine a ratio was reported on stays visible), get the ``commit``
+(``git describe``-style short hash, ``-dirty`` when tracked files differ)
+and the ``command`` that produced them, and the Speed
 table in BENCHMARKS.md (between the ``speed:begin`` / ``speed:end`` markers)
 is re-rendered from the JSON, so the two never disagree.
 

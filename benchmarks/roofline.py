@@ -171,11 +171,6 @@ def measure(n: int = 4096, repeats: int = 5, mib: int = 512) -> dict:
   return row
 
 
-def roofline_gflops(path: str = _speed.SPEED_JSON) -> float | None:
-  """This CPU's stored GEMM roofline (GFLOP/s), for other benchmarks' rows."""
-  return _speed.stored_roofline(path)
-
-
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--n", type=int, default=4096)

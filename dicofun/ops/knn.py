@@ -48,8 +48,8 @@ Design:
   their minimum (the k nearest lie in at most k groups, lower group first
   on ties), and only those candidates are sorted; every later tile: only
   the entries below a row's current k-th distance (few once k are held)
-  are merged in, so k = 5 costs about what k = 1 does. Same tie rule as the XLA path;
-  ``backend="xla"`` forces the XLA path (GPU/TPU always use it;
+  are merged in, so k = 5 costs about what k = 1 does. Same tie rule as
+  the XLA path; ``backend="xla"`` forces the XLA path (GPU/TPU always use it;
   ``knn_padded`` is always XLA).
 """
 
