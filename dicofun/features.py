@@ -20,8 +20,10 @@ every host. Results are cached on disk under ``$DICOFUN_CACHE/features``
 (default ``~/.cache/dicofun/features``): one folder per backbone, weights
 checksum, layer, intermediate LayerNorm, ViT local average, layout and
 preprocessing, one file per image keyed by its
-path, size and modification time (a ``tfds://`` record by its URI and the size
-and modification time of its split's array_record files).
+path and a hash of its bytes (a ``tfds://`` record by its URI and the size
+and modification time of its split's array_record files). The hash is computed
+once per file per process; a file replaced by another of the same size within
+the same second (which a size + mtime key missed) gets a new key.
 """
 
 from __future__ import annotations
@@ -94,12 +96,32 @@ def layout_fn(backbone, layout: str, *,
   return fn
 
 
+# Content hashes of this process, by (path, size, mtime, ctime, inode):
+# reading a file is cheap next to decoding it, but not free for a bank of
+# thousands of images read by several phases of one run.
+_CONTENT_HASHES: dict[tuple, str] = {}
+
+
+def _content_hash(path: str, st: os.stat_result) -> str:
+  """blake2b of the bytes of ``path`` (``st``: its stat, the memo's key)."""
+  memo = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+  if memo not in _CONTENT_HASHES:
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+    _CONTENT_HASHES[memo] = h.hexdigest()
+  return _CONTENT_HASHES[memo]
+
+
 def _file_signature(path: str) -> list:
+  """What a cached feature of ``path`` depends on: its path and its bytes."""
   if tfds_source.is_uri(path):
     return tfds_source.signature(path)
   try:
     st = os.stat(path)
-    return [path, st.st_size, int(st.st_mtime)]
+    # Version 3 of the key (2: size and whole-second mtime).
+    return [path, st.st_size, "blake2b", _content_hash(path, st)]
   except OSError:
     return [path, -1, -1]
 

@@ -1,9 +1,12 @@
 """Feature extraction: layouts, the per-image cache, padding of the last batch."""
 
+import dataclasses
 import hashlib
 import json
+import os
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from dicofun import configlib
@@ -120,3 +123,27 @@ def test_backbone_settings_are_checked_by_name():
   with pytest.raises(configlib.ConfigArgError,
                      match="backbone.vit_local_average=2: expected an odd"):
     patchcore_synthetic.get_config("local_average=2")
+
+
+def test_cache_sees_a_same_size_file_replaced_within_the_same_mtime(
+    records, tmp_path, monkeypatch):
+  # Issue 25 #4: the cache was keyed on path, size and whole-second mtime, so
+  # a BMP (fixed size for fixed dimensions) replaced in the same second kept
+  # the old image's features.
+  monkeypatch.setenv("DICOFUN_CACHE", str(tmp_path / "cache"))
+  cfg = patchcore_synthetic.get_config("image_size=64")
+  good = [r for r in records if r.label == 0][0]
+  bad = [r for r in records if r.label == 1][0]
+  path = str(tmp_path / "part.bmp")
+  Image.open(good.image_path).convert("RGB").save(path)
+  st = os.stat(path)
+  rec = dataclasses.replace(good, image_path=path)
+  before = features.load_features(cfg, [rec], layout="patchcore")
+  Image.open(bad.image_path).convert("RGB").save(path)  # Same size, new pixels.
+  os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+  assert os.path.getsize(path) == st.st_size
+  cached = features.load_features(cfg, [rec], layout="patchcore")
+  cfg.features_cache = False
+  fresh = features.load_features(cfg, [rec], layout="patchcore")
+  assert not np.allclose(before, fresh, atol=1e-3)  # The images differ.
+  np.testing.assert_allclose(cached, fresh, atol=1e-5)
