@@ -126,9 +126,14 @@ def percentile_threshold(normal_scores: np.ndarray, q: float = 99) -> float:
 
 
 # Iglewicz & Hoaglin's modified z-score cut-off; 1.4826 turns the MAD into a
-# standard deviation for normally distributed scores.
+# standard deviation for normally distributed scores, 1.253314 the mean
+# absolute deviation (their fallback when the MAD is 0).
 ROBUST_Z = 3.5
 MAD_TO_STD = 1.4826
+MEAN_AD_TO_STD = 1.253314
+# Scores are float32 computations: a spread below this fraction of the
+# largest |score| is rounding, not spread **(ours)**.
+SPREAD_FLOOR = 1e-6
 
 
 def robust_threshold(scores: np.ndarray, *,
@@ -136,17 +141,22 @@ def robust_threshold(scores: np.ndarray, *,
                      z: float = ROBUST_Z) -> tuple[float, str]:
   """A decision threshold from unlabelled scores alone **(ours)**.
 
-  Without a hint: ``median + z · 1.4826 · MAD`` (MAD = median absolute
-  deviation from the median), i.e. the images whose modified z-score exceeds
-  ``z`` = 3.5 are flagged. The median and MAD ignore the flagged tail, so a
-  few anomalies in the folder do not drag the threshold up with them. When
-  the MAD is 0 (more than half the scores tied), the threshold is the
-  median.
+  Without a hint: ``median + z · spread`` with spread = 1.4826 · MAD (MAD =
+  median absolute deviation from the median), i.e. the images whose
+  modified z-score reaches ``z`` = 3.5 are flagged. The median and MAD
+  ignore the flagged tail, so a few anomalies in the folder do not drag the
+  threshold up with them. When the MAD is 0 (more than half the scores
+  tied), the spread is 1.253314 · the mean absolute deviation from the
+  median (Iglewicz & Hoaglin's fallback). The spread is floored at
+  ``SPREAD_FLOOR`` · max |score| (and at the smallest positive float), so
+  the threshold always lies above the median: scores without spread
+  (identical, or equal up to float32 rounding) flag none.
 
   With ``contamination`` = c in (0, 1): the ``1 − c`` quantile of the scores
   (linear interpolation), i.e. about the top c fraction is flagged.
 
-  An image is flagged when its score is strictly greater than the threshold.
+  An image is flagged when its score is ``>=`` the threshold
+  (``is_anomalous``, the one decision rule of dicofun).
 
   Args:
     scores: (N,) image scores, N >= 1.
@@ -168,9 +178,15 @@ def robust_threshold(scores: np.ndarray, *,
             f"{q:.4g} quantile of the scores (contamination hint "
             f"{contamination:g})")
   med = float(np.median(scores))
-  mad = float(np.median(np.abs(scores - med)))
-  return (med + z * MAD_TO_STD * mad,
-          f"median + {z:g} x 1.4826 x MAD of the scores (robust outlier rule)")
+  dev = np.abs(scores - med)
+  spread = MAD_TO_STD * float(np.median(dev))
+  if spread == 0.0:
+    spread = MEAN_AD_TO_STD * float(np.mean(dev))
+  floor = max(SPREAD_FLOOR * float(np.max(np.abs(scores))),
+              float(np.finfo(np.float64).tiny))
+  return (med + z * max(spread, floor),
+          f"median + {z:g} x 1.4826 x MAD of the scores (robust outlier "
+          f"rule; 1.2533 x mean deviation when the MAD is 0)")
 
 
 def _image_inputs(scores, labels) -> tuple[np.ndarray, np.ndarray]:

@@ -54,9 +54,29 @@ def test_robust_threshold_with_a_contamination_hint_is_a_quantile():
     metrics.robust_threshold(np.ones(3), contamination=1.5)
 
 
-def test_robust_threshold_of_tied_scores_is_the_median():
-  t, _ = metrics.robust_threshold(np.array([2.0, 2, 2, 5]))
-  assert t == 2.0
+def test_robust_threshold_of_identical_scores_flags_none():
+  """No spread means nothing is an outlier (issue 25 #3)."""
+  for value in (0.0625, 0.0, 19.3):
+    scores = np.full(20, value)
+    t, _ = metrics.robust_threshold(scores)
+    assert t > value
+    assert not metrics.is_anomalous(scores, t).any(), value
+  # Scores equal up to float32 rounding are no spread either.
+  scores = np.full(20, np.float32(0.1), np.float64)
+  scores[::3] = np.nextafter(np.float32(0.1), np.float32(1))
+  t, _ = metrics.robust_threshold(scores)
+  assert not metrics.is_anomalous(scores, t).any()
+
+
+def test_robust_threshold_of_mostly_tied_scores_uses_the_mean_deviation():
+  # 19 tied scores and one outlier: MAD 0, so the spread is
+  # 1.253314 · mean |x − median| = 1.253314 · 3/20 (Iglewicz & Hoaglin).
+  scores = np.array([2.0] * 19 + [5.0])
+  t, rule = metrics.robust_threshold(scores)
+  assert t == pytest.approx(2 + 3.5 * 1.253314 * 0.15)
+  assert "MAD" in rule
+  np.testing.assert_array_equal(metrics.is_anomalous(scores, t),
+                                [False] * 19 + [True])
 
 
 def test_folder_labels_from_good_and_other_subfolders(tmp_path):
@@ -170,6 +190,26 @@ def inspected(tmp_path, monkeypatch):
 def _rows(path):
   with open(path, newline="") as f:
     return list(csv.DictReader(f))
+
+
+def test_inspect_of_twenty_identical_images_flags_none(tmp_path, monkeypatch):
+  """Issue 25 #3: MAD 0 made the threshold the median and flagged all 20."""
+  monkeypatch.setitem(sys.modules, "fake_inspect_method", _fake_method())
+  monkeypatch.setitem(methods.METHODS, "fake", "fake_inspect_method")
+  root = tmp_path / "same"
+  root.mkdir()
+  for i in range(20):
+    Image.fromarray(np.full((20, 20, 3), 77, np.uint8)).save(
+        root / f"{i:02d}.png")
+  config = inspection.inspect_config("patchcore", image_size=S)
+  config.method = "fake"
+  outcome = inspection.inspect_folder(str(root), out_dir=str(tmp_path / "o"),
+                                      config=config)
+  np.testing.assert_array_equal(outcome.scores, 77 / 255)
+  assert outcome.threshold > 77 / 255
+  assert not outcome.decisions.any()
+  rows = _rows(outcome.csv_path)
+  assert len(rows) == 20 and {r["decision"] for r in rows} == {"0"}
 
 
 def test_inspect_scores_every_readable_image_with_a_robust_threshold(
