@@ -325,7 +325,7 @@ def is_finished(workdir: str, cell: Cell) -> bool:
   return os.path.exists(os.path.join(cell_dir(workdir, cell), RESULTS))
 
 
-def _check_cell_info(workdir: str, cell: Cell) -> None:
+def check_cell_info(workdir: str, cell: Cell) -> None:
   """Refuses a cell directory left by a sweep with another config."""
   path = os.path.join(cell_dir(workdir, cell), CELL_INFO)
   if not os.path.exists(path):
@@ -342,7 +342,7 @@ def _check_cell_info(workdir: str, cell: Cell) -> None:
         "remove that directory")
 
 
-def _write_cell_info(workdir: str, cell: Cell, **extra: Any) -> None:
+def write_cell_info(workdir: str, cell: Cell, **extra: Any) -> None:
   d = cell_dir(workdir, cell)
   os.makedirs(d, exist_ok=True)
   info = dict(config=cell.config_path, arg=cell.arg, values=cell.values,
@@ -391,6 +391,83 @@ def _fmt_seconds(s: float) -> str:
   return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
 
 
+def run_cells(cells: Sequence[Cell], workdir: str, *,
+              only_cells: Optional[int] = None, dry_run: bool = False,
+              runner: Optional[Callable[[Cell, str], int]] = None,
+              name: str = "", plan: Optional[dict[str, Any]] = None
+              ) -> SweepOutcome:
+  """Runs the pending cells (each an ordinary run in ``workdir/<name>``).
+
+  Every cell's config is built first (a bad one raises before anything
+  runs); a cell whose results.json exists is skipped; a cell directory left
+  by another config is refused. ``plan`` goes into ``workdir/sweep.json``
+  with the cell list. Used by ``run_sweep`` and ``benchmarks/suite.py``.
+
+  Returns:
+    A SweepOutcome without rows (the caller aggregates).
+  """
+  plan = plan or {"name": name}
+  validate_cells(cells)
+  names = [c.name for c in cells]
+  if len(set(names)) != len(names):
+    raise SweepError(f"two sweep cells share a directory name: {names}")
+  for cell in cells:
+    check_cell_info(workdir, cell)
+  outcome = SweepOutcome(cells=cells)
+  todo = [c for c in cells if not is_finished(workdir, c)]
+  outcome.skipped = [c.name for c in cells if is_finished(workdir, c)]
+  logging.info("%s: %d cells, %d finished, %d to run",
+               name or workdir, len(cells), len(outcome.skipped), len(todo))
+  if dry_run:
+    for cell in cells:
+      state = "finished" if cell.name in outcome.skipped else "pending"
+      logging.info("cell %d/%d [%s] %s", cell.index + 1, len(cells), state,
+                   " ".join(cell_command(cell, workdir)))
+    outcome.pending = [c.name for c in todo]
+    return outcome
+  os.makedirs(workdir, exist_ok=True)
+  fileio.write_json_atomic(
+      os.path.join(workdir, "sweep.json"),
+      {**plan, "cells": [{"name": c.name, "config": c.config_path,
+                          "arg": c.arg} for c in cells]},
+      indent=1, default=str)
+  runner = runner or run_cell
+  budget = len(todo) if only_cells is None else min(len(todo), only_cells)
+  durations: list[float] = []
+  # Before the first cell of this call ends, finished cells' run times give
+  # the ETA (a resumed sweep shows one from the start).
+  earlier = [_results_seconds(workdir, c) for c in cells
+             if c.name in outcome.skipped]
+  earlier = [t for t in earlier if t is not None]
+  for k, cell in enumerate(todo[:budget]):
+    eta = ""
+    if durations or earlier:
+      per_cell = np.mean(durations or earlier)
+      eta = f", ETA {_fmt_seconds(per_cell * (budget - k))}"
+    logging.info("Cell %d/%d (%d of %d to run%s): %s", cell.index + 1,
+                 len(cells), k + 1, budget, eta, cell.name)
+    write_cell_info(workdir, cell)
+    t0 = time.time()
+    status = runner(cell, workdir)
+    durations.append(time.time() - t0)
+    write_cell_info(workdir, cell, returncode=int(status),
+                     seconds=durations[-1])
+    if status == 0 and is_finished(workdir, cell):
+      outcome.ran.append(cell.name)
+      logging.info("Cell %s finished in %s", cell.name,
+                   _fmt_seconds(durations[-1]))
+    else:
+      outcome.failed.append(cell.name)
+      logging.error("Cell %s failed (exit status %s); log tail:\n%s",
+                    cell.name, status, _log_tail(workdir, cell))
+  outcome.pending = [c.name for c in todo[budget:]]
+  if outcome.pending:
+    logging.info("Stopped with %d cells pending (--only_cells=%s); run "
+                 "the same command again to continue", len(outcome.pending),
+                 only_cells)
+  return outcome
+
+
 def run_sweep(sweep: Any, workdir: str, *, only_cells: Optional[int] = None,
               dry_run: bool = False,
               runner: Optional[Callable[[Cell, str], int]] = None,
@@ -414,64 +491,11 @@ def run_sweep(sweep: Any, workdir: str, *, only_cells: Optional[int] = None,
     SweepError: an invalid sweep or cell config, before anything runs.
   """
   cells = expand_cells(sweep)
-  validate_cells(cells)
-  names = [c.name for c in cells]
-  if len(set(names)) != len(names):
-    raise SweepError(f"two sweep cells share a directory name: {names}")
-  for cell in cells:
-    _check_cell_info(workdir, cell)
-  outcome = SweepOutcome(cells=cells)
-  todo = [c for c in cells if not is_finished(workdir, c)]
-  outcome.skipped = [c.name for c in cells if is_finished(workdir, c)]
-  logging.info("Sweep %s: %d cells, %d finished, %d to run",
-               name or workdir, len(cells), len(outcome.skipped), len(todo))
+  outcome = run_cells(cells, workdir, only_cells=only_cells, dry_run=dry_run,
+                      runner=runner, name=name,
+                      plan={"name": name, "sweep": _plain(sweep)})
   if dry_run:
-    for cell in cells:
-      state = "finished" if cell.name in outcome.skipped else "pending"
-      logging.info("cell %d/%d [%s] %s", cell.index + 1, len(cells), state,
-                   " ".join(cell_command(cell, workdir)))
-    outcome.pending = [c.name for c in todo]
     return outcome
-  os.makedirs(workdir, exist_ok=True)
-  fileio.write_json_atomic(
-      os.path.join(workdir, "sweep.json"),
-      {"name": name, "sweep": _plain(sweep),
-       "cells": [{"name": c.name, "config": c.config_path, "arg": c.arg}
-                 for c in cells]}, indent=1, default=str)
-  runner = runner or run_cell
-  budget = len(todo) if only_cells is None else min(len(todo), only_cells)
-  durations: list[float] = []
-  # Before the first cell of this call ends, finished cells' run times give
-  # the ETA (a resumed sweep shows one from the start).
-  earlier = [_results_seconds(workdir, c) for c in cells
-             if c.name in outcome.skipped]
-  earlier = [t for t in earlier if t is not None]
-  for k, cell in enumerate(todo[:budget]):
-    eta = ""
-    if durations or earlier:
-      per_cell = np.mean(durations or earlier)
-      eta = f", ETA {_fmt_seconds(per_cell * (budget - k))}"
-    logging.info("Sweep cell %d/%d (%d of %d to run%s): %s", cell.index + 1,
-                 len(cells), k + 1, budget, eta, cell.name)
-    _write_cell_info(workdir, cell)
-    t0 = time.time()
-    status = runner(cell, workdir)
-    durations.append(time.time() - t0)
-    _write_cell_info(workdir, cell, returncode=int(status),
-                     seconds=durations[-1])
-    if status == 0 and is_finished(workdir, cell):
-      outcome.ran.append(cell.name)
-      logging.info("Sweep cell %s finished in %s", cell.name,
-                   _fmt_seconds(durations[-1]))
-    else:
-      outcome.failed.append(cell.name)
-      logging.error("Sweep cell %s failed (exit status %s); log tail:\n%s",
-                    cell.name, status, _log_tail(workdir, cell))
-  outcome.pending = [c.name for c in todo[budget:]]
-  if outcome.pending:
-    logging.info("Sweep stopped with %d cells pending (--only_cells=%s); run "
-                 "the same command again to continue", len(outcome.pending),
-                 only_cells)
   outcome.rows = collect_results(cells, workdir)
   outcome.files = write_aggregates(sweep, outcome.rows, workdir, name=name)
   return outcome

@@ -153,7 +153,7 @@ def test_sweep_files_survive_a_full_disk(tmp_path, monkeypatch):
   monkeypatch.setattr(sweep.viz, "save_heatmap", lambda path, *a, **k: None)
   sweep.write_aggregates(spec, rows, str(tmp_path))
   cell = sweep.expand_cells(spec)[0]
-  sweep._write_cell_info(str(tmp_path), cell, returncode=0)  # pylint: disable=protected-access
+  sweep.write_cell_info(str(tmp_path), cell, returncode=0)
   info = os.path.join(sweep.cell_dir(str(tmp_path), cell), sweep.CELL_INFO)
   files = [str(tmp_path / sweep.CSV_NAME), str(tmp_path / sweep.MD_NAME), info]
   before = {p: open(p).read() for p in files}
@@ -171,7 +171,7 @@ def test_sweep_files_survive_a_full_disk(tmp_path, monkeypatch):
       open(files[0], "w").write(before[files[0]])
   _disk_full(monkeypatch)
   with pytest.raises(OSError, match="No space left"):
-    sweep._write_cell_info(str(tmp_path), cell, returncode=1)  # pylint: disable=protected-access
+    sweep.write_cell_info(str(tmp_path), cell, returncode=1)
   assert {p: open(p).read() for p in files} == before
   assert _leftovers(tmp_path) == []
   assert _leftovers(os.path.dirname(info)) == []

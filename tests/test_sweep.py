@@ -257,7 +257,7 @@ def test_only_cells_then_resume_skips_finished(cfg_file, tmp_path, heatmaps,
   second = sweep_lib.run_sweep(sweep, workdir, runner=_fake_runner(calls))
   # Progress names the cell among all cells and, from the finished cell's
   # 1.5 s, an ETA for the three to run.
-  assert "Sweep cell 2/4 (1 of 3 to run, ETA 0m04s): beta=0.1,alpha=2" in (
+  assert "Cell 2/4 (1 of 3 to run, ETA 0m04s): beta=0.1,alpha=2" in (
       caplog.text)
   assert second.skipped == ["beta=0.1,alpha=1"]
   assert second.ran == ["beta=0.1,alpha=2", "beta=0.5,alpha=1",

@@ -88,6 +88,22 @@ def _read_mvtec(ds, workdir: str) -> list[records_lib.Record]:
   return mvtec.read_mvtec(os.path.join(_root(ds), category), category=category)
 
 
+def _read_mvtec_layout(ds, workdir: str) -> list[records_lib.Record]:
+  """Any category in the MVTec AD folder layout: ``<root>/<category>``.
+
+  ``category`` may be a path below ``root`` (``mvtec_ad/screw``); the
+  records carry it as their category name.
+  """
+  del workdir
+  if not ds.root:
+    raise errors.DatasetError(
+        "config.dataset.root must name the folder that holds the category "
+        "(dataset 'mvtec_layout' has no default root)")
+  category = _need_category(ds, "MVTec-layout (a path below root)")
+  return mvtec.read_mvtec(os.path.join(ds.root, category),
+                          category=category.strip("/"))
+
+
 def _read_magnetic_tile(ds, workdir: str) -> list[records_lib.Record]:
   del workdir
   return mvtec.read_mvtec(_root(ds), category="magnetic_tile")
@@ -125,6 +141,10 @@ DATASETS: dict[str, DatasetSpec] = {
                              tfds_builder="mvtec_ad"),
     "mvtec": DatasetSpec(_read_mvtec, "bottle", 0.875, "mvtec_ad",
                          tfds_builder="mvtec_ad"),
+    # Any folder in the MVTec layout, named by root + category path; no
+    # crop by default: an unknown category's defects may sit at the border
+    # (benchmarks/crop_coverage.py measures what a crop keeps).
+    "mvtec_layout": DatasetSpec(_read_mvtec_layout, "", 1.0),
     "visa": DatasetSpec(_read_visa, "candle", 0.875, "visa",
                         tfds_builder="visa"),
     # Magnetic tile images are elongated with defects near the edges: the

@@ -1,0 +1,52 @@
+r"""DiCo on any category in the MVTec AD folder layout (METHODS §2).
+
+The category is ``<root>/<category>`` with ``train/good``, ``test/<type>`` and
+``ground_truth/<type>/<stem>_mask.<ext>`` — your own data in this layout, or
+the suite's categories (benchmarks/suite.py). No centre crop by default
+(``crop=1.0``): the suite states the crop of each of its categories.
+
+Run::
+
+  python experiments/main.py \
+      --config=configs/dico_layout.py:root=../shared/data,category=mvtec_ad/screw \
+      --workdir=runs/dico_screw
+  # CPU smoke run:
+  python experiments/main.py \
+      --config=configs/dico_layout.py:root=../shared/data,category=mvtec_ad/screw,runlocal \
+      --workdir=runs/dico_screw_local
+
+Args: category, contamination, memory (N; 0 = no memory), bottleneck
+(channels), bottleneck_stride (0 = coarsest level's; 32 = once more), mask_ratio,
+mask_patch, masking, score (adaptive|max|topk_mean), k_masks (inference
+passes), k_combine (mean|masked: how they combine), score_levels
+(levels summed into the map, e.g. stride16 or stride8+stride16; default all), epochs, lr_schedule
+(constant|cosine), warmup_epochs, batch_size, backbone (a CNN), image_size,
+crop, seed, root, runlocal (the CPU smoke size of get_config), cpu (the largest
+sensible run in <= 1 hour on 2 CPU cores on magnetic tile: 30 epochs at batch 8
+with cached targets and a cosine lr with 1 warm-up epoch; estimated 48 min from
+9.5 training images/s at 256 px, see CPU_PRESET in
+dicofun/methods/dico/config.py).
+Defaults: ``default_config()`` of dicofun/methods/dico/config.py, the
+shared blocks of ``configlib.run_config`` and the values below; an arg given
+explicitly wins over runlocal.
+A run started again with the same --workdir resumes from its checkpoint.
+Results of measured runs: BENCHMARKS.md.
+"""
+
+from dicofun import configlib
+from dicofun.methods.dico import config as dico_config
+
+
+def get_config(arg=None):
+  """The run config; ``arg`` as in the module docstring."""
+  config = configlib.run_config(
+      method="dico", method_config=dico_config.default_config(),
+      dataset="mvtec_layout", backbone="efficientnet_lite0", image_size=256)
+  if configlib.flag_in(arg, "runlocal"):  # CPU smoke size.
+    config.dataset.update(image_size=128, num_workers=2)
+    config.dico.update(epochs=3, batch_size=8, bottleneck_channels=128,
+                       eval_every=1, checkpoint_every=1, eval_batch_size=8)
+  # CPU preset (issue #14): <= 1 hour on 2 cores on magnetic tile, see
+  # dico_config.CPU_PRESET for the estimate.
+  dico_config.apply_cpu_preset(config, arg)
+  return dico_config.apply_args(config, arg)

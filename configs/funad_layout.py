@@ -1,0 +1,53 @@
+r"""FUN-AD on any category in the MVTec AD folder layout (METHODS §1).
+
+The category is ``<root>/<category>`` with ``train/good``, ``test/<type>`` and
+``ground_truth/<type>/<stem>_mask.<ext>`` — your own data in this layout, or
+the suite's categories (benchmarks/suite.py). No centre crop by default
+(``crop=1.0``): the suite states the crop of each of its categories.
+
+Run::
+
+  python experiments/main.py \
+      --config=configs/funad_layout.py:root=../shared/data,category=mvtec_ad/screw \
+      --workdir=runs/funad_screw
+  # CPU smoke run:
+  python experiments/main.py \
+      --config=configs/funad_layout.py:root=../shared/data,category=mvtec_ad/screw,runlocal \
+      --workdir=runs/funad_screw_local
+
+Args: category, contamination, preset (default | paper: the published
+recipe, METHODS §1; default: the measured best, every difference marked
+ours), rho (memory-bank ratio ρ), epochs, lr, batch (images per
+iteration), tau_n, lam (weight of L_MS), smoothness (mae|mse|kl),
+refresh_every (1 = rescore every iteration), eval_every, noise (Gaussian
+synthesis), bank_patches (ours; 0 = all bank patches), batch_patches (ours;
+0 = all patch positions), d_norm (minmax|percentile|rank), d_lo, d_hi
+(percentiles of d_norm=percentile), bce (clamped|logit), soft (ours; soft
+BCE targets), schedule (constant|cosine), warmup (lr warm-up iterations),
+ema (ours; EMA decay of the params, 0 = off), logits (ours; scores are
+logits), exclude (ours; bank rows of the batch's images ignored),
+dist_input (ours; pseudo-label distances on the input features), backbone,
+layer (ViT block), norm (ViT intermediate tokens through the final
+LayerNorm; default on), image_size, crop, seed, root, runlocal (the CPU
+smoke size of get_config).
+Defaults: ``default_config(preset)`` of dicofun/methods/funad/config.py, the
+shared blocks of ``configlib.run_config`` and the values below; an arg given
+explicitly wins over runlocal.
+The result is the last epoch; ``extra.oracle`` in results.json is the
+test-selected epoch, labelled as such.
+"""
+
+from dicofun import configlib
+from dicofun.methods.funad import config as funad_config
+
+
+def get_config(arg=None):
+  """The run config; ``arg`` as in the module docstring."""
+  config = configlib.run_config(
+      method="funad",
+      method_config=funad_config.default_config(funad_config.preset_in(arg)),
+      dataset="mvtec_layout", backbone="dinov2_vits14", image_size=224)
+  if configlib.flag_in(arg, "runlocal"):  # CPU smoke size.
+    config.funad.update(epochs=3, batch_size=8, eval_every=1,
+                        checkpoint_every=1)
+  return funad_config.apply_args(config, arg)
