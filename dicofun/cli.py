@@ -12,6 +12,10 @@ Usage::
 ``inspect`` and ``predict`` keep the log to warnings unless ``--verbosity``
 is given (``--verbosity=0`` shows dicofun's and the libraries' INFO lines).
 
+Errors the user can fix (``dicofun.user_errors.UserError``: bad data, bad
+config, a refused resume, an output path that is a file) end a command with
+one line ``error: <message>`` on stderr and exit status 2, no traceback.
+
 ``python -m dicofun`` is the same command; ``experiments/*.py`` are thin
 shells over the functions here. JAX's CPU device count must be set before JAX
 starts, so the entry points (``dicofun/__main__.py``, ``experiments/*.py``)
@@ -20,17 +24,18 @@ call ``dicofun.cpu.configure_cpu_devices()`` before importing this module.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from dicofun import configlib
 from dicofun import export as export_lib
+from dicofun import fileio
 from dicofun import inspection
 from dicofun import methods
 from dicofun import predict as predict_lib
@@ -38,6 +43,7 @@ from dicofun import report as report_lib
 from dicofun import results as results_lib
 from dicofun import runner
 from dicofun import sweep as sweep_lib
+from dicofun import user_errors
 from dicofun.data import errors
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -104,6 +110,27 @@ _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "sweep: validate the cells and list their commands only.")
 
 
+def _fail(error: object) -> NoReturn:
+  """Ends the command: ``error: <message>`` (one line) on stderr, exit 2."""
+  print(f"error: {user_errors.one_line(error)}", file=sys.stderr, flush=True)
+  sys.exit(user_errors.EXIT_USER_ERROR)
+
+
+def _reported(command: Callable[[Sequence[str]], object]
+              ) -> Callable[[Sequence[str]], object]:
+  """``command`` with user errors reported as one line and exit 2."""
+
+  @functools.wraps(command)
+  def wrapped(argv: Sequence[str]) -> object:
+    try:
+      return command(argv)
+    except user_errors.UserError as e:
+      # Bad input, not a bug: say what is wrong without a traceback.
+      _fail(e)
+
+  return wrapped
+
+
 def _name_of(spec: str) -> str:
   path, _, arg = spec.partition(":")
   name = os.path.splitext(os.path.basename(path))[0]
@@ -123,6 +150,7 @@ def _quiet_unless_asked() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
+@_reported
 def inspect_command(argv: Sequence[str]) -> None:
   """``dicofun inspect FOLDER``: which images of a folder are defective."""
   if len(argv) != 2:
@@ -132,17 +160,19 @@ def inspect_command(argv: Sequence[str]) -> None:
   folder = argv[1]
   out = _OUT.value or os.path.join(
       "runs", "inspect_" + os.path.basename(os.path.normpath(folder)))
+  user_errors.check_not_a_file(out, flag="--out")
   try:
     config = inspection.inspect_config(
         _METHOD.value, backbone=_BACKBONE.value, image_size=_IMAGE_SIZE.value)
     outcome = inspection.inspect_folder(
         folder, out_dir=out, labels_csv=_LABELS.value,
         contamination_hint=_HINT.value, strict=_STRICT.value, config=config)
-  except errors.DatasetError as e:
-    sys.exit(f"error: {e}")
+  except (errors.DatasetError, fileio.OutputFolderError) as e:
+    _fail(e)
   print(inspection.summary(outcome))
 
 
+@_reported
 def run_command(argv: Sequence[str]) -> None:
   """``dicofun run``: trains and evaluates one config."""
   _no_positional(argv)
@@ -153,32 +183,30 @@ def run_command(argv: Sequence[str]) -> None:
   spec = flags.FLAGS["config"].serialize().split("=", 1)[1]
   workdir = _WORKDIR.value or os.path.join("runs", _name_of(spec))
   logging.info("Workdir: %s", workdir)
-  try:
-    methods.check_config(config)  # Again: --config.* flags may have changed it.
-    metrics = runner.train_and_evaluate(config, workdir)
-  except (errors.DatasetError, methods.UnknownMethodError,
-          configlib.ConfigArgError) as e:
-    # Bad input, not a bug: say what is wrong without a traceback.
-    logging.error("%s", e)
-    sys.exit(f"error: {e}")
+  methods.check_config(config)  # Again: --config.* flags may have changed it.
+  metrics = runner.train_and_evaluate(config, workdir)
   # The table is the run's headline output; a person reads it on stdout.
   print(results_lib.metrics_table(metrics,
                                   title=f"{config.method} — {workdir}"))
 
 
+@_reported
 def predict_command(argv: Sequence[str]) -> None:
   """``dicofun predict``: scores a folder with a trained run's model."""
   _no_positional(argv)
   if not _WORKDIR.value or not _IMAGES.value:
     raise app.UsageError("predict needs --model=DIR (an inspect --out folder or a run workdir; --workdir is the same) and --images=DIR")
   _quiet_unless_asked()
+  if _OUT.value:
+    user_errors.check_not_a_file(_OUT.value, flag="--out")
   try:
     outcome = predict_lib.predict_folder(
         _WORKDIR.value, _IMAGES.value, out_dir=_OUT.value,
         threshold=_THRESHOLD.value, overlays=_OVERLAYS.value,
         keep_maps=_SAVE_MAPS.value, strict=_STRICT.value)
-  except (errors.DatasetError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
+  except (errors.DatasetError, FileNotFoundError,
+          fileio.OutputFolderError) as e:
+    _fail(e)
   print(f"{int(outcome.decisions.sum())}/{len(outcome.files)} images above "
         f"threshold {outcome.threshold:.6g}; scores in {outcome.csv_path}")
   if outcome.errors:
@@ -186,6 +214,7 @@ def predict_command(argv: Sequence[str]) -> None:
           f"{outcome.errors_path}")
 
 
+@_reported
 def sweep_command(argv: Sequence[str]) -> int:
   """``dicofun sweep``: one run per grid cell, then the summary."""
   _no_positional(argv)
@@ -211,6 +240,7 @@ def sweep_command(argv: Sequence[str]) -> int:
   return 0
 
 
+@_reported
 def report_command(argv: Sequence[str]) -> None:
   """``dicofun report``: the self-contained report.html of a finished run."""
   _no_positional(argv)
@@ -222,10 +252,11 @@ def report_command(argv: Sequence[str]) -> None:
     path = report_lib.build(_RUN.value, _OUT.value)
   except (report_lib.NotAReportableRunError, OSError, ValueError,
           KeyError) as e:
-    sys.exit(f"error: {e}")
+    _fail(e)
   print(f"report: {path}")
 
 
+@_reported
 def export_command(argv: Sequence[str]) -> None:
   """``dicofun export``: a PatchCore/SoftPatch model as StableHLO."""
   _no_positional(argv)
@@ -236,8 +267,9 @@ def export_command(argv: Sequence[str]) -> None:
   try:
     info = export_lib.export_scorer(_WORKDIR.value, out,
                                     batch_size=_BATCH.value)
-  except (export_lib.NotExportableError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
+  except (export_lib.NotExportableError, FileNotFoundError,
+          fileio.OutputFolderError) as e:
+    _fail(e)
   print(f"exported the {info['method']} scorer (uint8 ({info['batch_size']}, "
         f"{info['image_size']}, {info['image_size']}, 3) → scores, maps) to "
         f"{out}; how to call it: {out}.json")

@@ -29,8 +29,17 @@ Outputs, in ``out_dir``:
 * ``errors.csv``: ``file``, ``reason`` of every file that could not be read
   (skipped; ``strict=True`` aborts instead);
 * ``inspect.json``: counts, threshold, metrics and settings;
-* ``training/``: the trained methods' checkpoints and their live TensorBoard
-  curves (``tensorboard --logdir OUT/training/tensorboard``).
+* ``training/``: the trained methods' checkpoints and their TensorBoard
+  curves (``tensorboard --logdir OUT/training/tensorboard``);
+* ``.dicofun-output``: the marker that makes the folder dicofun's (below).
+
+The output folder is never the user's: ``out_dir`` must be new, empty, or a
+folder an earlier dicofun run made (``fileio.replacing_dir``; a non-empty
+folder without the marker, or with files dicofun did not write, is refused
+before any work), and it may not overlap the inspected folder. Everything is
+written into a hidden sibling ``.OUT.dicofun-new-*`` (live training curves
+are there while the run lasts) and renamed to ``out_dir`` at the end, so
+``out_dir`` holds the previous run's results or this run's, never a mix.
 
 Decision threshold, without labels (``metrics.robust_threshold``): median +
 3.5 · 1.4826 · MAD of the folder's scores (a robust outlier rule), or, with a
@@ -42,7 +51,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-import shutil
 import time
 from typing import Any, Callable, Optional
 
@@ -55,6 +63,7 @@ from dicofun import api
 from dicofun import checkpoint
 from dicofun import metrics as metrics_lib
 from dicofun import configlib
+from dicofun import fileio
 from dicofun import methods
 from dicofun import predict as predict_lib
 from dicofun import progress
@@ -212,7 +221,8 @@ def inspect_folder(folder: str, *, out_dir: str,
 
   Args:
     folder: the images (searched recursively; hidden files skipped).
-    out_dir: output folder (created).
+    out_dir: output folder: new, empty, or an earlier dicofun output
+      (replaced as a whole at the end); not inside ``folder`` nor around it.
     method: one of softpatch, patchcore, funad, dico (ignored with
       ``config``).
     labels_csv: optional CSV of known labels (``data.folder`` docstring);
@@ -228,30 +238,50 @@ def inspect_folder(folder: str, *, out_dir: str,
   Raises:
     DatasetError: no image under ``folder``, none readable, or ``strict``
       and one unreadable.
+    OutputFolderError: ``out_dir`` holds files dicofun did not write, or
+      overlaps ``folder``.
   """
   t0 = time.time()
   root = os.path.abspath(os.path.expanduser(folder))
   if not os.path.isdir(root):
     raise errors.DatasetError(f"folder to inspect not found: {root!r}")
+  out_dir = os.path.abspath(os.path.expanduser(out_dir))
+  fileio.check_disjoint(root, out_dir)
   config = config if config is not None else inspect_config(method)
-  os.makedirs(out_dir, exist_ok=True)
   paths = images_lib.list_images_recursive(root)
   if not paths:
     raise errors.EmptyCategoryError(
         root, "image", expected=", ".join(images_lib.IMAGE_EXTENSIONS))
+  # Everything is written into a fresh sibling folder that replaces out_dir
+  # at the end, so a failure (a full disk) leaves the old results whole, and
+  # nothing in out_dir that dicofun did not write is ever touched.
+  with fileio.replacing_dir(out_dir, command="inspect",
+                            info={"folder": root}) as tmp:
+    found = _inspect_into(tmp, root, paths, config=config, out_dir=out_dir,
+                          labels_csv=labels_csv,
+                          contamination_hint=contamination_hint,
+                          strict=strict, t0=t0)
+  return found
+
+
+def _inspect_into(tmp: str, root: str, paths: list[str], *,
+                  config: ml_collections.ConfigDict, out_dir: str,
+                  labels_csv: Optional[str],
+                  contamination_hint: Optional[float], strict: bool,
+                  t0: float) -> InspectOutcome:
+  """``inspect_folder``'s work, writing into ``tmp`` (renamed to
+  ``out_dir`` once it returns)."""
   size = int(config.dataset.image_size)
-  screened = predict_lib.screen(root, paths, out_dir=out_dir, image_size=size,
+  screened = predict_lib.screen(root, paths, out_dir=tmp, image_size=size,
                                strict=strict)
   files = screened.readable
   labels = folder_lib.folder_labels(root, files, labels_csv=labels_csv)
   records = folder_lib.unlabelled_records(files)
   logging.info("Inspecting %d images under %s with %s (%d unreadable, "
-               "skipped)", len(files), root, config.method,
-               len(screened.errors))
-  train_dir = os.path.join(out_dir, "training")
-  # Methods with epochs resume from their checkpoints there; a new inspect
-  # must never resume another folder's training.
-  shutil.rmtree(train_dir, ignore_errors=True)
+               "skipped); writing to %s until done", len(files), root,
+               config.method, len(screened.errors), tmp)
+  # A fresh folder: a new inspect never resumes another run's training.
+  train_dir = os.path.join(tmp, "training")
   preds = methods.get_method(config.method).run(
       config, api.RunData(train=records, test=[], category="inspect"),
       train_dir)
@@ -264,17 +294,16 @@ def inspect_folder(folder: str, *, out_dir: str,
       scores, contamination=contamination_hint)
   decisions = metrics_lib.is_anomalous(scores, threshold)
   checkpoint.save_inference(
-      out_dir, state=preds.state, config=config, threshold=threshold,
+      tmp, state=preds.state, config=config, threshold=threshold,
       meta={"threshold_rule": rule, "method": config.method,
             "inspected_folder": root})
   metrics = labelled_metrics(config, records, scores, maps, labels, decisions)
-  pictures = write_images(config, root, out_dir, files, maps, threshold)
+  pictures = write_images(config, root, tmp, files, maps, threshold)
   order = np.argsort(-scores, kind="stable")
   rank = np.empty(len(files), np.int64)
   rank[order] = np.arange(1, len(files) + 1)
   rels = [os.path.relpath(p, root) for p in files]
-  csv_path = os.path.join(out_dir, "scores.csv")
-  with open(csv_path, "w", newline="") as f:
+  with fileio.open_atomic(os.path.join(tmp, "scores.csv"), newline="") as f:
     w = csv.writer(f)
     w.writerow(["file", "score", "rank", "decision", "label", "overlay"])
     for i in order:
@@ -282,11 +311,11 @@ def inspect_folder(folder: str, *, out_dir: str,
                   int(decisions[i]), "" if labels[i] < 0 else int(labels[i]),
                   pictures[i][1]])
   figures = [("score histogram with the threshold", "histogram.png")]
-  viz.save_score_histogram(os.path.join(out_dir, "histogram.png"), scores,
+  viz.save_score_histogram(os.path.join(tmp, "histogram.png"), scores,
                            threshold=threshold, labels=labels)
   if metrics:
     known = labels >= 0
-    viz.save_roc_curves(os.path.join(out_dir, "roc.png"),
+    viz.save_roc_curves(os.path.join(tmp, "roc.png"),
                         image_scores=scores[known], image_labels=labels[known])
     figures.append(("image ROC against the labels", "roc.png"))
   seconds = time.time() - t0
@@ -309,13 +338,13 @@ def inspect_folder(folder: str, *, out_dir: str,
                      label=None if labels[i] < 0 else int(labels[i]),
                      image=pictures[i][0], overlay=pictures[i][1])
           for i in order]
-  report_path = report.write(
-      os.path.join(out_dir, "report.html"),
+  report.write(
+      os.path.join(tmp, "report.html"),
       title=f"dicofun inspect: {root}", headline=headline, rows=rows,
       figures=figures, metrics=metrics,
       errors=[(os.path.relpath(p, root), why) for p, why in screened.errors],
       settings=settings)
-  results_lib.write_json_atomic(os.path.join(out_dir, "inspect.json"), {
+  results_lib.write_json_atomic(os.path.join(tmp, "inspect.json"), {
       "images": len(files), "flagged": int(decisions.sum()),
       "unreadable": len(screened.errors), "small": len(screened.small),
       "small_files": small_files,
@@ -324,7 +353,8 @@ def inspect_folder(folder: str, *, out_dir: str,
       files=files, scores=scores, decisions=decisions, threshold=threshold,
       threshold_rule=rule, labels=labels, metrics=metrics,
       errors=screened.errors, small=screened.small, out_dir=out_dir,
-      report_path=report_path, csv_path=csv_path,
+      report_path=os.path.join(out_dir, "report.html"),
+      csv_path=os.path.join(out_dir, "scores.csv"),
       errors_path=os.path.join(out_dir, "errors.csv"), seconds=seconds,
       root=root)
 

@@ -110,16 +110,19 @@ def screen(root: str, paths: Sequence[str], *, out_dir: str, image_size: int,
     DatasetError: ``strict`` and a file is unreadable, or none is readable.
   """
   screened = images.screen_images(paths, min_size=image_size)
+  if screened.errors and strict:
+    # Before anything is written: the output folder is not created.
+    p, why = screened.errors[0]
+    more = [os.path.relpath(q, root) for q, _ in screened.errors[1:6]]
+    raise errors.DatasetError(
+        f"{len(screened.errors)} unreadable file(s) under {root!r} (first: "
+        f"{p!r}: {why}"
+        + (f"; then {', '.join(more)}" if more else "")
+        + "). Without --strict they are skipped and listed in errors.csv.")
   errors_path = write_errors_csv(os.path.join(out_dir, "errors.csv"), root,
                                  screened.errors)
   for p, why in screened.errors:
     logging.warning("skipping unreadable %s: %s", p, why)
-  if screened.errors and strict:
-    p, why = screened.errors[0]
-    raise errors.DatasetError(
-        f"{len(screened.errors)} unreadable file(s) under {root!r} (first: "
-        f"{p!r}: {why}); all listed in {errors_path}. Without --strict they "
-        "are skipped.")
   if screened.small:
     p, (w, h) = screened.small[0]
     logging.warning(

@@ -26,6 +26,7 @@ from dicofun import methods
 from dicofun import parallel
 from dicofun import protocol
 from dicofun import results as results_lib
+from dicofun import user_errors
 
 
 def choose_threshold(config: ml_collections.ConfigDict, method, data: api.RunData,
@@ -61,6 +62,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   method = methods.get_method(config.method)
   parallel.maybe_initialize_distributed()
   main_process = parallel.is_main_process()
+  user_errors.check_not_a_file(workdir, flag="--workdir")
   os.makedirs(workdir, exist_ok=True)
   commit = results_lib.git_commit()  # Now: the code this process runs.
   t0 = time.time()
