@@ -3,8 +3,9 @@
 The page is self-contained in the sense that matters on a factory PC: no
 script, no style sheet and no font from the network. Images are PNG files
 beside it (``images/``, ``overlays/``, ``histogram.png``, ``roc.png``),
-referenced by relative paths, so the output folder can be zipped and opened
-anywhere; a page of a few thousand thumbnails stays a small HTML file.
+referenced by relative, percent-encoded URLs (a file named ``a#1.png`` is
+``a%231.png``), so the output folder can be zipped and opened anywhere; a
+page of a few thousand thumbnails stays a small HTML file.
 
 Sections, top to bottom: the headline (how many images flagged, the
 threshold and its rule), the labelled metrics when labels exist, the score
@@ -28,6 +29,7 @@ import dataclasses
 import html
 import json
 import os
+import urllib.parse
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -87,6 +89,12 @@ def _e(x: Any) -> str:
   return html.escape(str(x), quote=True)
 
 
+def _url(path: str) -> str:
+  """A relative file path as a URL: ``#``, ``?``, ``%``, spaces and other
+  bytes of a file name are percent-encoded, ``/`` separates folders."""
+  return urllib.parse.quote(path.replace(os.sep, "/"))
+
+
 def _fmt(v: Any) -> str:
   if isinstance(v, (bool, str)) or not isinstance(v, (int, float)):
     return str(v)
@@ -97,7 +105,7 @@ def _img(src: Optional[str], alt: str, cls: str = "t",
          missing: str = "no map") -> str:
   if not src:
     return f'<span class="muted">{_e(missing)}</span>'
-  return f'<img class="{cls}" src="{_e(src)}" alt="{_e(alt)}">'
+  return f'<img class="{cls}" src="{_e(_url(src))}" alt="{_e(alt)}">'
 
 
 def render(*, title: str, headline: Sequence[str], rows: Sequence[Row],
@@ -127,7 +135,8 @@ def render(*, title: str, headline: Sequence[str], rows: Sequence[Row],
     out.append("</table>")
   if figures:
     out.append("<h2>Figures</h2><div>")
-    out += [f'<figure class="fig"><a href="{_e(src)}"><img src="{_e(src)}" '
+    out += [f'<figure class="fig"><a href="{_e(_url(src))}"><img '
+            f'src="{_e(_url(src))}" '
             f'alt="{_e(cap)}"></a><figcaption>{_e(cap)} (click for full size)'
             f"</figcaption></figure>"
             for cap, src in figures]

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import types
+import urllib.parse
 
 import numpy as np
 from PIL import Image
@@ -321,6 +322,17 @@ class _ReportParser(html.parser.HTMLParser):
       self._in_file = False
 
 
+def src_file(page_dir, src):
+  """The file a relative URL ``src`` of a page in ``page_dir`` loads, as a
+  browser reads it (``#`` starts a fragment, ``?`` a query, ``%XX`` is a
+  byte), or None when no such file exists."""
+  url = urllib.parse.urlsplit(src)
+  if url.scheme or url.netloc or url.query or url.fragment:
+    return None
+  path = os.path.join(page_dir, urllib.parse.unquote(url.path))
+  return path if os.path.isfile(path) else None
+
+
 def check_report(out_dir):
   """Every image the page references exists (or is a data: URI); every
   scored file appears exactly once."""
@@ -332,7 +344,7 @@ def check_report(out_dir):
   assert parser.srcs
   for src in parser.srcs:
     if not src.startswith("data:image/"):
-      assert os.path.isfile(os.path.join(out_dir, src)), src
+      assert src_file(out_dir, src), src
   scored = [r["file"] for r in _rows(os.path.join(out_dir, "scores.csv"))]
   assert sorted(parser.files) == sorted(scored)
   assert len(set(parser.files)) == len(parser.files)
@@ -368,9 +380,35 @@ def test_report_command_rebuilds_the_inspect_page_from_its_files(
   moved = report.build(out, str(tmp_path / "elsewhere" / "page.html"))
   parser = _ReportParser()
   parser.feed(open(moved, encoding="utf-8").read())
-  assert all(os.path.isfile(os.path.join(os.path.dirname(moved), src))
-             for src in parser.srcs)
+  assert all(src_file(os.path.dirname(moved), src) for src in parser.srcs)
   assert len(parser.srcs) == 2 * len(_FOLDER) + 2
+
+
+def test_report_links_to_awkward_file_names_resolve(tmp_path, monkeypatch):
+  """``#``, ``?``, ``%`` and spaces in file names are URL-encoded in the
+  page (issue 25 #13), for the inspect page and its rebuilt copy."""
+  from dicofun import report  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, "fake_inspect_method", _fake_method())
+  monkeypatch.setitem(methods.METHODS, "fake", "fake_inspect_method")
+  root = tmp_path / "line"
+  names = ["a#1.png", "b?2.png", "c%41.png", "d e.png", "e&f.png", "g.png"]
+  for i, name in enumerate(["sub#dir/x.png"] + names):
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((20, 20, 3), 100 + i, np.uint8)).save(root / name)
+  config = inspection.inspect_config("patchcore", image_size=S)
+  config.method = "fake"
+  out = str(tmp_path / "out")
+  inspection.inspect_folder(str(root), out_dir=out, config=config)
+  parser = check_report(out)
+  assert len(parser.srcs) == 2 * 7 + 1
+  assert "images/a%231.png.png" in parser.srcs
+  assert "overlays/sub%23dir/x.png.png" in parser.srcs
+  assert "images/b%3F2.png.png" in parser.srcs
+  moved = report.build(out, str(tmp_path / "elsewhere" / "page.html"))
+  parser = _ReportParser()
+  parser.feed(open(moved, encoding="utf-8").read())
+  assert len(parser.srcs) == 2 * 7 + 1
+  assert all(src_file(os.path.dirname(moved), src) for src in parser.srcs)
 
 
 def test_inspect_headline_names_the_small_images_and_the_auroc():
@@ -422,7 +460,7 @@ def test_report_of_a_run_workdir_ranks_the_test_images(tmp_path):
   assert "<th>test.image_auroc</th><td>0.7500</td>" in html_text
   assert "2 at or above the stored threshold 0.45" in html_text
   for src in parser.srcs:
-    assert os.path.isfile(run / src), src
+    assert src_file(str(run), src), src
   assert "roc.png" in parser.srcs and "report_histogram.png" in parser.srcs
   thumb = Image.open(run / "report_images" / "00001_b.png.png")
   assert thumb.size == (85, 128)  # 200x300 in a 128-pixel box.
@@ -504,7 +542,8 @@ def test_bank_methods_run_without_a_test_set_and_return_train_maps(
   assert preds.test_scores.shape == (0,)
   bank = patchcore.fit(feats, coreset_fraction=0.1, projection_dim=128,
                        seed=0)
-  loo = patchcore.score(bank, feats, exclude_source=np.arange(9))
+  loo = patchcore.score(patchcore.leave_one_out_bank(bank, feats), feats,
+                        exclude_source=np.arange(9))
   want_scores, want_maps = patchcore.maps_and_scores(loo, size=S,
                                                      sigma=4.0)
   np.testing.assert_allclose(preds.train_scores, want_scores, rtol=1e-6)
