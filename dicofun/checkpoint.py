@@ -37,10 +37,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from dicofun import user_errors
+
 PyTree = Any
 
 
-class CheckpointRestoreError(RuntimeError):
+class CheckpointRestoreError(user_errors.UserError, RuntimeError):
   """No step of a training-checkpoint directory can be restored."""
 
 

@@ -24,10 +24,11 @@ from typing import Any, Mapping, Optional, Sequence
 import ml_collections
 
 from dicofun import data as data_lib
+from dicofun import user_errors
 from dicofun.models import names as backbone_names
 
 
-class ConfigArgError(ValueError):
+class ConfigArgError(user_errors.UserError, ValueError):
   """A config argument or field that cannot be used as given.
 
   Attributes:

@@ -47,6 +47,7 @@ import numpy as np
 
 from dicofun import checkpoint
 from dicofun import features as features_lib
+from dicofun import user_errors
 from dicofun.data import pipeline
 from dicofun.ops import knn
 from dicofun.ops import maps as maps_lib
@@ -54,7 +55,7 @@ from dicofun.ops import maps as maps_lib
 EXPORTABLE = ("patchcore", "softpatch")
 
 
-class NotExportableError(ValueError):
+class NotExportableError(user_errors.UserError, ValueError):
   """The run's method has no exported scorer."""
 
 

@@ -70,6 +70,7 @@ from dicofun import checkpoint
 from dicofun import parallel
 from dicofun import progress as progress_lib
 from dicofun import summary as summary_lib
+from dicofun import user_errors
 
 PyTree = Any
 EpochFn = Callable[[PyTree, int], tuple[PyTree, dict[str, Any]]]
@@ -227,7 +228,7 @@ def write_json_atomic(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-class ResumeMismatchError(ValueError):
+class ResumeMismatchError(user_errors.UserError, ValueError):
   """A workdir's checkpoint belongs to a run with a different training config."""
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import Optional
 
+from dicofun import user_errors
+
 MVTEC_URL = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
 VISA_URL = "https://github.com/amazon-science/spot-diff"
 DATA_ENV = "DICOFUN_DATA"
 
 
-class DatasetError(ValueError):
+class DatasetError(user_errors.UserError, ValueError):
   """Base class of every dataset / pipeline error."""
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import importlib
 import types
 
+from dicofun import user_errors
+
 METHODS: dict[str, str] = {
     "patchcore": "dicofun.methods.patchcore.method",
     "softpatch": "dicofun.methods.softpatch.method",
@@ -26,7 +28,7 @@ METHODS: dict[str, str] = {
 }
 
 
-class UnknownMethodError(ValueError):
+class UnknownMethodError(user_errors.UserError, ValueError):
   """``config.method`` names no registered method."""
 
 
