@@ -6,6 +6,7 @@ image's maximum; floats in [0, 1] kept, in [0, 255] divided by 255, else
 stretched min..max; alpha composited on black; round(255 · v).
 """
 
+import os
 import struct
 import zlib
 
@@ -175,3 +176,34 @@ def test_bit_depth_rule():
                                         16383, 16384, 65535, 70000)] == [
                                             8, 8, 10, 10, 12, 12, 14, 14, 16,
                                             16, 17]
+
+
+# ------------------------------------------------------ folder scan (#11)
+
+
+def _png(path, value=0):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(path)
+
+
+def test_scan_follows_symlinked_folders_once_and_survives_loops(tmp_path):
+  """A symlinked folder of images is scanned (issue 25 #11); loops and
+  links back into the tree are not followed twice; dicofun's own output
+  folders (with the .dicofun-output marker) are skipped."""
+  root = tmp_path / "line"
+  elsewhere = tmp_path / "camera2"
+  for rel in ("real/a.png", "real/b.png"):
+    _png(str(root / rel))
+  for name in ("c.png", "d.png"):
+    _png(str(elsewhere / name))
+  os.symlink(elsewhere, root / "link")
+  os.symlink(root, root / "loop")  # A loop to the top.
+  os.symlink(root / "real", root / "real" / "again")  # A loop below.
+  os.symlink(root / "real", root / "alias")  # A second way into real/.
+  os.symlink(elsewhere, root / "zlink")  # A second way into camera2/.
+  os.symlink(tmp_path / "nowhere", root / "dangling")
+  _png(str(root / "old_report" / "images" / "a.png.png"))
+  (root / "old_report" / ".dicofun-output").write_text('{"command": "x"}')
+  found = [os.path.relpath(p, root)
+           for p in images.list_images_recursive(str(root))]
+  assert found == ["link/c.png", "link/d.png", "real/a.png", "real/b.png"]

@@ -22,10 +22,12 @@ import os
 from typing import Optional, Sequence, Union
 import zlib
 
+from absl import logging
 import numpy as np
 from PIL import Image
 import tifffile
 
+from dicofun import fileio
 from dicofun import progress as progress_lib
 from dicofun.data import errors
 
@@ -331,16 +333,51 @@ def _as_mask(img: Image.Image, name: str) -> np.ndarray:
   return arr != 0
 
 
+def _real_dirs(directory: str) -> set[str]:
+  """Real paths of ``directory`` and every folder under it, symlinks not
+  followed."""
+  return {os.path.realpath(root) for root, _, _ in os.walk(directory)}
+
+
 def list_images_recursive(directory: PathLike) -> list[str]:
   """Every image file under ``directory`` (any depth), sorted by path.
 
-  Hidden files and folders (a leading ``.``) are skipped. Matching is by
-  extension (IMAGE_EXTENSIONS, any case); whether a file decodes is
-  ``screen_images``' question.
+  Hidden files and folders (a leading ``.``) are skipped, and so are
+  dicofun's own output folders (those holding ``fileio.MARKER``), so an old
+  report's thumbnails are never read as images. Symlinked folders are
+  followed, each real folder once: a link to a folder already in the tree
+  (or to one of its ancestors: a loop) is skipped, and a folder reached both
+  ways is listed under its real path. Matching is by extension
+  (IMAGE_EXTENSIONS, any case); whether a file decodes is ``screen_images``'
+  question.
   """
+  directory = os.fspath(directory)
+  seen = _real_dirs(directory)  # Reached without links: listed there.
+  visited = set()
   found = []
-  for root, dirs, files in os.walk(os.fspath(directory)):
-    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+  for root, dirs, files in os.walk(directory, followlinks=True):
+    real = os.path.realpath(root)
+    if real in visited:
+      dirs[:] = []
+      continue
+    visited.add(real)
+    keep = []
+    for d in sorted(dirs):
+      full = os.path.join(root, d)
+      if d.startswith("."):
+        continue
+      if os.path.isfile(os.path.join(full, fileio.MARKER)):
+        logging.warning("skipping %s: a dicofun output folder", full)
+        continue
+      if os.path.islink(full):
+        target = os.path.realpath(full)
+        if target in seen or target in visited:
+          logging.info("not following the symlink %s: %s is scanned anyway "
+                       "(or a loop)", full, target)
+          continue
+        seen |= _real_dirs(target)
+      keep.append(d)
+    dirs[:] = keep
     for f in files:
       if not f.startswith(".") and is_image_file(f):
         found.append(os.path.join(root, f))
