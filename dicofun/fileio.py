@@ -27,6 +27,8 @@ import tempfile
 import uuid
 from typing import Any, Iterator, IO, Optional
 
+from dicofun import user_errors
+
 
 def _temp_path(path: str) -> str:
   head, tail = os.path.split(os.path.abspath(path))
@@ -97,7 +99,7 @@ def write_json_atomic(path: str, obj: Any, **kwargs: Any) -> None:
 MARKER = ".dicofun-output"
 
 
-class OutputFolderError(ValueError):
+class OutputFolderError(user_errors.UserError, ValueError):
   """An output folder dicofun must not write into: it holds the user's
   files, overlaps the input, or names a file."""
 

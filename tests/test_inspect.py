@@ -515,6 +515,30 @@ def test_end_to_end_cli_on_a_contaminated_folder(tmp_path):
   rows = _rows(out / "scores.csv")
   assert len(rows) == n_readable
   assert {"good/sixteen_bit.png", "good/tiny.png"} <= {r["file"] for r in rows}
+  # The scores and flags: ranked highest first, flagged exactly at the
+  # label-free threshold of these scores, labels from the folder names.
+  scores = np.array([float(r["score"]) for r in rows])
+  labels = np.array([int(r["label"]) for r in rows])
+  info = json.loads((out / "inspect.json").read_text())
+  threshold, _ = metrics.robust_threshold(scores)
+  assert info["threshold"] == pytest.approx(threshold)
+  assert [r["rank"] for r in rows] == [str(i) for i in
+                                       range(1, len(rows) + 1)]
+  assert np.all(np.diff(scores) <= 0)
+  assert [r["decision"] for r in rows] == [
+      str(int(s >= threshold)) for s in scores]
+  assert labels.tolist() == [int(r["file"].startswith("defect/"))
+                             for r in rows]
+  flagged = sum(r["decision"] == "1" for r in rows)
+  assert info["flagged"] == flagged
+  assert 1 <= flagged < len(rows) // 2
+  assert f"flagged: {flagged} (score >= " in proc.stdout
+  # The blob defect stands out (about twice the median score).
+  assert rows[0]["file"] == "defect/blob_000.png"
+  assert rows[0]["decision"] == "1"
+  assert info["metrics"]["image_auroc"] == pytest.approx(
+      metrics.image_auroc(scores, labels))
+  assert info["metrics"]["image_auroc"] > 0.6
   check_report(str(out))
   assert os.path.isdir(out / "model")
   assert f"report: {out / 'report.html'}" in proc.stdout

@@ -154,9 +154,11 @@ def test_cli_out_equal_to_input_is_one_line_and_leaves_inputs_identical(
        "--image_size=16"],
       capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
       env=dict(os.environ, DICOFUN_CACHE=str(tmp_path / "cache")))
-  assert proc.returncode != 0
+  assert proc.returncode == 2, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-  assert f"--out={root!r} is inside the input folder" in proc.stderr
+  assert proc.stderr.rstrip().splitlines()[-1].startswith(
+      f"error: --out={root!r} is inside the input folder FOLDER={root!r} "
+      "(the same folder)")
   assert _hashes(root) == before
 
 
