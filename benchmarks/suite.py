@@ -318,14 +318,8 @@ def render_benchmarks_md(table: str, invocations: Sequence[dict],
       for inv in invocations)
   block = (f"{BEGIN}\n\nRows: `benchmarks/results/suite.json`. Invocations: "
            f"{walls}\n\n{table}\n{END}")
-  if BEGIN in text:
-    start = text.index(BEGIN)
-    end = text.index(END) + len(END)
-    text = text[:start] + block + text[end:]
-  else:
-    first = text.index("\n## ")
-    text = (text[:first] + "\n## The benchmark suite (issue 26)\n\n" + block
-            + "\n" + text[first:])
+  start, end = text.index(BEGIN), text.index(END) + len(END)
+  text = text[:start] + block + text[end:]
   with open(path, "w") as f:
     f.write(text)
 
