@@ -30,6 +30,18 @@ from dicofun.ops import maps
 Bank = dict[str, np.ndarray]
 
 
+def _kept_patches(train_features: np.ndarray,
+                  keep: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+  """(M, C) float32 patches allowed in the bank and their (M,) image index."""
+  n, h, w, c = train_features.shape
+  flat = train_features.reshape(n * h * w, c).astype(np.float32)
+  source = np.repeat(np.arange(n, dtype=np.int32), h * w)
+  if keep is not None:
+    sel = np.asarray(keep).reshape(-1)
+    flat, source = flat[sel], source[sel]
+  return flat, source
+
+
 def fit(train_features: np.ndarray, *, coreset_fraction: float = 0.1,
         projection_dim: int = 128, seed: int = 0,
         keep: Optional[np.ndarray] = None,
@@ -52,12 +64,7 @@ def fit(train_features: np.ndarray, *, coreset_fraction: float = 0.1,
   Returns:
     ``{"bank": (M, C) float32, "source": (M,) int32 image index of each row}``.
   """
-  n, h, w, c = train_features.shape
-  flat = train_features.reshape(n * h * w, c).astype(np.float32)
-  source = np.repeat(np.arange(n, dtype=np.int32), h * w)
-  if keep is not None:
-    sel = np.asarray(keep).reshape(-1)
-    flat, source = flat[sel], source[sel]
+  flat, source = _kept_patches(train_features, keep)
   if coreset_fraction < 1.0:
     mesh = parallel.make_mesh() if jax.device_count() > 1 else None
     idx = np.asarray(coreset.greedy_coreset(
@@ -67,20 +74,65 @@ def fit(train_features: np.ndarray, *, coreset_fraction: float = 0.1,
   return {"bank": flat, "source": source}
 
 
+def _nearest_other_image(queries: np.ndarray, query_source: np.ndarray,
+                         bank: np.ndarray, bank_source: np.ndarray, *,
+                         search_k: int, mesh
+                         ) -> tuple[np.ndarray, np.ndarray]:
+  """Squared distance and index of each query's nearest row of another image.
+
+  The first of the ``search_k`` nearest rows whose source differs from the
+  query's; queries whose ``search_k`` nearest rows all come from their own
+  image are searched again, exactly, against the other images' rows only.
+
+  Args:
+    queries: (Q, C) float32.
+    query_source: (Q,) image index of each query.
+    bank: (M, C) float32.
+    bank_source: (M,) image index of each bank row.
+    search_k: neighbours searched in the first pass.
+    mesh: optional device mesh of ``knn.knn``.
+
+  Returns:
+    (Q,) float32 squared distances (+inf where every row is the query's own
+    image's) and (Q,) int64 row indices (-1 there).
+  """
+  k = min(search_k, bank.shape[0])
+  d, idx = knn.knn(queries, bank, k=k, mesh=mesh)
+  d, idx = np.asarray(d), np.asarray(idx)
+  other = bank_source[idx] != query_source[:, None]
+  found = other.any(1)
+  first = other.argmax(1)
+  rows = np.arange(len(d))
+  best_d = d[rows, first].astype(np.float32)
+  best_i = idx[rows, first].astype(np.int64)
+  for s in np.unique(query_source[~found]):
+    todo = np.flatnonzero(~found & (query_source == s))
+    others = np.flatnonzero(bank_source != s)
+    if others.size == 0:
+      best_d[todo], best_i[todo] = np.inf, -1
+      continue
+    dd, ii = knn.knn(queries[todo], bank[others], k=1, mesh=mesh)
+    best_d[todo] = np.asarray(dd)[:, 0]
+    best_i[todo] = others[np.asarray(ii)[:, 0]]
+  return best_d, best_i
+
+
 def score(state: Bank, features: np.ndarray, *,
           exclude_source: Optional[np.ndarray] = None,
           search_k: int = 16) -> np.ndarray:
   """Patch scores: L2 distance to the nearest bank entry.
 
   Args:
-    state: the bank from ``fit``.
+    state: the bank from ``fit`` (``leave_one_out_bank`` for the training
+      images themselves).
     features: (N, h, w, C) query features.
     exclude_source: optional (N,) image indices into the training set; a
       query image then ignores bank rows that came from itself. Used to score
       the training set for the transductive view **(ours)**: without it every
       training patch would find itself. The first of ``search_k`` neighbours
-      from another image is used; if all come from the same image the k-th
-      distance (a lower bound) is used.
+      from another image is used; a patch whose ``search_k`` nearest rows
+      are all its own image's is searched again, exactly, against the other
+      images' rows.
     search_k: neighbours searched when ``exclude_source`` is given.
 
   Returns:
@@ -96,14 +148,52 @@ def score(state: Bank, features: np.ndarray, *,
     d, _ = knn.knn(q, bank, k=1, mesh=mesh)
     d = np.asarray(d)[:, 0]
   else:
-    k = min(search_k, bank.shape[0])
-    d, idx = knn.knn(q, bank, k=k, mesh=mesh)
-    d, idx = np.asarray(d), np.asarray(idx)
     own = np.repeat(np.asarray(exclude_source), h * w)
-    other = state["source"][idx] != own[:, None]
-    first = np.where(other.any(1), other.argmax(1), k - 1)
-    d = d[np.arange(len(d)), first]
+    d, _ = _nearest_other_image(q, own, bank, state["source"],
+                                search_k=search_k, mesh=mesh)
   return np.sqrt(np.maximum(d, 0.0)).reshape(n, h, w).astype(np.float32)
+
+
+def leave_one_out_bank(state: Bank, train_features: np.ndarray, *,
+                       keep: Optional[np.ndarray] = None,
+                       search_k: int = 16) -> Bank:
+  """The bank that scores the training images themselves **(ours)**.
+
+  The coreset keeps one of several near-identical patches, from whichever
+  image it met first: leaving that image's rows out of the coreset bank
+  leaves it with no near row, although every other image holds a copy (of
+  20 identical images two scored 19.3 and 9.2, the rest 0.0625; issue 25).
+  So every row from a coreset gets a twin: the nearest kept training patch
+  of another image than the row's own. Scored against the rows of the other
+  images in this bank, an image's patch is at most 2ε farther than from its
+  nearest kept patch of another image (ε: the coreset's covering radius;
+  the twin of a row of its own is within ε of that patch's covering row),
+  and never nearer (every row is a real patch of the image it names).
+
+  Args:
+    state: the bank from ``fit(train_features, keep=keep, ...)``.
+    train_features: (N, h, w, C) the features ``state`` was fitted on.
+    keep: the ``keep`` mask given to ``fit``.
+    search_k: neighbours searched per row before the exact search.
+
+  Returns:
+    ``state``'s rows followed by their twins (each kept patch at most once),
+    with ``source``; ``state`` itself when it holds every kept patch (no
+    coreset: nothing to add).
+  """
+  flat, source = _kept_patches(train_features, keep)
+  bank, bank_source = state["bank"], state["source"]
+  if bank.shape[0] == flat.shape[0]:
+    return state
+  mesh = parallel.make_mesh() if jax.device_count() > 1 else None
+  d, twin = _nearest_other_image(bank, bank_source, flat, source,
+                                 search_k=search_k, mesh=mesh)
+  # A single training image has no twins. A patch that is the twin of
+  # several rows is added once: repeated rows cost the host kNN its fast
+  # path (tied group minima).
+  twin = np.unique(twin[np.isfinite(d)])
+  return {"bank": np.concatenate([bank, flat[twin]]),
+          "source": np.concatenate([bank_source, source[twin]])}
 
 
 def maps_and_scores(patch_scores: np.ndarray, *, size: int,
@@ -148,9 +238,9 @@ def run_bank_method(config: ml_collections.ConfigDict, data: api.RunData,
   train_scores = train_maps = None
   if cfg.transductive:
     # Leave-one-out: an image's patches are scored against the bank rows of
-    # the other images only.
-    tr_patch = score(state, train_feats,
-                     exclude_source=np.arange(len(data.train)))
+    # the other images only, in a bank that still covers it.
+    tr_patch = score(leave_one_out_bank(state, train_feats, keep=keep),
+                     train_feats, exclude_source=np.arange(len(data.train)))
     train_scores = tr_patch.reshape(len(tr_patch), -1).max(1)
     if config.eval.get("train_maps", False):
       _, train_maps = maps_and_scores(tr_patch, size=config.dataset.image_size,
