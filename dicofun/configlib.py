@@ -25,6 +25,7 @@ import ml_collections
 
 from dicofun import data as data_lib
 from dicofun import user_errors
+from dicofun.data import images as images_lib
 from dicofun.models import names as backbone_names
 
 
@@ -151,6 +152,9 @@ def dataset_config(*, name: str, category: str = "", root: str = "",
       # Datasets without masks (ELPV) report image metrics only.
       allow_missing_masks=not data_lib.DATASETS[name].masks,
       num_workers=4,
+      # Larger images are refused (listed in errors.csv by inspect/predict);
+      # 0 = no limit. Large ones below it are decoded reduced.
+      max_image_pixels=images_lib.DEFAULT_MAX_PIXELS,
       # Only used by the synthetic dataset and the folder dataset.
       synthetic=ml_collections.ConfigDict(dict(
           num_train=60, num_test_good=20, num_test_anomalous=20,

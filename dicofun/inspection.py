@@ -272,8 +272,9 @@ def _inspect_into(tmp: str, root: str, paths: list[str], *,
   """``inspect_folder``'s work, writing into ``tmp`` (renamed to
   ``out_dir`` once it returns)."""
   size = int(config.dataset.image_size)
-  screened = predict_lib.screen(root, paths, out_dir=tmp, image_size=size,
-                               strict=strict)
+  screened = predict_lib.screen(
+      root, paths, out_dir=tmp, image_size=size, strict=strict,
+      max_pixels=pipeline.max_image_pixels(config))
   files = screened.readable
   labels = folder_lib.folder_labels(root, files, labels_csv=labels_csv)
   records = folder_lib.unlabelled_records(files)

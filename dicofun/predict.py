@@ -101,15 +101,18 @@ def write_errors_csv(path: str, root: str,
 
 
 def screen(root: str, paths: Sequence[str], *, out_dir: str, image_size: int,
-           strict: bool) -> images.Screened:
+           strict: bool, max_pixels: Optional[int] = None
+           ) -> images.Screened:
   """Decodes every file once, writes ``errors.csv``, warns about small ones.
 
-  Shared by ``predict_folder`` and ``dicofun inspect``.
+  Shared by ``predict_folder`` and ``dicofun inspect``. Images with more
+  than ``max_pixels`` pixels are unreadable files (listed, skipped).
 
   Raises:
     DatasetError: ``strict`` and a file is unreadable, or none is readable.
   """
-  screened = images.screen_images(paths, min_size=image_size)
+  screened = images.screen_images(paths, min_size=image_size,
+                                  max_pixels=max_pixels)
   if screened.errors and strict:
     # Before anything is written: the output folder is not created.
     p, why = screened.errors[0]
@@ -148,7 +151,8 @@ def overlay_image(config, path: str) -> np.ndarray:
   """The image as the model saw it (resize + crop), uint8 (S, S, 3)."""
   # Identity normalisation: the same geometry, pixel values kept in [0, 1].
   pre = pipeline.preprocess_for(config, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-  img = pre.image(images.load_image(path))
+  img = pre.image(images.load_image(path, min_side=pre.resize_size,
+                                    max_pixels=pre.max_pixels))
   return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -210,7 +214,8 @@ def predict_folder(run_dir: str, images_dir: str, *,
   out_dir = out_dir or os.path.join(run_dir, "predictions")
   os.makedirs(out_dir, exist_ok=True)
   screened = screen(images_dir, list_images(images_dir), out_dir=out_dir,
-                    image_size=int(config.dataset.image_size), strict=strict)
+                    image_size=int(config.dataset.image_size), strict=strict,
+                    max_pixels=pipeline.max_image_pixels(config))
   paths = screened.readable
   logging.info("Scoring %d images from %s with the %s model of %s "
                "(threshold %.6g)", len(paths), images_dir, config.method,

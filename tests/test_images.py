@@ -207,3 +207,51 @@ def test_scan_follows_symlinked_folders_once_and_survives_loops(tmp_path):
   found = [os.path.relpath(p, root)
            for p in images.list_images_recursive(str(root))]
   assert found == ["link/c.png", "link/d.png", "real/a.png", "real/b.png"]
+
+
+# ------------------------------------------------------ large images (#10)
+
+
+def _gradient(w, h):
+  x = np.linspace(0, 255, w, dtype=np.float32)[None, :]
+  y = np.linspace(0, 255, h, dtype=np.float32)[:, None]
+  return ((x + y) / 2).astype(np.uint8)
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg"])
+def test_a_large_image_is_decoded_reduced_to_what_the_pipeline_needs(
+    tmp_path, ext):
+  """20 MP decoded for a 64-pixel input: about 4 x 64 on the short side,
+  not 5000 x 4000 (issue 25 #10); the pixels are the same picture."""
+  path = str(tmp_path / f"big.{ext}")
+  Image.fromarray(_gradient(5000, 4000)).convert("RGB").save(path)
+  small = images.load_image(path, min_side=64)
+  assert small.dtype == np.uint8 and small.shape[2] == 3
+  assert 256 <= min(small.shape[:2]) < 512, small.shape
+  assert small.shape[1] / small.shape[0] == pytest.approx(1.25, rel=0.02)
+  want = np.asarray(Image.fromarray(_gradient(5000, 4000)).resize(
+      small.shape[1::-1], Image.Resampling.BOX), np.float32)
+  assert np.abs(small[..., 0].astype(np.float32) - want).mean() < 2.0
+  # Small images, and any image without min_side, are decoded as stored.
+  assert images.load_image(path).shape == (4000, 5000, 3)
+  Image.fromarray(_gradient(1024, 900)).save(tmp_path / "mvtec.png")
+  assert images.load_image(str(tmp_path / "mvtec.png"),
+                           min_side=64).shape == (900, 1024, 3)
+
+
+def test_an_image_above_the_pixel_limit_is_refused_by_name(tmp_path):
+  path = str(tmp_path / "wide.png")
+  Image.fromarray(_gradient(20, 20)).save(path)
+  with pytest.raises(errors.ImageTooLargeError) as e:
+    images.load_image(path, max_pixels=300)
+  assert str(e.value) == (
+      f"image {path!r} has 20x20 = 400 pixels, above the limit of 300 "
+      "(config.dataset.max_image_pixels); shrink the file or raise the "
+      "limit")
+  assert images.load_image(path, max_pixels=400).shape == (20, 20, 3)
+  Image.fromarray(_gradient(16, 16)).save(tmp_path / "ok.png")
+  got = images.screen_images([path, str(tmp_path / "ok.png")], desc=None,
+                             max_pixels=300)
+  assert got.readable == [str(tmp_path / "ok.png")]
+  assert got.errors == [(path, "20x20 = 400 pixels, above the limit of 300 "
+                         "(config.dataset.max_image_pixels)")]

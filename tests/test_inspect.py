@@ -267,6 +267,32 @@ def test_strict_inspect_aborts(tmp_path, monkeypatch):
                               config=config, strict=True)
 
 
+def test_an_image_above_the_pixel_limit_is_listed_and_the_rest_scored(
+    tmp_path, monkeypatch):
+  """``config.dataset.max_image_pixels`` (issue 25 #10): the large file
+  goes to errors.csv with the limit named; every other image is scored."""
+  monkeypatch.setitem(sys.modules, "fake_inspect_method", _fake_method())
+  monkeypatch.setitem(methods.METHODS, "fake", "fake_inspect_method")
+  root = tmp_path / "line"
+  root.mkdir()
+  for i in range(5):
+    Image.fromarray(np.full((16, 16, 3), 100 + i, np.uint8)).save(
+        root / f"{i}.png")
+  Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(root / "big.png")
+  config = inspection.inspect_config("patchcore", image_size=S)
+  assert config.dataset.max_image_pixels == images.DEFAULT_MAX_PIXELS
+  config.method = "fake"
+  config.dataset.max_image_pixels = 300
+  out = tmp_path / "out"
+  outcome = inspection.inspect_folder(str(root), out_dir=str(out),
+                                      config=config)
+  assert [os.path.basename(p) for p in outcome.files] == [
+      f"{i}.png" for i in range(5)]
+  assert [(r["file"], r["reason"]) for r in _rows(out / "errors.csv")] == [
+      ("big.png", "20x20 = 400 pixels, above the limit of 300 "
+       "(config.dataset.max_image_pixels)")]
+
+
 def test_mvtec_layout_masks_add_pixel_metrics(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "fake_inspect_method", _fake_method())
   monkeypatch.setitem(methods.METHODS, "fake", "fake_inspect_method")

@@ -101,3 +101,18 @@ class EmptyCategoryError(DatasetError):
     if expected:
       msg += f" (expected {expected})"
     super().__init__(msg + ".")
+
+
+class ImageTooLargeError(CorruptImageError):
+  """An image has more pixels than ``config.dataset.max_image_pixels``."""
+
+  def __init__(self, path: str, size: Optional[tuple[int, int]],
+               limit: int):
+    self.path = path
+    got = (f"{size[0]}x{size[1]} = {size[0] * size[1]} pixels" if size
+           else "more pixels than PIL's decompression-bomb limit")
+    self.reason = (f"{got}, above the limit of {limit} "
+                   "(config.dataset.max_image_pixels)")
+    DatasetError.__init__(
+        self, f"image {path!r} has {self.reason}; shrink the file or raise "
+        "the limit")

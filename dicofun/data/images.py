@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import io
 import os
 from typing import Optional, Sequence, Union
+import warnings
 import zlib
 
 from absl import logging
@@ -35,6 +37,16 @@ from dicofun.data import errors
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 PathLike = Union[str, os.PathLike]
+
+# Images above this many pixels are refused (config.dataset.max_image_pixels
+# overrides it): below PIL's own decompression-bomb error (2 x 89.5 MP).
+DEFAULT_MAX_PIXELS = 150_000_000
+# Images above this many pixels are decoded reduced (``load_image``'s
+# ``min_side``), to about REDUCE_MARGIN times the side the pipeline needs;
+# every image of MVTec AD, VisA and ELPV is smaller, so their pixels are
+# exactly those of a full decode.
+REDUCE_ABOVE_PIXELS = 4096 * 4096
+REDUCE_MARGIN = 4
 
 # Errors PIL raises for unreadable, truncated or unsupported files.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError,
@@ -53,16 +65,75 @@ def _open(path: PathLike) -> Image.Image:
   return _decode(path, path)
 
 
-def _decode(source, name: str) -> Image.Image:
-  """Opens and decodes ``source`` (a path or a file object) now."""
+def _open_lazy(source) -> Image.Image:
+  """``Image.open`` (header only). PIL's decompression-bomb warning is off:
+  dicofun checks its own limit (``max_pixels``) before decoding."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    return Image.open(source)
+
+
+def reduce_factor(size: tuple[int, int], min_side: Optional[int]) -> int:
+  """The integer factor an image of ``size`` (w, h) is decoded reduced by.
+
+  1 unless ``min_side`` is given and the image has more than
+  REDUCE_ABOVE_PIXELS pixels; then the largest factor that keeps the short
+  side at least REDUCE_MARGIN x ``min_side``.
+  """
+  if not min_side or size[0] * size[1] <= REDUCE_ABOVE_PIXELS:
+    return 1
+  return max(1, min(size) // (REDUCE_MARGIN * int(min_side)))
+
+
+def _reduce(img: Image.Image, factor: int) -> Image.Image:
+  """``img`` box-reduced by ``factor`` (modes ``Image.reduce`` lacks are
+  first converted as ``_pil_pixels`` would)."""
+  if img.mode in ("P", "PA"):
+    keep_alpha = img.mode == "PA" or "transparency" in img.info
+    img = img.convert("RGBA" if keep_alpha else "RGB")
+  elif img.mode == "1":
+    img = img.convert("L")
+  elif img.mode.startswith("I;16"):
+    img = img.convert("I")
+  elif img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F", "La", "RGBa"):
+    img = img.convert("RGB")
+  return img.reduce(factor)
+
+
+def _decode(source, name: str, *, min_side: Optional[int] = None
+            ) -> Image.Image:
+  """Opens and decodes ``source`` (a path or a file object) now; reduced by
+  ``reduce_factor`` (a JPEG at decode time, with ``draft``)."""
   try:
-    img = Image.open(source)
+    img = _open_lazy(source)
+    factor = reduce_factor(img.size, min_side)
+    if factor > 1 and img.format == "JPEG":
+      img.draft(img.mode, (img.size[0] // factor, img.size[1] // factor))
     img.load()  # Decodes now, so truncated files fail here, not later.
+    factor = reduce_factor(img.size, min_side)
+    if factor > 1:
+      img = _reduce(img, factor)
   except _DECODE_ERRORS as e:
     # PIL names a file object by its repr; name the image instead.
     msg = str(e).replace(repr(source), repr(name))
     raise errors.CorruptImageError(name, f"{type(e).__name__}: {msg}") from e
   return img
+
+
+def check_pixels(data: bytes, *, name: str, max_pixels: Optional[int]
+                 ) -> None:
+  """Raises ``ImageTooLargeError`` when the image in ``data`` has more than
+  ``max_pixels`` pixels (read from its header; nothing is decoded)."""
+  if not max_pixels:
+    return
+  try:
+    size = _open_lazy(io.BytesIO(data)).size
+  except Image.DecompressionBombError as e:
+    raise errors.ImageTooLargeError(name, None, int(max_pixels)) from e
+  except _DECODE_ERRORS:
+    return  # Not PIL's: the decoder below names the problem.
+  if size[0] * size[1] > max_pixels:
+    raise errors.ImageTooLargeError(name, size, int(max_pixels))
 
 
 # Bit depths a camera's integer data is assumed to use (see ``to_unit``).
@@ -236,7 +307,8 @@ def _pil_pixels(img: Image.Image) -> np.ndarray:
   return np.asarray(img.convert("RGB"))  # CMYK, YCbCr, LAB, HSV.
 
 
-def load_image(path: PathLike) -> np.ndarray:
+def load_image(path: PathLike, *, min_side: Optional[int] = None,
+               max_pixels: Optional[int] = None) -> np.ndarray:
   """Reads an image as 8-bit RGB, as cameras write them.
 
   8-bit grey and RGB are used as stored. 16-bit grey and colour PNG/TIFF,
@@ -247,12 +319,19 @@ def load_image(path: PathLike) -> np.ndarray:
 
   Args:
     path: image file (see IMAGE_EXTENSIONS).
+    min_side: the side the caller resizes to; an image of more than
+      REDUCE_ABOVE_PIXELS pixels is then decoded reduced (``reduce_factor``;
+      JPEG with ``draft``, other PIL formats with ``reduce``), so a
+      10000 x 10000 PNG never becomes a 2.4 GB float array. None: as
+      stored.
+    max_pixels: refuse images with more pixels (None: no limit).
 
   Returns:
     uint8 array (H, W, 3). Grayscale images are repeated over 3 channels.
 
   Raises:
     CorruptImageError: the file cannot be decoded (the message names it).
+    ImageTooLargeError: more than ``max_pixels`` pixels.
     DatasetError: the file does not exist.
   """
   fspath = os.fspath(path)
@@ -263,15 +342,20 @@ def load_image(path: PathLike) -> np.ndarray:
       data = f.read()
   except OSError as e:
     raise errors.CorruptImageError(fspath, f"{type(e).__name__}: {e}") from e
-  return decode_image(data, name=fspath)
+  return decode_image(data, name=fspath, min_side=min_side,
+                      max_pixels=max_pixels)
 
 
-def decode_image(data: bytes, *, name: str) -> np.ndarray:
+def decode_image(data: bytes, *, name: str, min_side: Optional[int] = None,
+                 max_pixels: Optional[int] = None) -> np.ndarray:
   """``load_image`` of encoded bytes; ``name`` labels errors.
 
   The format is told by its signature (TIFF, PNG), not by a file name, so
   bytes from a TFDS example decode exactly as the file they came from.
+  16-bit colour PNGs and TIFFs (decoded outside PIL) are checked against
+  ``max_pixels`` but not reduced.
   """
+  check_pixels(data, name=name, max_pixels=max_pixels)
   arr = None
   try:
     if data[:4] in (b"II*\x00", b"MM\x00*"):
@@ -281,7 +365,7 @@ def decode_image(data: bytes, *, name: str) -> np.ndarray:
   except (OSError, ValueError, zlib.error) as e:
     raise errors.CorruptImageError(name, f"{type(e).__name__}: {e}") from e
   if arr is None:
-    img = _decode(io.BytesIO(data), name)
+    img = _decode(io.BytesIO(data), name, min_side=min_side)
     try:
       arr = _pil_pixels(img)
     except _DECODE_ERRORS as e:
@@ -400,12 +484,13 @@ class Screened:
   small: list[tuple[str, tuple[int, int]]]
 
 
-def _probe(path: str) -> tuple[Optional[tuple[int, int]], str]:
+def _probe(path: str, min_size: int = 0, max_pixels: Optional[int] = None
+           ) -> tuple[Optional[tuple[int, int]], str]:
   """((width, height), "") when ``path`` decodes, else (None, reason)."""
   try:
     if os.path.getsize(path) == 0:
       return None, "empty file (0 bytes)"
-    arr = load_image(path)
+    arr = load_image(path, min_side=max(min_size, 1), max_pixels=max_pixels)
   except OSError as e:
     return None, f"{type(e).__name__}: {e}"
   except errors.CorruptImageError as e:
@@ -416,6 +501,7 @@ def _probe(path: str) -> tuple[Optional[tuple[int, int]], str]:
 
 
 def screen_images(paths: Sequence[str], *, min_size: int = 0,
+                  max_pixels: Optional[int] = None,
                   num_workers: int = 4,
                   desc: Optional[str] = "reading images") -> Screened:
   """Decodes every image once and sorts them into readable and unreadable.
@@ -427,7 +513,8 @@ def screen_images(paths: Sequence[str], *, min_size: int = 0,
   Args:
     paths: image files.
     min_size: input side S; readable images narrower or lower than S are
-      listed in ``small``.
+      listed in ``small``; large images are decoded reduced for it.
+    max_pixels: images with more pixels go to ``errors`` (None: no limit).
     num_workers: decoding threads.
     desc: progress label (None: quiet).
 
@@ -437,7 +524,9 @@ def screen_images(paths: Sequence[str], *, min_size: int = 0,
   paths = [os.fspath(p) for p in paths]
   out = Screened([], [], [])
   with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
-    results = pool.map(_probe, paths)
+    results = pool.map(
+        functools.partial(_probe, min_size=min_size, max_pixels=max_pixels),
+        paths)
     if desc is not None:
       results = progress_lib.progress(results, total=len(paths), desc=desc)
     for path, (size, reason) in zip(paths, results):

@@ -59,6 +59,9 @@ class Preprocess:
     std: per-channel std dividing after the mean is subtracted.
     resample: "bilinear" (torchvision's default, with PIL's antialiasing when
       downsizing) or "bicubic", for images; masks always use nearest.
+    max_pixels: images with more pixels are refused (``images.load_image``);
+      None: no limit. Larger images than the resize side needs are decoded
+      reduced (``images.reduce_factor``).
   """
 
   image_size: int = 224
@@ -66,6 +69,7 @@ class Preprocess:
   mean: tuple = IMAGENET_MEAN
   std: tuple = IMAGENET_STD
   resample: str = "bilinear"
+  max_pixels: Optional[int] = None
 
   def __post_init__(self):
     if int(self.image_size) <= 0:
@@ -132,7 +136,8 @@ def preprocess_for(config, *, mean: Optional[Sequence[float]] = None,
   """The preprocessing of a run config's ``config.dataset`` block.
 
   Args:
-    config: a run config (reads ``dataset.image_size``, ``dataset.crop_fraction``).
+    config: a run config (reads ``dataset.image_size``,
+      ``dataset.crop_fraction``, ``dataset.max_image_pixels``).
     mean: optional normalisation mean (a backbone's); default ImageNet's.
     std: the matching std.
   """
@@ -140,7 +145,13 @@ def preprocess_for(config, *, mean: Optional[Sequence[float]] = None,
   if mean is not None:
     kw.update(mean=tuple(mean), std=tuple(std))
   return Preprocess(image_size=config.dataset.image_size,
-                    crop_fraction=config.dataset.crop_fraction, **kw)
+                    crop_fraction=config.dataset.crop_fraction,
+                    max_pixels=max_image_pixels(config), **kw)
+
+
+def max_image_pixels(config) -> Optional[int]:
+  """``config.dataset.max_image_pixels`` (0 or absent: no limit)."""
+  return int(config.dataset.get("max_image_pixels", 0)) or None
 
 
 def _expected_mask(record: Record) -> Optional[str]:
@@ -149,11 +160,14 @@ def _expected_mask(record: Record) -> Optional[str]:
   return mvtec.expected_mask_path(record.image_path)
 
 
-def read_image(path: str) -> np.ndarray:
-  """uint8 (H, W, 3) of an image file or a ``tfds://`` example."""
+def read_image(path: str, *, min_side: Optional[int] = None,
+               max_pixels: Optional[int] = None) -> np.ndarray:
+  """uint8 (H, W, 3) of an image file or a ``tfds://`` example
+  (``images.load_image``'s ``min_side``, ``max_pixels``; a tfds example is
+  decoded as stored)."""
   if tfds_source.is_uri(path):
     return tfds_source.load_image(path)
-  return images.load_image(path)
+  return images.load_image(path, min_side=min_side, max_pixels=max_pixels)
 
 
 def read_mask(path: str) -> np.ndarray:
@@ -189,7 +203,8 @@ def _load_one(record: Record, pre: Preprocess, with_image: bool,
               ) -> tuple[Optional[np.ndarray], np.ndarray, bool]:
   """Decodes and preprocesses one record: (image, mask, has_mask)."""
   s = pre.image_size
-  raw = read_image(record.image_path) if with_image else None
+  raw = (read_image(record.image_path, min_side=pre.resize_size,
+                    max_pixels=pre.max_pixels) if with_image else None)
   image = None if raw is None else pre.image(raw)
   if record.label == records_lib.NORMAL:
     return image, np.zeros((s, s), np.float32), True
