@@ -24,6 +24,7 @@ call ``dicofun.cpu.configure_cpu_devices()`` before importing this module.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -37,6 +38,7 @@ from ml_collections import config_flags
 from dicofun import export as export_lib
 from dicofun import fileio
 from dicofun import inspection
+from dicofun import locking
 from dicofun import methods
 from dicofun import predict as predict_lib
 from dicofun import report as report_lib
@@ -160,13 +162,16 @@ def inspect_command(argv: Sequence[str]) -> None:
   folder = argv[1]
   out = _OUT.value or os.path.join(
       "runs", "inspect_" + os.path.basename(os.path.normpath(folder)))
-  user_errors.check_not_a_file(out, flag="--out")
   try:
     config = inspection.inspect_config(
         _METHOD.value, backbone=_BACKBONE.value, image_size=_IMAGE_SIZE.value)
-    outcome = inspection.inspect_folder(
-        folder, out_dir=out, labels_csv=_LABELS.value,
-        contamination_hint=_HINT.value, strict=_STRICT.value, config=config)
+    # One process per --out folder, from before any work (dicofun.locking).
+    with locking.folder_lock(out, flag="--out",
+                             lock_path=locking.sibling_lock_path(out)):
+      outcome = inspection.inspect_folder(
+          folder, out_dir=out, labels_csv=_LABELS.value,
+          contamination_hint=_HINT.value, strict=_STRICT.value,
+          config=config)
   except (errors.DatasetError, fileio.OutputFolderError) as e:
     _fail(e)
   print(inspection.summary(outcome))
@@ -197,13 +202,19 @@ def predict_command(argv: Sequence[str]) -> None:
   if not _WORKDIR.value or not _IMAGES.value:
     raise app.UsageError("predict needs --model=DIR (an inspect --out folder or a run workdir; --workdir is the same) and --images=DIR")
   _quiet_unless_asked()
-  if _OUT.value:
-    user_errors.check_not_a_file(_OUT.value, flag="--out")
+  out = _OUT.value or os.path.join(_WORKDIR.value, "predictions")
+  # One process per --out folder (dicofun.locking); the default one lies in
+  # the model folder, not made here when that is missing (an error below).
+  lock = (locking.folder_lock(out, flag="--out",
+                              lock_path=locking.sibling_lock_path(out))
+          if _OUT.value or os.path.isdir(_WORKDIR.value)
+          else contextlib.nullcontext())
   try:
-    outcome = predict_lib.predict_folder(
-        _WORKDIR.value, _IMAGES.value, out_dir=_OUT.value,
-        threshold=_THRESHOLD.value, overlays=_OVERLAYS.value,
-        keep_maps=_SAVE_MAPS.value, strict=_STRICT.value)
+    with lock:
+      outcome = predict_lib.predict_folder(
+          _WORKDIR.value, _IMAGES.value, out_dir=out,
+          threshold=_THRESHOLD.value, overlays=_OVERLAYS.value,
+          keep_maps=_SAVE_MAPS.value, strict=_STRICT.value)
   except (errors.DatasetError, FileNotFoundError,
           fileio.OutputFolderError) as e:
     _fail(e)

@@ -21,6 +21,7 @@ import numpy as np
 
 from dicofun import api
 from dicofun import checkpoint
+from dicofun import locking
 from dicofun import metrics as metrics_lib
 from dicofun import methods
 from dicofun import parallel
@@ -51,6 +52,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Runs ``config.method`` on ``config.dataset`` and writes the results.
 
+  Process 0 holds the workdir's lock (``dicofun.locking``) from before any
+  work to the end: a second run into the same workdir stops at once.
+
   Args:
     config: a run config (see ``configs/``).
     workdir: output directory (created); results.json, metrics.md and PNG
@@ -58,11 +62,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Returns:
     The metrics dict (views → metric → value).
+
+  Raises:
+    locking.FolderInUseError: another process runs in ``workdir``.
+    user_errors.OutputPathError: ``workdir`` is a file.
   """
   method = methods.get_method(config.method)
   parallel.maybe_initialize_distributed()
   main_process = parallel.is_main_process()
   user_errors.check_not_a_file(workdir, flag="--workdir")
+  if not main_process:
+    return _train_and_evaluate(config, workdir, method, main_process)
+  with locking.folder_lock(workdir, flag="--workdir"):
+    return _train_and_evaluate(config, workdir, method, main_process)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        method, main_process: bool) -> dict[str, Any]:
+  """``train_and_evaluate`` after the setup and the lock."""
   os.makedirs(workdir, exist_ok=True)
   commit = results_lib.git_commit()  # Now: the code this process runs.
   t0 = time.time()
