@@ -23,7 +23,11 @@ Outputs, in ``out_dir`` (default ``<run_dir>/predictions``):
 * ``maps.npy`` (only with ``keep_maps``): the (n, S, S) float32 maps;
 * ``errors.csv``: ``file``, ``reason`` of every file that could not be
   decoded. Those are skipped and every other image is scored; with
-  ``strict`` the first one aborts instead.
+  ``strict`` the first one aborts instead;
+* ``.dicofun-output``: the marker of a folder dicofun made. ``out_dir`` must
+  be new, empty or an earlier dicofun output, outside ``images_dir``; it is
+  written as a whole into a hidden sibling and renamed into place at the end
+  (``fileio.replacing_dir``), so it never mixes two runs.
 """
 
 from __future__ import annotations
@@ -211,9 +215,30 @@ def predict_folder(run_dir: str, images_dir: str, *,
                        "(no validation split, no training scores); pass "
                        "--threshold")
     threshold = float(meta["threshold"])
-  out_dir = out_dir or os.path.join(run_dir, "predictions")
-  os.makedirs(out_dir, exist_ok=True)
-  screened = screen(images_dir, list_images(images_dir), out_dir=out_dir,
+  out_dir = os.path.abspath(out_dir or os.path.join(run_dir, "predictions"))
+  paths = list_images(images_dir)
+  fileio.check_disjoint(images_dir, out_dir, input_flag="--images")
+  # Written into a fresh sibling folder that replaces out_dir at the end:
+  # a failure leaves the previous predictions whole, and a folder holding
+  # files dicofun did not write is refused (``fileio.replacing_dir``).
+  with fileio.replacing_dir(out_dir, command="predict",
+                            info={"model": os.path.abspath(run_dir),
+                                  "images": os.path.abspath(images_dir)}
+                            ) as tmp:
+    outcome = _predict_into(
+        tmp, out_dir, config=config, state=state, method=method,
+        images_dir=images_dir, paths=paths, threshold=threshold, chunk=chunk,
+        overlays=overlays, keep_maps=keep_maps, strict=strict, run_dir=run_dir)
+  return outcome
+
+
+def _predict_into(tmp: str, out_dir: str, *, config, state, method,
+                  images_dir: str, paths: list[str], threshold: float,
+                  chunk: int, overlays: bool, keep_maps: bool, strict: bool,
+                  run_dir: str) -> PredictOutcome:
+  """``predict_folder``'s work, writing into ``tmp`` (renamed to
+  ``out_dir`` once it returns); the outcome names the final paths."""
+  screened = screen(images_dir, paths, out_dir=tmp,
                     image_size=int(config.dataset.image_size), strict=strict,
                     max_pixels=pipeline.max_image_pixels(config))
   paths = screened.readable
@@ -224,7 +249,7 @@ def predict_folder(run_dir: str, images_dir: str, *,
   chunk = max(int(chunk), 1)
   starts = range(0, len(paths), chunk)
   scores = np.zeros(len(paths), np.float64)
-  maps_path = os.path.join(out_dir, "maps.npy")
+  maps_path = os.path.join(tmp, "maps.npy")
   maps_file = None
   map_min = np.inf
   for start in progress.progress(starts, total=len(starts), desc="predict"):
@@ -247,7 +272,7 @@ def predict_folder(run_dir: str, images_dir: str, *,
     map_min = min(map_min, float(maps.min()))
   decisions = metrics.is_anomalous(scores, threshold)
   csv_path = os.path.join(out_dir, "scores.csv")
-  with fileio.open_atomic(csv_path, newline="") as f:
+  with fileio.open_atomic(os.path.join(tmp, "scores.csv"), newline="") as f:
     w = csv.writer(f)
     w.writerow(["file", "score", "decision", "threshold"])
     for path, s, d in zip(paths, scores, decisions):
@@ -259,11 +284,11 @@ def predict_folder(run_dir: str, images_dir: str, *,
     if overlays:
       scale = color_scale(map_min, threshold)
       for i in progress.progress(range(len(paths)), desc="overlays"):
-        out = _overlay_path(out_dir, images_dir, paths[i])
+        out = _overlay_path(tmp, images_dir, paths[i])
         os.makedirs(os.path.dirname(out), exist_ok=True)
         viz.save_overlay(out, overlay_image(config, paths[i]),
                          np.asarray(maps_file[i]), **scale)
-        written.append(out)
+        written.append(_overlay_path(out_dir, images_dir, paths[i]))
     del maps_file
     if not keep_maps:
       os.remove(maps_path)

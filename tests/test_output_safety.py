@@ -219,3 +219,36 @@ def test_disk_full_leaves_the_previous_results_whole(tmp_path, fake,
   assert _hashes(second) == inputs
   assert sorted(os.listdir(tmp_path)) == ["a", "b", "out"]
   monkeypatch.undo()
+
+
+# ------------------------------------------- the same rules for predict
+
+
+def test_predict_out_is_refused_when_it_holds_a_users_files(tmp_path, fake):
+  from dicofun import predict  # pylint: disable=g-import-not-at-top
+  root = _folder(str(tmp_path / "in"))
+  model = tmp_path / "model_out"
+  _inspect(root, model, fake)
+  out = tmp_path / "pred"
+  out.mkdir()
+  (out / "scores.csv").write_text("mine\n")
+  before, inputs = _hashes(out), _hashes(root)
+  with pytest.raises(fileio.OutputFolderError, match="not made by dicofun"):
+    predict.predict_folder(str(model), root, out_dir=str(out))
+  with pytest.raises(fileio.OutputFolderError,
+                     match="inside the input folder --images="):
+    predict.predict_folder(str(model), root,
+                           out_dir=os.path.join(root, "pred"))
+  assert _hashes(out) == before and _hashes(root) == inputs
+  # Its own output is replaced; the default lands in the model folder,
+  # whose next inspect run may replace it with the rest.
+  got = predict.predict_folder(str(model), root, out_dir=str(tmp_path / "p"))
+  again = predict.predict_folder(str(model), root, out_dir=str(tmp_path / "p"))
+  assert again.csv_path == str(tmp_path / "p" / "scores.csv")
+  assert os.path.isfile(again.csv_path) and got.overlays == again.overlays
+  assert all(os.path.isfile(p) for p in again.overlays)
+  predict.predict_folder(str(model), root)
+  assert fileio.read_marker(str(model / "predictions"))["command"] == (
+      "predict")
+  _inspect(root, model, fake)
+  assert not os.path.exists(model / "predictions")

@@ -118,10 +118,11 @@ def test_predict_folder_scores_decides_and_draws(run_dir, overlays, tmp_path):
   assert [r["decision"] for r in rows] == ["0", "1", "1"]
   assert {r["threshold"] for r in rows} == {"0.6"}
 
-  assert [os.path.relpath(o["path"], os.path.join(run, "predictions"))
-          for o in overlays] == ["overlays/a.png", "overlays/b.png",
-                                 "overlays/sub/c.png"]
-  assert all(os.path.exists(o["path"]) for o in overlays)
+  # Drawn into the folder that becomes predictions/ at the end.
+  names = ["overlays/a.png", "overlays/b.png", "overlays/sub/c.png"]
+  staged = os.path.dirname(os.path.dirname(overlays[0]["path"]))
+  assert [os.path.relpath(o["path"], staged) for o in overlays] == names
+  assert out.overlays == [os.path.join(run, "predictions", n) for n in names]
   # The overlay image is the resized image as uint8, with its own map.
   assert overlays[1]["image"].shape == (S, S, 3)
   assert overlays[1]["image"].dtype == np.uint8
