@@ -47,6 +47,7 @@ import numpy as np
 
 from dicofun import checkpoint
 from dicofun import features as features_lib
+from dicofun import fileio
 from dicofun import user_errors
 from dicofun.data import pipeline
 from dicofun.ops import knn
@@ -102,6 +103,7 @@ def export_scorer(workdir: str, out: str, *, batch_size: int = 1,
     NotExportableError: the run's method is not PatchCore/SoftPatch.
     FileNotFoundError: no checkpoint in ``workdir``.
   """
+  check_export_target(out)
   state, config, meta = checkpoint.load_inference(workdir)
   if config.method not in EXPORTABLE:
     raise NotExportableError(
@@ -115,7 +117,7 @@ def export_scorer(workdir: str, out: str, *, batch_size: int = 1,
   exported = jax_export.export(fn, platforms=tuple(platforms))(
       jax.ShapeDtypeStruct((int(batch_size), s, s, 3), jnp.uint8))
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, "wb") as f:
+  with fileio.open_atomic(out, "wb") as f:
     f.write(exported.serialize())
   info = {
       "method": config.method, "backbone": config.backbone.name,
@@ -127,6 +129,32 @@ def export_scorer(workdir: str, out: str, *, batch_size: int = 1,
       "threshold_rule": meta.get("threshold_rule"),
       "platforms": list(platforms), "bank_rows": int(np.shape(state["bank"])[0]),
   }
-  with open(out + ".json", "w") as f:
-    json.dump(info, f, indent=1)
+  fileio.write_json_atomic(out + ".json", dict(info, **{_MARK_KEY: True}),
+                           indent=1)
   return info
+
+
+_MARK_KEY = "dicofun_export"  # In out.json: the pair is dicofun's.
+
+
+def check_export_target(out: str) -> None:
+  """Raises unless ``out`` and ``out.json`` are new or an earlier export's.
+
+  Raises:
+    OutputFolderError: either exists and is not a dicofun export (the
+      ``.json`` lacks ``dicofun_export``): dicofun never overwrites a file
+      it did not write.
+  """
+  meta = out + ".json"
+  if not (os.path.lexists(out) or os.path.lexists(meta)):
+    return
+  try:
+    with open(meta, encoding="utf-8") as f:
+      ours = json.load(f).get(_MARK_KEY) is True
+  except (OSError, ValueError, AttributeError):
+    ours = False
+  if not ours or os.path.isdir(out):
+    raise fileio.OutputFolderError(
+        f"--out={out!r} (or {meta!r}) exists and is not an earlier dicofun "
+        "export; dicofun never overwrites files it did not write: name a new "
+        "file with --out")

@@ -252,3 +252,21 @@ def test_predict_out_is_refused_when_it_holds_a_users_files(tmp_path, fake):
       "predict")
   _inspect(root, model, fake)
   assert not os.path.exists(model / "predictions")
+
+
+def test_export_never_overwrites_a_users_file(tmp_path):
+  from dicofun import export  # pylint: disable=g-import-not-at-top
+  mine = tmp_path / "model.stablehlo"
+  mine.write_bytes(b"my own model")
+  with pytest.raises(fileio.OutputFolderError,
+                     match="is not an earlier dicofun export"):
+    export.export_scorer(str(tmp_path / "no_model"), str(mine))
+  assert mine.read_bytes() == b"my own model"
+  (tmp_path / "other.json").write_text('{"mine": 1}')
+  with pytest.raises(fileio.OutputFolderError):
+    export.check_export_target(str(tmp_path / "other"))
+  # An earlier export (its .json says so) may be replaced.
+  (tmp_path / "old.stablehlo").write_bytes(b"x")
+  (tmp_path / "old.stablehlo.json").write_text('{"dicofun_export": true}')
+  export.check_export_target(str(tmp_path / "old.stablehlo"))
+  export.check_export_target(str(tmp_path / "new.stablehlo"))
