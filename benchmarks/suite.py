@@ -16,7 +16,7 @@ process) in ``<workdir>/<cell name>``:
   methods PatchCore and SoftPatch, whose result does not depend on it).
 
 Categories are folders in the MVTec AD layout given as paths below
-``--data_root`` (``configs/<method>_layout.py``), plus ``elpv`` (the
+``--data_root`` (``configs/<method>_mvtec_layout.py``), plus ``elpv`` (the
 ``elpv-dataset`` package, image metrics only; ``configs/<method>_elpv.py``).
 Every category is fed whole, squashed to S×S (``crop=1.0``):
 ``benchmarks/crop_coverage.py`` measured that only this keeps every anomalous
@@ -171,7 +171,7 @@ def build_cells(methods: Sequence[tuple[str, str]], backbones: Sequence[str],
             if cat in PACKAGED:
               config = f"configs/{method}_{PACKAGED[cat]}.py"
             else:
-              config = f"configs/{method}_layout.py"
+              config = f"configs/{method}_mvtec_layout.py"
               parts.append(f"root={data_root},category={cat},crop={CROP:g}")
             parts.append(f"backbone={bb},image_size={BACKBONE_SIZE[bb]},"
                          f"contamination={c:g},seed={s}")

@@ -336,7 +336,7 @@ def test_named_errors_at_parse_time(name, arg, message):
 
 def test_unknown_dataset_is_named():
   message = ("config.dataset.name='nope': expected one of "
-             "['elpv', 'folder', 'magnetic_tile', 'mvtec', 'synthetic', 'visa']")
+             "['elpv', 'folder', 'magnetic_tile', 'mvtec', 'mvtec_layout', 'synthetic', 'visa']")
   with pytest.raises(configlib.ConfigArgError) as e:
     configlib.run_config(method="funad",
                          method_config=funad_config.default_config(),

@@ -8,7 +8,7 @@ the suite's categories (benchmarks/suite.py). No centre crop by default
 Run::
 
   python experiments/main.py \
-      --config=configs/softpatch_layout.py:root=../shared/data,category=mvtec_ad/screw \
+      --config=configs/softpatch_mvtec_layout.py:root=../shared/data,category=mvtec_ad/screw \
       --workdir=runs/softpatch_screw
 
 Args: category, contamination, coreset (fraction of patches kept),

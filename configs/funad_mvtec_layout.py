@@ -8,11 +8,11 @@ the suite's categories (benchmarks/suite.py). No centre crop by default
 Run::
 
   python experiments/main.py \
-      --config=configs/funad_layout.py:root=../shared/data,category=mvtec_ad/screw \
+      --config=configs/funad_mvtec_layout.py:root=../shared/data,category=mvtec_ad/screw \
       --workdir=runs/funad_screw
   # CPU smoke run:
   python experiments/main.py \
-      --config=configs/funad_layout.py:root=../shared/data,category=mvtec_ad/screw,runlocal \
+      --config=configs/funad_mvtec_layout.py:root=../shared/data,category=mvtec_ad/screw,runlocal \
       --workdir=runs/funad_screw_local
 
 Args: category, contamination, preset (default | paper: the published

@@ -8,11 +8,11 @@ the suite's categories (benchmarks/suite.py). No centre crop by default
 Run::
 
   python experiments/main.py \
-      --config=configs/dico_layout.py:root=../shared/data,category=mvtec_ad/screw \
+      --config=configs/dico_mvtec_layout.py:root=../shared/data,category=mvtec_ad/screw \
       --workdir=runs/dico_screw
   # CPU smoke run:
   python experiments/main.py \
-      --config=configs/dico_layout.py:root=../shared/data,category=mvtec_ad/screw,runlocal \
+      --config=configs/dico_mvtec_layout.py:root=../shared/data,category=mvtec_ad/screw,runlocal \
       --workdir=runs/dico_screw_local
 
 Args: category, contamination, memory (N; 0 = no memory), bottleneck

@@ -8,7 +8,7 @@ the suite's categories (benchmarks/suite.py). No centre crop by default
 Run::
 
   python experiments/main.py \
-      --config=configs/patchcore_layout.py:root=../shared/data,category=mvtec_ad/screw \
+      --config=configs/patchcore_mvtec_layout.py:root=../shared/data,category=mvtec_ad/screw \
       --workdir=runs/patchcore_screw
 
 Args: category, contamination, coreset (fraction of patches kept),
