@@ -276,6 +276,7 @@ def _inspect_into(tmp: str, root: str, paths: list[str], *,
       root, paths, out_dir=tmp, image_size=size, strict=strict,
       max_pixels=pipeline.max_image_pixels(config))
   files = screened.readable
+  methods.check_train_count(config, len(files))  # Before any work.
   labels = folder_lib.folder_labels(root, files, labels_csv=labels_csv)
   records = folder_lib.unlabelled_records(files)
   logging.info("Inspecting %d images under %s with %s (%d unreadable, "

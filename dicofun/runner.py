@@ -94,6 +94,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   data = parallel.main_process_first(
       lambda: protocol.prepare_data(config, workdir), name="dicofun_data")
   lap("data")
+  methods.check_train_count(config, len(data.train))  # Before any work.
   # Everything the evaluation reads (test masks: present unless
   # config.dataset.allow_missing_masks, decodable) is loaded before the
   # method runs, so a bad input fails in seconds, not after training.

@@ -10,7 +10,9 @@ Every such module exposes::
 loading a config (``methods/<name>/config.py``) never builds JAX programs.
 To add a method: a folder ``methods/<name>/`` with ``config.py`` (its
 ``default_config()``, ``apply_args`` and ``check(config)``) and ``method.py``
-(``run``/``predict``), and one line here.
+(``run``/``predict``), and one line here. A method whose ``config.py``
+defines ``min_train_images(config)`` is refused on fewer training images
+(``check_train_count``), before any work.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ METHODS: dict[str, str] = {
 
 class UnknownMethodError(user_errors.UserError, ValueError):
   """``config.method`` names no registered method."""
+
+
+class TooFewImagesError(user_errors.UserError, ValueError):
+  """Fewer training images than ``config.method`` needs."""
 
 
 def check_method(name: str) -> None:
@@ -59,5 +65,39 @@ def check_config(config) -> None:
       expected.
   """
   check_method(config.method)
-  package = METHODS[config.method].rpartition(".")[0]
-  importlib.import_module(f"{package}.config").check(config)
+  _config_module(config.method).check(config)
+
+
+def _config_module(name: str):
+  """``methods/<name>/config.py``, or None for a method registered without
+  one (a test double)."""
+  package = METHODS[name].rpartition(".")[0]
+  return importlib.import_module(f"{package}.config") if package else None
+
+
+def min_train_images(config) -> int:
+  """The fewest training images ``config.method`` can be fitted on.
+
+  ``min_train_images(config)`` of the method's ``config.py``; 1 where it
+  states none.
+  """
+  check_method(config.method)
+  module = _config_module(config.method)
+  fn = getattr(module, "min_train_images", None)
+  return int(fn(config)) if fn is not None else 1
+
+
+def check_train_count(config, n: int) -> None:
+  """Raises ``TooFewImagesError`` when ``n`` training images are too few.
+
+  Called by ``dicofun run`` and ``dicofun inspect`` before any work (feature
+  extraction, training).
+
+  Args:
+    config: a run config.
+    n: the number of training images.
+  """
+  need = min_train_images(config)
+  if n < need:
+    raise TooFewImagesError(
+        f"{config.method} needs at least {need} training images, got {n}")

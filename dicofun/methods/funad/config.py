@@ -19,6 +19,7 @@ win over both.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import ml_collections
@@ -193,6 +194,13 @@ def apply_args(config: ml_collections.ConfigDict,
       "with default_config(preset_in(arg))")
   check(config)
   return config
+
+
+def min_train_images(config: ml_collections.ConfigDict) -> int:
+  """⌈1/ρ⌉ + 1 **(ours)**: the memory bank holds ⌊ρ·|C|⌋ candidate normals,
+  at least one only when |C| >= 1/ρ, and C never holds the top-scored image
+  (its min-max normalised score is 1); 3 at ρ = 0.5."""
+  return math.ceil(1.0 / float(config.funad.rho) - 1e-9) + 1
 
 
 def check(config: ml_collections.ConfigDict) -> None:

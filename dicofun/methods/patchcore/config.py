@@ -61,6 +61,15 @@ def apply_args(config: ml_collections.ConfigDict,
   return config
 
 
+def min_train_images(config: ml_collections.ConfigDict) -> int:
+  """2 with the transductive view, else 1 **(ours)**.
+
+  A training image is scored against the other images' patches only
+  (leave-one-out), so one image has nothing to be compared with.
+  """
+  return 2 if config[config.method].transductive else 1
+
+
 def check(config: ml_collections.ConfigDict) -> None:
   """Named errors for a PatchCore/SoftPatch config (``ConfigArgError``)."""
   configlib.check_config(config)

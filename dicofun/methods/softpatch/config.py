@@ -28,6 +28,13 @@ def apply_args(config: ml_collections.ConfigDict,
   return config
 
 
+def min_train_images(config: ml_collections.ConfigDict) -> int:
+  """``lof_k`` + 1: each patch's LOF needs ``lof_k`` neighbours, at its
+  position, in the other training images (and PatchCore's minimum)."""
+  return max(int(config.softpatch.lof_k) + 1,
+             patchcore_config.min_train_images(config))
+
+
 def check(config: ml_collections.ConfigDict) -> None:
   """Named errors for a SoftPatch run config."""
   patchcore_config.check(config)
