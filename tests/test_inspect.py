@@ -315,7 +315,11 @@ def test_mvtec_layout_masks_add_pixel_metrics(tmp_path, monkeypatch):
   # images' pixels and tie with its own other pixels:
   # AUROC = (5 + ½(1 − f)) / (6 − f) with f = 1/4.
   assert outcome.metrics["pixel_auroc"] == pytest.approx(5.375 / 5.75)
-  assert isinstance(outcome.metrics["aupro"], float)
+  # AUPRO: one region (the 64 mask pixels); normal pixels: 5·256 + the
+  # defect image's other 192, which score highest (250/255). The curve goes
+  # (0, 0) → (192/1472, 1), then the next score (108/255) jumps past FPR 0.3:
+  # area 0.3 − ½·192/1472, over 0.3.
+  assert outcome.metrics["aupro"] == pytest.approx(1 - 192 / 1472 / 0.6)
 
 
 def test_missing_or_empty_folder_is_named(tmp_path):
