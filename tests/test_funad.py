@@ -542,6 +542,49 @@ def test_distance_on_input_and_exclusion_pseudo_labels_by_hand(
   assert float(m["pseudo_anomalous_fraction"]) == pytest.approx(want)
 
 
+@pytest.mark.parametrize("kernel,want", [
+    (np.diag([1.0, 1.0, 0.5]), 2 / 8),  # The paper's path, below.
+    (np.zeros((3, 3)), 0.0),  # No adaptor: every adapted distance 0.
+    (np.eye(3), 3 / 8)])  # Distances as on the input features.
+def test_default_pseudo_labels_on_adapted_features_by_hand(kernel, want):
+  """The paper's path (METHODS §1 steps 1–5): distances on the *adapted*
+  features f = LeakyReLU(W x), the batch's own images in the bank (a
+  self-match, d < 1e-2, takes the 2nd neighbour), d̃ min-max normalised over
+  the batch, y = 1[d̃ > τ_n = 0.5].
+
+  Eight images of 4 patches x_p = (1 + p, 1, 1); every patch has exact
+  copies in the other images (d = 0) except three shifted ones of the batch
+  (images 0 and 1). With W = diag(1, 1, 0.5), b = 0 (inputs positive, so
+  LeakyReLU is the identity), the adapted shifts and their squared
+  distances to the nearest copy of x_p are: image 0 patch 0 by (0, 3, 0):
+  d = 9; image 1 patch 3 by (0, 2.5, 0): d = 6.25; image 1 patch 2 by
+  (0, 0, 2.5 · 0.5): d = 1.5625. Min-max over the batch's 8 patches (min 0):
+  d̃ = 1, 0.694, 0.174 → 2 of 8 labelled. With W = I the third is
+  6.25 / 9 → 3 of 8; with W = 0 nothing (d̃ all 0)."""
+  n, p, d = 8, 4, 3
+  x = np.ones((n, p, d), np.float32)
+  x[:, :, 0] += np.arange(p, dtype=np.float32)
+  x[0, 0, 1] += 3.0
+  x[1, 3, 1] += 2.5
+  x[1, 2, 2] += 2.5
+  cfg = _step_config(dim=d, num_images=n, hidden=(4, 2), score_chunk=8,
+                     knn_chunk=32, rho=1.0, tau_n=0.5, noise=False)
+  assert (cfg.distance_on_input, cfg.bank_exclude_batch, cfg.d_norm) == (
+      False, False, "minmax")
+  state = step_lib.init_state(cfg, jax.random.key(0), n)
+  params = state["params"]
+  params["adaptor"]["kernel"] = jnp.asarray(kernel, jnp.float32)
+  params["adaptor"]["bias"] = jnp.zeros(d, jnp.float32)
+  # A constant discriminator: tied scores, Ŝ = 0, every image a candidate
+  # and (ρ = 1) in the bank.
+  params["disc_2"]["kernel"] = jnp.zeros_like(params["disc_2"]["kernel"])
+  _, m = step_lib.train_step_fn(cfg, state, jnp.asarray([0, 1], jnp.int32),
+                                jax.random.key(0), jnp.asarray(x),
+                                jnp.ones(n, bool))
+  assert int(m["num_candidates"]) == 8 and int(m["bank_images"]) == 8
+  assert float(m["pseudo_anomalous_fraction"]) == pytest.approx(want)
+
+
 def test_presets_paper_is_todays_recipe_and_default_is_the_measured_best():
   paper = funad_config.default_config("paper")
   assert paper.preset == "paper"
