@@ -90,6 +90,26 @@ def test_save_heatmap(tmp_path):
                    col_labels=["0", "0.1", "0.2"], title="image AUROC",
                    xlabel="contamination", ylabel="k")
   _check_png(path)
+  # What it shows: each cell in viridis at (v − 0.91) / 0.08, laid out as
+  # the matrix (rows down, columns right), the NaN cell left blank.
+  rgb = mpimg.imread(str(path))[..., :3]
+  centre = {}
+  for (i, j), frac in {(0, 0): 0.0, (0, 1): 0.25, (1, 0): 0.5, (1, 1): 0.75,
+                       (1, 2): 1.0}.items():
+    colour = np.array(matplotlib.colormaps["viridis"](frac)[:3])
+    ys, xs = np.nonzero(np.abs(rgb - colour).max(-1) < 0.02)
+    # The cell's block of pixels dominates the colour bar's thin band.
+    assert len(ys) > 500, (i, j, len(ys))
+    centre[i, j] = (np.median(ys), np.median(xs))
+  row_y = [centre[0, 0][0], centre[1, 0][0]]
+  col_x = [centre[0, 0][1], centre[0, 1][1], centre[1, 2][1]]
+  assert row_y[0] + 20 < row_y[1] and col_x[0] + 20 < col_x[1] < col_x[2] - 20
+  for (i, j), (y, x) in centre.items():
+    if j < 2 or i == 1:
+      assert abs(y - row_y[i]) < 3 and abs(x - col_x[j]) < 3, (i, j)
+  blank = rgb[int(row_y[0]) - 10:int(row_y[0]) - 5,
+              int(col_x[2]) - 10:int(col_x[2]) + 10]
+  np.testing.assert_allclose(blank, 1.0, atol=0.01)  # White: no colour.
   with pytest.raises(ValueError):
     viz.save_heatmap(str(path), matrix, row_labels=["a"], col_labels=["b"],
                      title="")
