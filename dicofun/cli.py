@@ -15,6 +15,8 @@ is given (``--verbosity=0`` shows dicofun's and the libraries' INFO lines).
 Errors the user can fix (``dicofun.user_errors.UserError``: bad data, bad
 config, a refused resume, an output path that is a file) end a command with
 one line ``error: <message>`` on stderr and exit status 2, no traceback.
+Ctrl-C ends a command with exit status 130 (``dicofun.interrupt``: training
+stops at a safe point, and ``dicofun run`` resumes with the same command).
 
 ``python -m dicofun`` is the same command; ``experiments/*.py`` are thin
 shells over the functions here. JAX's CPU device count must be set before JAX
@@ -28,7 +30,7 @@ import contextlib
 import functools
 import os
 import sys
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -38,6 +40,7 @@ from ml_collections import config_flags
 from dicofun import export as export_lib
 from dicofun import fileio
 from dicofun import inspection
+from dicofun import interrupt
 from dicofun import locking
 from dicofun import methods
 from dicofun import predict as predict_lib
@@ -120,17 +123,32 @@ def _fail(error: object) -> NoReturn:
 
 def _reported(command: Callable[[Sequence[str]], object]
               ) -> Callable[[Sequence[str]], object]:
-  """``command`` with user errors reported as one line and exit 2."""
+  """``command`` with user errors reported as one line and exit 2, Ctrl-C as
+  one line and exit 130."""
 
   @functools.wraps(command)
   def wrapped(argv: Sequence[str]) -> object:
+    interrupt.install()
     try:
-      return command(argv)
+      result = command(argv)
     except user_errors.UserError as e:
       # Bad input, not a bug: say what is wrong without a traceback.
       _fail(e)
+    except KeyboardInterrupt as e:
+      _interrupted(e)
+    if interrupt.requested():  # A Ctrl-C that something swallowed.
+      _interrupted(None)
+    return result
 
   return wrapped
+
+
+def _interrupted(error: Optional[BaseException]) -> NoReturn:
+  """Ends the command after Ctrl-C: one line on stderr, exit 130."""
+  message = (str(error) if isinstance(error, interrupt.Interrupted)
+             else f"interrupted; {interrupt.RESUME_HINT}")
+  print(user_errors.one_line(message), file=sys.stderr, flush=True)
+  sys.exit(user_errors.EXIT_INTERRUPTED)
 
 
 def _name_of(spec: str) -> str:

@@ -44,6 +44,13 @@ resumes from its last complete checkpoint with a consistent history. The
 latest 2 checkpoints are kept; a corrupted newest one is logged and the
 previous one restored (``checkpoint.TrainCheckpointer.restore_or``).
 
+Ctrl-C (``dicofun.interrupt``): the first one stops the loop at the next
+safe point — between two steps of a method that calls
+``interrupt.between_steps()`` when the last completed epoch is checkpointed,
+else after the current epoch, which is then checkpointed — by raising
+``interrupt.Interrupted`` (the command line exits 130); a second one stops at
+once. Either way the run resumes from its last complete checkpoint.
+
 Resumed runs are bit-identical to uninterrupted ones as long as
 ``epoch_fn`` is a pure function of ``(state, epoch)`` (its shuffling and PRNG
 keys derived from the epoch number), which both methods guarantee.
@@ -67,6 +74,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from dicofun import checkpoint
+from dicofun import interrupt
 from dicofun import parallel
 from dicofun import progress as progress_lib
 from dicofun import summary as summary_lib
@@ -427,6 +435,8 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
     ResumeMismatchError: the workdir's checkpoint was written under a
       different ``fingerprint``, or is past ``epochs``.
     checkpoint.CheckpointRestoreError: no checkpoint step can be restored.
+    interrupt.Interrupted: Ctrl-C; the checkpoints are complete (module
+      docstring).
   """
   epochs = int(epochs)
   eval_every = int(eval_every)
@@ -481,11 +491,13 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
         filename_suffix=".train")
   try:
     t_loop = time.time()
-    state, epoch_seconds = _epochs(
-        state=state, start=start, epochs=epochs, epoch_fn=epoch_fn,
-        evaluate_fn=evaluate_fn, eval_every=eval_every, history=history,
-        ckpt=ckpt, hist_path=hist_path, writer=writer,
-        images_per_epoch=images_per_epoch, desc=desc)
+    # One process stopping on its own would leave the others in a collective.
+    with interrupt.deferred(enabled=jax.process_count() == 1) as deferral:
+      state, epoch_seconds = _epochs(
+          state=state, start=start, epochs=epochs, epoch_fn=epoch_fn,
+          evaluate_fn=evaluate_fn, eval_every=eval_every, history=history,
+          ckpt=ckpt, hist_path=hist_path, writer=writer,
+          images_per_epoch=images_per_epoch, desc=desc, deferral=deferral)
   finally:
     if writer is not None:
       writer.close()
@@ -516,14 +528,22 @@ def _write_epoch(writer: summary_lib.SummaryWriter, row: dict[str, Any],
 
 
 def _epochs(*, state, start, epochs, epoch_fn, evaluate_fn, eval_every,
-            history, ckpt, hist_path, writer, images_per_epoch, desc):
+            history, ckpt, hist_path, writer, images_per_epoch, desc,
+            deferral=None):
   """The epochs of ``run_loop``: ``(final state, each epoch's seconds)``."""
   epoch_seconds: list[float] = []
+  saved = start  # Completed epochs the newest checkpoint holds (0: none).
   for epoch in progress_lib.progress(range(start, epochs),
                                      total=max(epochs - start, 0), desc=desc):
+    if deferral is not None:
+      # Stopping mid-epoch loses nothing when the epoch before is saved
+      # (or there is nothing to save): resume runs this epoch again.
+      deferral.steps_may_stop = ckpt is None or saved == epoch
     t0 = time.time()
     state, metrics = epoch_fn(state, epoch)
     epoch_seconds.append(time.time() - t0)
+    if deferral is not None:
+      deferral.steps_may_stop = False
     done = epoch + 1
     last = done == epochs
     row: dict[str, Any] = {"epoch": done}
@@ -539,10 +559,15 @@ def _epochs(*, state, start, epochs, epoch_fn, evaluate_fn, eval_every,
     logging.info("%s %d/%d: %s", desc, done, epochs,
                  {k: (round(v, 5) if isinstance(v, float) else v)
                   for k, v in row.items() if _is_scalar(v)})
-    if ckpt is not None and _due(done, ckpt.every, last):
+    stop = deferral is not None and interrupt.requested()
+    if ckpt is not None and (_due(done, ckpt.every, last) or stop):
       # History first: a run killed between the two resumes from the previous
       # checkpoint and keeps only the history rows up to it.
       if parallel.is_main_process():
         write_json_atomic(hist_path, history)
       ckpt.maybe_save(done, flatten(_to_host(state)), force=True)
+      saved = done
+    if stop:
+      interrupt.check(f"interrupted after epoch {done} of {epochs}"
+                      + (" (checkpointed)" if ckpt is not None else ""))
   return state, epoch_seconds

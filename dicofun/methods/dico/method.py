@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from dicofun import api
+from dicofun import interrupt
 from dicofun import parallel
 from dicofun import summary
 from dicofun import training
@@ -162,6 +163,7 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
     count = 0
     step_metrics = []
     for batch in epoch_batches(epoch):
+      interrupt.between_steps()  # Ctrl-C (``training.run_loop``).
       targets = None
       if isinstance(batch, tuple):
         batch, targets = batch

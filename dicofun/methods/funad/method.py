@@ -28,6 +28,7 @@ import numpy as np
 
 from dicofun import api
 from dicofun import features as features_lib
+from dicofun import interrupt
 from dicofun import metrics
 from dicofun import parallel
 from dicofun import progress as progress_lib
@@ -252,6 +253,7 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
     sums: dict[str, Any] = {}
     for it in progress_lib.progress(range(iters), total=iters,
                                     desc=f"FUN-AD epoch {epoch + 1} iterations"):
+      interrupt.between_steps()  # Ctrl-C (``training.run_loop``).
       idx = _place(perm[it * b:(it + 1) * b].astype(np.int32), mesh,
                    shard=False)
       state, m = step(state, idx, jax.random.fold_in(ekey, it), feats, valid)
