@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
+from scipy import ndimage
 from sklearn import metrics
 
 from dicofun import summary
@@ -43,6 +44,20 @@ def test_localnet_shapes_and_torch_init():
                                                jnp.ones((3, 5, 64)))
   assert s.shape == (3, 5) and f.shape == (3, 5, 64)
   assert float(s.min()) >= 0 and float(s.max()) <= 1
+  # The forward pass equals a numpy transcription (LeakyReLU 0.2 adaptor,
+  # LeakyReLU hidden layers, sigmoid of the last) on inputs of both signs.
+  x = np.random.default_rng(0).normal(size=(3, 5, 64)).astype(np.float32)
+  s, f = model_lib.LocalNet(64, (32, 8)).apply({"params": params},
+                                               jnp.asarray(x))
+  s_np, f_np = _np_localnet(params, x)
+  assert (f_np < 0).any()  # the negative slope is exercised
+  np.testing.assert_allclose(np.asarray(f), f_np, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(s), s_np, rtol=1e-4, atol=1e-6)
+  z, _ = model_lib.LocalNet(64, (32, 8)).apply(
+      {"params": params}, jnp.asarray(x), return_logits=True)
+  np.testing.assert_allclose(np.asarray(z), _np_localnet(params, x,
+                                                         logits=True)[0],
+                             rtol=1e-4, atol=1e-5)
   for name, fan_in in [("adaptor", 64), ("disc_0", 64), ("disc_1", 32),
                        ("disc_2", 8)]:
     bound = 1 / np.sqrt(fan_in)
@@ -216,6 +231,119 @@ def _small_setup(n=24, p=9, d=8, **kw):
   return cfg, feats, valid, rows
 
 
+def _np_leaky(x, slope=0.2):
+  return np.where(x >= 0, x, slope * x)
+
+
+def _np_localnet(params, x, *, logits=False):
+  """numpy float64 LocalNet: f = LeakyReLU(x W + b), then the MLP → σ(z)."""
+  prm = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+  x = np.asarray(x, np.float64)
+  f = _np_leaky(x @ prm["adaptor"]["kernel"] + prm["adaptor"]["bias"])
+  h, i = f, 0
+  while f"disc_{i + 1}" in prm:
+    h = _np_leaky(h @ prm[f"disc_{i}"]["kernel"] + prm[f"disc_{i}"]["bias"])
+    i += 1
+  z = (h @ prm[f"disc_{i}"]["kernel"] + prm[f"disc_{i}"]["bias"])[..., 0]
+  return (z if logits else 1 / (1 + np.exp(-z))), f
+
+
+def _np_step_metrics(cfg, params, x, n, batch_idx, rng):
+  """A plain numpy (float64) transcription of one FUN-AD iteration's losses
+  and counts (METHODS §1 steps 1–7), independent of irmb/losses/knn. The
+  random draws reuse the step's keys and jax.random primitives only."""
+  rows, p, d = x.shape
+  x = np.asarray(x, np.float64)
+  k_bank, k_noise = jax.random.split(rng)
+  # 1. Image scores = max patch score; padding rows are not images.
+  s_all, _ = _np_localnet(params, x[:n], logits=cfg.score_logits)
+  scores = s_all.max(1)
+  # 2. Candidates: min-max normalised score < τ_n.
+  lo, hi = scores.min(), scores.max()
+  norm = (scores - lo) / (hi - lo) if hi > lo else np.zeros(n)
+  cand = np.zeros(rows, bool)
+  cand[:n] = norm < cfg.tau_n
+  # 3. ⌊ρ|C|⌋ candidates, ranked by a uniform key.
+  m = max(int(np.floor(cand.sum() * cfg.rho + 1e-4)), 1)
+  max_images = max(1, int(np.floor(cfg.rho * cfg.num_images + 1e-9)))
+  u = np.asarray(jax.random.uniform(k_bank, (rows,)))
+  order = np.argsort(np.where(cand, u, 2.0 + u), kind="stable")[:max_images]
+  img_valid = np.arange(max_images) < m
+  if cfg.bank_patches > 0:
+    k_bank, k_sub = jax.random.split(k_bank)
+    total = max_images * p
+    flat_valid = np.repeat(img_valid, p)
+    u = np.asarray(jax.random.uniform(k_sub, (total,)))
+    flat = np.argsort(np.where(flat_valid, u, 2.0 + u),
+                      kind="stable")[:min(cfg.bank_patches, total)]
+    src, pos_b, bank_valid = order[flat // p], flat % p, flat_valid[flat]
+    bank_in = x[src, pos_b]
+  else:
+    src = np.repeat(order, p)
+    bank_in = x[order].reshape(-1, d)
+    bank_valid = np.repeat(img_valid, p)
+  bank = bank_in if cfg.distance_on_input else _np_localnet(params, bank_in)[1]
+  batch_idx = np.asarray(batch_idx)
+  if cfg.bank_exclude_batch:
+    bank_valid = bank_valid & ~np.isin(src, batch_idx)
+  xb = x[batch_idx]
+  if 0 < cfg.batch_patches < p:
+    k_bank, k_pos = jax.random.split(k_bank)
+    xb = xb[:, np.asarray(jax.random.permutation(k_pos, p))[:cfg.batch_patches]]
+  b, pb = xb.shape[:2]
+  f = _np_localnet(params, xb)[1].reshape(b * pb, d)
+  q = xb.reshape(b * pb, d) if cfg.distance_on_input else f
+  # 4. Squared L2 to the bank; a 1st distance < 1e-2 is the query itself.
+  dist = ((q[:, None] - bank[None, bank_valid]) ** 2).sum(-1)
+  dist.sort(axis=1)
+  dd = np.where(dist[:, 0] < 1e-2, dist[:, min(1, dist.shape[1] - 1)],
+                dist[:, 0])
+  if cfg.d_norm == "minmax":
+    dn = (dd - dd.min()) / (dd.max() - dd.min())
+  elif cfg.d_norm == "rank":
+    dn = np.argsort(np.argsort(dd, kind="stable"), kind="stable") / (len(dd) - 1)
+  else:
+    q_lo, q_hi = np.percentile(dd, [cfg.d_norm_lo, cfg.d_norm_hi])
+    dn = np.clip((dd - q_lo) / (q_hi - q_lo), 0, 1)
+  y = dn > cfg.tau_n
+  # 6. N(0, σ_c²) on the input features of τ_n < d̃ < τ_c.
+  noised = (dn > cfg.tau_n) & (dn < cfg.tau_c) & cfg.noise
+  sigma = xb.std(axis=0, ddof=cfg.noise_ddof).max(axis=0)
+  eps = np.asarray(jax.random.normal(k_noise, xb.shape, jnp.float32)) * sigma
+  xn = xb + np.where(noised.reshape(b, pb)[..., None], eps, 0.0)
+  # 7. Mutual nearest neighbours among the adapted batch features.
+  fd = ((f[:, None] - f[None]) ** 2).sum(-1)
+  np.fill_diagonal(fd, np.inf)
+  nn = fd.argmin(1)
+  pairs = [(i, j) for i, j in enumerate(nn) if i < j and nn[j] == i]
+  # Loss.
+  z = _np_localnet(params, xn, logits=True)[0].reshape(-1)
+  if cfg.bce == "logit":
+    t = dn if cfg.soft_labels else y.astype(float)
+    per = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
+    bce = sum(per[k].mean() for k in (y, ~y) if k.any())
+  else:
+    log_sig = lambda v: -np.logaddexp(0, -v)
+    bce = (-(np.maximum(log_sig(z[y]), -100).mean() if y.any() else 0.0)
+           - (np.maximum(log_sig(-z[~y]), -100).mean() if (~y).any() else 0.0))
+  s = 1 / (1 + np.exp(-_np_localnet(params, xb, logits=True)[0].reshape(-1)))
+  ms = 0.5 * np.mean([abs(s[i] - s[j]) for i, j in pairs]) if pairs else 0.0
+  return {"loss": bce + cfg.lam * ms, "bce": bce, "smoothness": ms,
+          "num_candidates": int(cand.sum()), "bank_images": m,
+          "pseudo_anomalous_fraction": y.mean(),
+          "noised_fraction": noised.mean(), "num_pairs": len(pairs),
+          "scores": scores}
+
+
+def _assert_step_metrics(got, want):
+  for k in ("num_candidates", "bank_images", "num_pairs"):
+    assert int(got[k]) == want[k], k
+  for k in ("pseudo_anomalous_fraction", "noised_fraction"):
+    assert float(got[k]) == pytest.approx(want[k], abs=1e-6), k
+  for k in ("loss", "bce", "smoothness"):
+    assert float(got[k]) == pytest.approx(want[k], rel=1e-4, abs=1e-6), k
+
+
 def test_train_step_compiles_once_and_learns_shapes():
   cfg, feats, valid, rows = _small_setup()
   assert rows == 25  # padded to a multiple of the score chunk
@@ -229,10 +357,19 @@ def test_train_step_compiles_once_and_learns_shapes():
   state = step_lib.init_state(cfg, jax.random.key(0), rows)
   for i in range(3):
     idx = jnp.asarray(np.arange(6) + 3 * i, jnp.int32)
+    # Each iteration's losses and counts equal a numpy transcription of
+    # METHODS §1 on the parameters it starts from.
+    want = _np_step_metrics(cfg, state["params"], feats, 24, idx,
+                            jax.random.key(i))
     state, m = step(state, idx, jax.random.key(i), feats, valid)
+    _assert_step_metrics(m, want)
+    np.testing.assert_allclose(np.asarray(state["scores"])[:24],
+                               want["scores"], rtol=1e-5, atol=1e-7)
   assert len(traces) == 1 and step._cache_size() == 1
   assert int(state["step"]) == 3
-  assert np.isfinite(float(m["loss"]))
+  # The images of the loss's two BCE terms and pairs are all present.
+  assert 0 < float(m["pseudo_anomalous_fraction"]) < 1
+  assert int(m["num_pairs"]) > 0 and float(m["smoothness"]) > 0
   assert int(m["bank_images"]) == int(np.floor(0.5 * int(m["num_candidates"])))
   # The padding row is never a candidate, the real ones are scored.
   assert float(state["scores"][-1]) == 0.0 and float(state["scores"][0]) > 0
@@ -326,7 +463,7 @@ def test_eval_every_zero_and_oracle_by_image_and_pixel_auroc(tmp_path):
   train_x, train_y = _blob_features(0, 18, 2)
   test_x, test_y = _blob_features(1, 6, 6)
   masks = np.zeros((12, 16, 16), np.float32)
-  masks[test_y == 1, :8, :8] = 1.0
+  masks[test_y == 1, :4, :12] = 1.0  # not symmetric: the maps' axes count
   cfg = _e2e_config(epochs=2)
   cfg.funad.eval_every = 0
   cfg.funad.checkpoint_every = 1
@@ -337,15 +474,34 @@ def test_eval_every_zero_and_oracle_by_image_and_pixel_auroc(tmp_path):
   assert "test_image_auroc" not in out["history"][0]
   assert "transductive_image_auroc" not in out["history"][0]
   last = out["history"][1]
+  # Expected values computed independently of dicofun: the numpy LocalNet
+  # on the final parameters, image score = max patch probability, map =
+  # half-pixel bilinear 4 → 16 then scipy's Gaussian blur (σ = blur_sigma),
+  # the history's pixel AUROC on every 4th pixel per axis (sklearn).
+  def np_scores(feats):
+    s, _ = _np_localnet(out["params"], feats.reshape(len(feats), 16, 16))
+    return s.max(1), s.reshape(-1, 4, 4)
+
   # The transductive learning curve: the training set scored with the final
   # (inference) parameters on the evaluated epoch, against its true labels.
-  train_scores, _ = funad.predict_features(
-      cfg, {"params": out["params"]}, train_x, with_maps=False)
+  train_scores, _ = np_scores(train_x)
   assert last["transductive_image_auroc"] == pytest.approx(
       metrics.roc_auc_score(train_y, train_scores))
-  scores, maps = funad.predict_features(cfg, {"params": out["params"]},
-                                        test_x)
-  want = training.history_metrics(scores, maps, test_y, masks)
+  scores, patch = np_scores(test_x)
+  src = np.clip((np.arange(16) + 0.5) / 4 - 0.5, 0, 3)
+  i0 = np.floor(src).astype(int)
+  i1, wt = np.minimum(i0 + 1, 3), src - i0
+  resize = np.zeros((16, 4))
+  np.add.at(resize, (np.arange(16), i0), 1 - wt)
+  np.add.at(resize, (np.arange(16), i1), wt)
+  up = np.einsum("ij,njk,lk->nil", resize, patch, resize)
+  maps = np.stack([ndimage.gaussian_filter(m, cfg.funad.blur_sigma,
+                                           mode="reflect", truncate=4.0)
+                   for m in up])
+  want = {"image_auroc": metrics.roc_auc_score(test_y, scores),
+          "pixel_auroc": metrics.roc_auc_score(
+              masks[:, ::4, ::4].reshape(-1) > 0.5,
+              maps[:, ::4, ::4].reshape(-1))}
   assert last["test_image_auroc"] == pytest.approx(want["image_auroc"])
   assert last["test_pixel_auroc"] == pytest.approx(want["pixel_auroc"])
   assert out["oracle"]["epoch"] == 2
@@ -499,15 +655,22 @@ def test_ema_state_is_a_copy_and_tracks_the_parameters():
     dict(bank_exclude_batch=True),
     dict(distance_on_input=True, batch_patches=4),
     dict(bank_exclude_batch=True, bank_patches=30, distance_on_input=True),
-    dict(soft_labels=True, d_norm="rank", score_logits=True)])
+    dict(soft_labels=True, d_norm="rank", score_logits=True),
+    dict(bank_patches=30, soft_labels=True, d_norm="percentile")])
 def test_ours_bank_variants_step(kw):
+  """Each (ours) variant's losses, counts and cached scores equal the numpy
+  transcription of the iteration with that variant (_np_step_metrics)."""
   cfg, feats, valid, rows = _small_setup(bce="logit", **kw)
-  step = step_lib.make_train_step(cfg)
+  step = step_lib.make_train_step(cfg, donate=False)
   state = step_lib.init_state(cfg, jax.random.key(0), rows)
   for i in range(2):
+    want = _np_step_metrics(cfg, state["params"], feats, 24,
+                            np.arange(6), jax.random.key(i))
     state, m = step(state, jnp.arange(6, dtype=jnp.int32), jax.random.key(i),
                     feats, valid)
-  assert np.isfinite(float(m["loss"]))
+    _assert_step_metrics(m, want)
+    np.testing.assert_allclose(np.asarray(state["scores"])[:24],
+                               want["scores"], rtol=1e-5, atol=1e-6)
   if kw.get("batch_patches"):  # pairs among 6·4 patches at most
     assert int(m["num_pairs"]) <= 12
 
