@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dicofun import viz
+from tests import figure_pixels as fp
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -31,17 +32,37 @@ def _batch():
 
 def test_save_roc_curves(tmp_path, batch):
   _, masks, maps, scores, labels = batch
+  # The batch separates perfectly (anomalous pixels ≥ 1 > normal ones): both
+  # curves run up the left edge and along the top, area 1 read from the
+  # pixels; a scorer with inverted scores draws area ~0.
   path = tmp_path / "roc.png"
   viz.save_roc_curves(str(path), image_scores=scores, image_labels=labels,
                       maps=maps, masks=masks)
   _check_png(path)
+  rgb = fp.read_rgb(path)
+  half = rgb.shape[1] // 2
+  assert fp.roc_area(rgb[:, :half]) > 0.98  # image ROC
+  assert fp.roc_area(rgb[:, half:]) > 0.98  # pixel ROC
   path = tmp_path / "roc_image_only.png"
   viz.save_roc_curves(str(path), image_scores=scores, image_labels=labels)
   _check_png(path)
+  assert fp.roc_area(fp.read_rgb(path)) > 0.98
+  path = tmp_path / "roc_inverted.png"
+  viz.save_roc_curves(str(path), image_scores=-scores, image_labels=labels)
+  assert fp.roc_area(fp.read_rgb(path)) < 0.05
   path = tmp_path / "roc_no_defects.png"
   viz.save_roc_curves(str(path), image_scores=scores, image_labels=labels,
                       maps=maps, masks=np.zeros_like(masks))
   _check_png(path)
+  rgb = fp.read_rgb(path)
+  assert fp.roc_area(rgb[:, :half]) > 0.98
+  assert not fp.colour_mask(rgb[:, half:], fp.C0).any()  # no pixel curve
+
+
+def _red(rgb):
+  """Reddish: jet's top part (alone or half-blended over grey) and pure red;
+  grey, and jet's lower half (blue to green), are not."""
+  return rgb[..., 0] - rgb[..., 1:].max(-1) > 0.15
 
 
 def test_save_anomaly_maps(tmp_path, batch):
@@ -51,15 +72,38 @@ def test_save_anomaly_maps(tmp_path, batch):
                         titles=[f"img{i}.png" for i in range(len(maps))],
                         mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
   _check_png(path)
+  # Grey images (0 normalised = the mean): red can only come from the maps
+  # and the GT contours. Columns are images 0–5 (anomalous 3–5, maps ≥ 1 on
+  # a shared scale up to ~2); rows: image, GT contour (red), map, overlay.
+  viz.save_anomaly_maps(str(path), np.zeros_like(images), masks, maps,
+                        scores=scores, mean=(0.5,) * 3, std=(0.2,) * 3)
+  red = _red(fp.read_rgb(path))
+  h, w = red.shape
+  cols = np.array_split(red[:, :int(0.92 * w)], 6, axis=1)  # no colour bar
+  for j, col in enumerate(cols):
+    quarters = [q.sum() for q in np.array_split(col, 4, axis=0)]
+    if j < 3:  # normal: no red anywhere
+      assert sum(quarters) == 0, (j, quarters)
+    else:  # anomalous: contour, map and overlay, not the plain image
+      assert quarters[0] == 0 and min(quarters[1:]) > 20, (j, quarters)
 
 
 def test_save_overlay(tmp_path):
   rng = np.random.default_rng(1)
   image = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
   path = tmp_path / "overlay.png"
-  viz.save_overlay(str(path), image, rng.random((10, 10)), vmin=0.0, vmax=2.0)
+  amap = rng.random((10, 10))
+  amap[:5, :5] = 2.0  # the top-left quarter at the top of the scale
+  viz.save_overlay(str(path), image, amap, vmin=0.0, vmax=2.0)
   _check_png(path)
-  assert mpimg.imread(str(path)).shape[:2] == (40, 60)
+  rgb = fp.read_rgb(path)
+  assert rgb.shape[:2] == (40, 60)
+  # Where the map is high the overlay is red (½·jet(1) = dark red over the
+  # image: R − B ≥ ½·0.5 on average), elsewhere (map < 1, jet below green)
+  # it is not: blue outweighs red.
+  hot, rest = rgb[1:19, 1:29], rgb[22:, 32:]
+  assert (hot[..., 0] - hot[..., 2]).mean() > 0.2
+  assert (rest[..., 2] - rest[..., 0]).mean() > 0.1
 
 
 def test_save_overlay_pixels_blend_the_image_and_the_scaled_map(tmp_path):
@@ -81,6 +125,19 @@ def test_save_best_worst_grid(tmp_path, batch):
   viz.save_best_worst_grid(str(path), images, masks, maps, scores, labels,
                            k=4)
   _check_png(path)
+  # Grey images: red only where an anomalous map (≥ 1 of ~2) is overlaid.
+  # Rows: best normals, best anomalies, worst normals, worst anomalies; 3
+  # images of each class, so the 4th tile of every row is empty.
+  viz.save_best_worst_grid(str(path), np.zeros_like(images), masks, maps,
+                           scores, labels, k=4)
+  red = _red(fp.read_rgb(path))
+  tiles = [[t.sum() for t in np.array_split(row, 4, axis=1)]
+           for row in np.array_split(red, 4, axis=0)]
+  for i, row in enumerate(tiles):
+    if i in (1, 3):
+      assert min(row[:3]) > 20 and row[3] == 0, (i, row)
+    else:
+      assert sum(row) == 0, (i, row)
 
 
 def test_save_heatmap(tmp_path):
@@ -133,6 +190,28 @@ def test_learning_curve_series_by_panel_and_png(tmp_path):
   path = tmp_path / "curve.png"
   assert viz.save_learning_curve(str(path), history, title="t")
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # What it shows, panel by panel (thirds of the figure, left to right),
+  # keys in sorted order as C0, C1: the evaluation points (test 0.7 above
+  # transductive 0.6), the falling losses (loss above bce), the rising
+  # pseudo-anomalous fraction; y in pixels grows downwards.
+  rgb = fp.read_rgb(path)
+  third = rgb.shape[1] // 3
+  panels = [rgb[:, i * third:(i + 1) * third] for i in range(3)]
+
+  def pixels(panel, colour):
+    ys, xs = np.nonzero(fp.colour_mask(panel, colour))
+    assert len(ys) > 20, colour
+    return xs, ys
+
+  def slope(panel, colour):
+    return np.polyfit(*pixels(panel, colour), 1)[0]
+
+  assert (pixels(panels[0], fp.C0)[1].mean()
+          < pixels(panels[0], fp.C1)[1].mean())
+  assert slope(panels[1], fp.C0) > 0.05 and slope(panels[1], fp.C1) > 0.05
+  assert pixels(panels[1], fp.C1)[1].mean() < pixels(panels[1], fp.C0)[1].mean()
+  assert slope(panels[2], fp.C0) < -0.05
+  assert not fp.colour_mask(panels[2], fp.C1).any()  # one series only
   assert not viz.save_learning_curve(str(tmp_path / "none.png"),
                                      [{"epoch": 1, "num_pairs": 3.0}])
   assert not (tmp_path / "none.png").exists()
