@@ -4,10 +4,13 @@ import types
 
 import ml_collections
 import numpy as np
+import pytest
+from sklearn import metrics as skm
 
 from dicofun import api
 from dicofun import results
 from dicofun.data import records
+from tests import figure_pixels as fp
 
 # 12 test images: 6 normals, 6 anomalies, scores chosen so the four rows are
 # known by hand.
@@ -82,7 +85,18 @@ def test_write_figures_draws_the_learning_curve_of_a_trained_method(tmp_path):
       str(tmp_path), config, api.RunData(train=[], test=test, category="c"),
       preds, {"label": LABELS, "mask": None})
   assert written == ["learning_curve.png", "roc.png"]
-  assert (tmp_path / "learning_curve.png").stat().st_size > 0
+  # The curve shows this history: the evaluation panel (left) the AUROC
+  # rising 0.6 → 0.7, the loss panel (right) falling 1.0 → 0.5 (pixel y
+  # grows downwards), in the first line colour.
+  rgb = fp.read_rgb(tmp_path / "learning_curve.png")
+  half = rgb.shape[1] // 2
+  for panel, sign in ((rgb[:, :half], -1), (rgb[:, half:], 1)):
+    ys, xs = np.nonzero(fp.colour_mask(panel, fp.C0))
+    assert len(xs) > 50
+    assert sign * np.polyfit(xs, ys, 1)[0] > 0.05
+  # The ROC figure's curve has the scores' AUROC (read from its pixels).
+  assert fp.roc_area(fp.read_rgb(tmp_path / "roc.png")) == pytest.approx(
+      skm.roc_auc_score(LABELS, SCORES), abs=0.04)  # 0.556; swapped: 0.444
 
 
 def test_git_commit_is_read_once_per_process(monkeypatch):
