@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from dicofun import user_errors
 from dicofun import viz
 from dicofun.data import pipeline
 from dicofun.data import tfds_source
@@ -46,7 +47,7 @@ THUMB_DIR = "report_images"  # Thumbnails of a run workdir's test images.
 THUMB_SIDE = 128
 
 
-class NotAReportableRunError(FileNotFoundError):
+class NotAReportableRunError(user_errors.UserError, FileNotFoundError):
   """The folder holds neither a finished run nor a dicofun inspect output."""
 
 

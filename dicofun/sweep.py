@@ -50,6 +50,7 @@ import ml_collections
 import numpy as np
 
 from dicofun import fileio
+from dicofun import user_errors
 from dicofun import viz
 
 CONFIG_AXIS = "config"
@@ -60,7 +61,7 @@ CSV_NAME = "sweep_results.csv"
 MD_NAME = "sweep_results.md"
 
 
-class SweepError(ValueError):
+class SweepError(user_errors.UserError, ValueError):
   """A sweep config or sweep workdir that cannot be run as asked."""
 
 
@@ -540,7 +541,7 @@ def last_epoch_values(res: dict[str, Any]) -> dict[str, Any]:
   if not history:
     return {}
   return {f"last.{k}": v for k, v in history[-1].items()
-          if k != "epoch" and isinstance(v, (int, float))
+          if k not in ("epoch", "step") and isinstance(v, (int, float))
           and not isinstance(v, bool)}
 
 

@@ -158,7 +158,7 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-class UnknownDatasetError(ValueError):
+class UnknownDatasetError(errors.DatasetError):
   """``config.dataset.name`` names no registered dataset."""
 
 
