@@ -38,8 +38,9 @@ def main(argv):
     last = history[-1]
     shown = {k: round(v, 4) for k, v in last.items()
              if k.endswith("_auroc") and isinstance(v, float)}
+    x_key = viz.curve_x(history)
     print(f"- [{name}]({os.path.relpath(png, 'benchmarks')}): "
-          f"last epoch {last.get('epoch')} {shown}")
+          f"last {x_key} {last.get(x_key)} {shown}")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,12 @@ Run::
 
 Args: category, contamination, preset (default | paper: the published
 recipe, METHODS §1; default: the measured best, every difference marked
-ours), rho (memory-bank ratio ρ), epochs, lr, batch (images per
+ours), rho (memory-bank ratio ρ), steps (the default preset's budget in
+optimiser steps), min_epochs (its floor in passes), epochs (the paper's
+budget; given alone it counts the budget in epochs, steps=0), lr, batch (images per
 iteration), tau_n, lam (weight of L_MS), smoothness (mae|mse|kl),
-refresh_every (1 = rescore every iteration), eval_every, noise (Gaussian
+refresh_every (1 = rescore every iteration), eval_every (steps, or epochs
+with steps=0), noise (Gaussian
 synthesis), bank_patches (ours; 0 = all bank patches), batch_patches (ours;
 0 = all patch positions), d_norm (minmax|percentile|rank), d_lo, d_hi
 (percentiles of d_norm=percentile), bce (clamped|logit), soft (ours; soft
@@ -31,8 +34,9 @@ smoke size of get_config).
 Defaults: ``default_config(preset)`` of dicofun/methods/funad/config.py, the
 shared blocks of ``configlib.run_config`` and the values below; an arg given
 explicitly wins over runlocal.
-The result is the last epoch; ``extra.oracle`` in results.json is the
-test-selected epoch, labelled as such.
+The result is the last step; ``extra.oracle`` in results.json is the
+test-selected evaluation, labelled as such. ``learning_curve.png`` in the
+workdir draws the history against the optimiser step.
 """
 
 from dicofun import configlib
@@ -49,6 +53,5 @@ def get_config(arg=None):
     config.dataset.image_size = 112  # 8×8 ViT-S/14 patches.
     config.dataset.synthetic.update(num_train=30, num_test_good=10,
                                     num_test_anomalous=10)
-    config.funad.update(epochs=3, batch_size=8, eval_every=1,
-                        checkpoint_every=1)
+    funad_config.runlocal(config.funad)
   return funad_config.apply_args(config, arg)

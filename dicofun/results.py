@@ -47,14 +47,16 @@ def write_scores_csv(path: str, data: api.RunData,
 
 def write_summaries(workdir: str, metrics: dict[str, Any],
                     extra: dict[str, Any], *, enabled: bool) -> None:
-  """Final metrics as TensorBoard scalars ``<view>/<metric>``, at the step of
-  the last epoch (the per-epoch ``history/*`` was written live by
-  ``training.run_loop`` into the same directory)."""
+  """Final metrics as TensorBoard scalars ``<view>/<metric>``, at the x of
+  the last history row: the last optimiser step where the method counts
+  them (``extra["steps"]``, FUN-AD), else the last epoch (the per-epoch
+  ``history/*`` was written live by ``training.run_loop`` into the same
+  directory)."""
   writer = summary.SummaryWriter(
       os.path.join(workdir, summary.TENSORBOARD_DIR), enabled=enabled,
       filename_suffix=".final")
   try:
-    final_step = int(extra.get("epochs", 0) or 0)
+    final_step = int(extra.get("steps") or extra.get("epochs", 0) or 0)
     for view, m in metrics.items():
       for k, v in (m.items() if isinstance(m, dict) else []):
         if isinstance(v, (int, float, np.floating)):

@@ -10,7 +10,8 @@ scores the test set for the history. ``run_loop`` owns everything else:
 * periodic evaluation: after every ``eval_every``-th epoch and after the last
   one (``eval_every=0``: after the last one only);
 * the history: one row per epoch, ``{"epoch", **train metrics,
-  **{"test_<k>": v for the evaluation}}``, kept as
+  **{"test_<k>": v for the evaluation}}`` (and ``"step"``, the optimiser
+  steps done, with ``step_of``), kept as
   ``<workdir>/checkpoints/history.json``;
 * orbax checkpoints in ``<workdir>/checkpoints/train_ckpt`` every
   ``checkpoint_every`` epochs and after the last one, and automatic resume
@@ -35,7 +36,13 @@ and, on evaluated epochs, the evaluation's ``test_*`` values),
 ``speed/images_per_second``; on evaluated epochs the anomaly-map figure
 (``FIGURE``, an (H, W, 3) uint8 image the evaluation may return; it does not
 enter the history) as the image ``history/anomaly_maps``. Steps are the
-completed epochs. Only the main process writes.
+completed epochs, or the optimiser steps with ``step_of``. Only the main
+process writes.
+
+An "epoch" of the loop is the method's round: one pass over the training set
+(DiCo, FUN-AD's paper preset), or a fixed number of iterations drawn from a
+stream of per-epoch permutations (FUN-AD's budget in steps), as long as the
+round is a pure function of ``(state, round)``.
 
 Crash safety: the history is written (atomically: temporary file +
 ``os.replace``) *before* each checkpoint, and only its rows up to the restored
@@ -205,6 +212,8 @@ def select_oracle(history: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
   value, best = max(scored, key=lambda vr: vr[0])  # First maximum wins.
   oracle = {"note": ORACLE_NOTE, "criterion": ORACLE_CRITERION,
             "epoch": best["epoch"], "selection_value": value}
+  if "step" in best:
+    oracle["step"] = best["step"]
   oracle.update({k[len(EVAL_PREFIX):]: v for k, v in best.items()
                  if k.startswith(EVAL_PREFIX)})
   return oracle
@@ -246,7 +255,7 @@ class ResumeMismatchError(user_errors.UserError, ValueError):
 # fused encoder pass give the same function) stay out of the fingerprint.
 # DiCo's scoring settings (the image score, the blur, inference-time masks)
 # only read the trained model, so a finished run can be re-scored with others.
-_NOT_TRAINING = frozenset({"epochs", "eval_every", "checkpoint_every",
+_NOT_TRAINING = frozenset({"epochs", "steps", "min_epochs", "eval_every", "checkpoint_every",
                            "eval_batch_size", "transductive", "cache_targets",
                            "fuse_encoder", "cpu_preset", "score_mode", "kappa",
                            "topk_fraction", "k_masks", "k_masks_combine",
@@ -398,7 +407,8 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
              restart: bool = False,
              desc: str = "epochs",
              summary_dir: Optional[str] = None,
-             images_per_epoch: Optional[int] = None) -> LoopResult:
+             images_per_epoch: Optional[int] = None,
+             step_of: Optional[Callable[[int], int]] = None) -> LoopResult:
   """Trains for ``epochs`` epochs with evaluation, history and checkpoints.
 
   Args:
@@ -427,6 +437,8 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
       None: none).
     images_per_epoch: training images one epoch processes, for
       ``speed/images_per_second`` (None: not written).
+    step_of: completed epochs → completed optimiser steps: every history
+      row (and the oracle) then carries ``"step"``, TensorBoard's x axis.
 
   Returns:
     A ``LoopResult``.
@@ -497,7 +509,8 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
           state=state, start=start, epochs=epochs, epoch_fn=epoch_fn,
           evaluate_fn=evaluate_fn, eval_every=eval_every, history=history,
           ckpt=ckpt, hist_path=hist_path, writer=writer,
-          images_per_epoch=images_per_epoch, desc=desc, deferral=deferral)
+          images_per_epoch=images_per_epoch, desc=desc, deferral=deferral,
+          step_of=step_of)
   finally:
     if writer is not None:
       writer.close()
@@ -513,10 +526,10 @@ def _write_epoch(writer: summary_lib.SummaryWriter, row: dict[str, Any],
                  figure: Optional[np.ndarray], seconds: float,
                  images_per_epoch: Optional[int]) -> None:
   """One epoch's TensorBoard events, flushed (see the module docstring)."""
-  step = int(row["epoch"])
+  step = int(row.get("step", row["epoch"]))
   for k, v in row.items():
     numeric = isinstance(v, (int, float, np.number))
-    if k != "epoch" and numeric and not isinstance(v, (bool, np.bool_)):
+    if k not in ("epoch", "step") and numeric and not isinstance(v, (bool, np.bool_)):
       writer.scalar(f"history/{k}", float(v), step)
   writer.scalar("speed/epoch_seconds", seconds, step)
   if images_per_epoch:
@@ -529,7 +542,7 @@ def _write_epoch(writer: summary_lib.SummaryWriter, row: dict[str, Any],
 
 def _epochs(*, state, start, epochs, epoch_fn, evaluate_fn, eval_every,
             history, ckpt, hist_path, writer, images_per_epoch, desc,
-            deferral=None):
+            deferral=None, step_of=None):
   """The epochs of ``run_loop``: ``(final state, each epoch's seconds)``."""
   epoch_seconds: list[float] = []
   saved = start  # Completed epochs the newest checkpoint holds (0: none).
@@ -547,6 +560,8 @@ def _epochs(*, state, start, epochs, epoch_fn, evaluate_fn, eval_every,
     done = epoch + 1
     last = done == epochs
     row: dict[str, Any] = {"epoch": done}
+    if step_of is not None:
+      row["step"] = int(step_of(done))
     row.update({k: float(v) for k, v in metrics.items()})
     figure = None
     if evaluate_fn is not None and _due(done, eval_every, last):

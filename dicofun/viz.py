@@ -423,28 +423,37 @@ def _curve_panel(key: str) -> Optional[str]:
   return None
 
 
+def curve_x(history: Sequence[dict]) -> str:
+  """The x axis of a learning curve: ``"step"`` (optimiser steps) when every
+  row has one, else ``"epoch"``."""
+  return "step" if history and all("step" in r for r in history) else "epoch"
+
+
 def curve_series(history: Sequence[dict]) -> dict[str, dict[str, tuple]]:
   """The learning-curve series of a training history, by panel.
 
   Args:
     history: one row per epoch (``training.run_loop``'s history): ``epoch``
-      and numeric values; evaluated epochs add ``test_*`` (and FUN-AD's
+      (and ``step``, the optimiser steps, where the method counts them) and
+      numeric values; evaluated epochs add ``test_*`` (and FUN-AD's
       ``transductive_image_auroc``).
 
   Returns:
-    ``{panel: {key: (epochs, values)}}`` for the panels "evaluation",
-    "loss" and "fraction" that have at least one numeric value; a key's
-    series holds only the epochs where it was recorded.
+    ``{panel: {key: (xs, values)}}`` for the panels "evaluation", "loss"
+    and "fraction" that have at least one numeric value; x is the row's
+    ``curve_x`` (step or epoch) and a key's series holds only the rows where
+    it was recorded.
   """
   panels: dict[str, dict[str, tuple]] = {}
+  x_key = curve_x(history)
   keys = sorted({k for row in history for k in row})
   for key in keys:
     panel = _curve_panel(key)
     if panel is None:
       continue
-    pts = [(row["epoch"], float(row[key])) for row in history
+    pts = [(row[x_key], float(row[key])) for row in history
            if isinstance(row.get(key), (int, float))
-           and not isinstance(row.get(key), bool) and "epoch" in row]
+           and not isinstance(row.get(key), bool) and x_key in row]
     if pts:
       epochs, values = zip(*pts)
       panels.setdefault(panel, {})[key] = (tuple(epochs), tuple(values))
@@ -455,7 +464,8 @@ def save_learning_curve(path: str, history: Sequence[dict], *,
                         title: str = "") -> bool:
   """Learning curves of a training history as one PNG, a panel per kind.
 
-  Evaluation metrics per evaluated epoch (test image/pixel AUROC, FUN-AD's
+  The x axis is the optimiser step where the history has one (FUN-AD), else
+  the epoch. Evaluation metrics per evaluated epoch (test image/pixel AUROC, FUN-AD's
   transductive image AUROC), the training losses per epoch, and label or
   gate statistics per epoch (FUN-AD's pseudo-anomalous fraction, DiCo's gate
   and item usage), each on its own axes (``curve_series``).
@@ -472,14 +482,15 @@ def save_learning_curve(path: str, history: Sequence[dict], *,
   if not panels:
     return False
   plt = _pyplot()
+  x_key = curve_x(history)
   order = [p for p in ("evaluation", "loss", "fraction") if p in panels]
   fig, axes = plt.subplots(1, len(order), figsize=(5.0 * len(order), 3.6),
                            squeeze=False)
   for ax, panel in zip(axes[0], order):
     for key, (epochs, values) in panels[panel].items():
       ax.plot(epochs, values, marker="o", markersize=3, label=key)
-    ax.set_xlabel("epoch")
-    ax.set_title({"evaluation": "evaluation (last epoch = result)",
+    ax.set_xlabel(x_key)
+    ax.set_title({"evaluation": f"evaluation (last {x_key} = result)",
                   "loss": "training loss", "fraction": "labels / gates"}[panel])
     if panel == "fraction" and all(
         v > 0 for _, vals in panels[panel].values() for v in vals):

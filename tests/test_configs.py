@@ -206,9 +206,16 @@ def test_funad_synthetic_runlocal_block():
           funad.checkpoint_every) == (3, 8, 1, 1)
   full = _get_config("funad_synthetic")
   assert full.dataset.image_size == 224
-  assert (full.funad.epochs, full.funad.eval_every) == (10, 1)  # default
+  # The default preset's budget is in optimiser steps (issue 27).
+  assert (full.funad.steps, full.funad.min_epochs, full.funad.eval_every,
+          full.funad.checkpoint_every) == (300, 2, 50, 50)
   paper = _get_config("funad_synthetic", "preset=paper")
-  assert (paper.funad.epochs, paper.funad.eval_every) == (1500, 50)
+  assert (paper.funad.epochs, paper.funad.steps,
+          paper.funad.eval_every) == (1500, 0, 50)
+  # An explicit epochs= counts the budget in epochs, steps= wins with it.
+  assert (_get_config("funad_synthetic", "epochs=30").funad.steps,
+          _get_config("funad_synthetic", "epochs=30,steps=500").funad.steps
+          ) == (0, 500)
 
 
 def test_funad_preset_then_runlocal_then_explicit_args():

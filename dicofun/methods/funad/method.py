@@ -16,6 +16,8 @@ checkpoints and history are ``dicofun.training.run_loop``'s.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import time
 from typing import Any, Optional
@@ -65,6 +67,63 @@ def step_config(cfg: ml_collections.ConfigDict, *, dim: int,
       soft_labels=bool(cfg.soft_labels), schedule=str(cfg.schedule),
       warmup_steps=int(cfg.warmup_steps), ema=float(cfg.ema),
       score_logits=bool(cfg.score_logits))
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """The length of a FUN-AD run and the unit of its loop.
+
+  ``training.run_loop`` runs ``rounds`` rounds of ``round_steps`` iterations
+  each; global iteration g is position ``g % iters_per_epoch`` of epoch
+  ``g // iters_per_epoch`` (a fresh permutation of the training images per
+  epoch), so a round is a pure function of (state, round) whatever its size.
+
+  Attributes:
+    batch: images per iteration.
+    iters_per_epoch: iterations per pass over the training images.
+    total_steps: iterations of the whole run.
+    round_steps: iterations per round of the loop (one history row).
+    eval_every: evaluate every this many rounds (0: after the last only).
+    checkpoint_every: checkpoint every this many rounds (0: the last only).
+    in_steps: the budget is counted in steps (``funad.steps`` > 0, ours);
+      else in epochs (the paper), one round per epoch.
+  """
+  batch: int
+  iters_per_epoch: int
+  total_steps: int
+  round_steps: int
+  eval_every: int
+  checkpoint_every: int
+  in_steps: bool
+
+  @property
+  def rounds(self) -> int:
+    return self.total_steps // self.round_steps
+
+
+def budget(cfg: ml_collections.ConfigDict, num_images: int) -> Budget:
+  """The run length of ``config.funad`` on ``num_images`` training images.
+
+  Paper (``steps=0``): ``epochs`` passes, a round per epoch, ``eval_every``
+  and ``checkpoint_every`` in epochs. Step budget **(ours)**: max(``steps``,
+  ``min_epochs`` passes) iterations, whatever the training-set size; a round
+  is gcd(``eval_every``, ``checkpoint_every``) iterations (the whole run when
+  both are 0) and the total is rounded up to whole rounds.
+  """
+  b = max(1, min(int(cfg.batch_size), int(num_images)))
+  iters = max(int(num_images) // b, 1)
+  every_e, every_c = int(cfg.eval_every), int(cfg.checkpoint_every)
+  if int(cfg.get("steps", 0)) <= 0:
+    return Budget(batch=b, iters_per_epoch=iters,
+                  total_steps=int(cfg.epochs) * iters, round_steps=iters,
+                  eval_every=every_e, checkpoint_every=every_c,
+                  in_steps=False)
+  total = max(int(cfg.steps), int(cfg.get("min_epochs", 0)) * iters)
+  k = math.gcd(every_e, every_c) or total
+  total = -(-total // k) * k
+  return Budget(batch=b, iters_per_epoch=iters, total_steps=total,
+                round_steps=k, eval_every=every_e // k,
+                checkpoint_every=every_c // k, in_steps=True)
 
 
 # ----------------------------------------------------------------- helpers
@@ -220,17 +279,18 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
   cfg = config.funad
   flat, _ = _flat_tokens(train_features)
   n, p, d = flat.shape
-  b = int(cfg.batch_size)
-  if b > n:
+  if int(cfg.batch_size) > n:
     logging.warning("FUN-AD: batch_size %d > %d training images; using %d",
-                    b, n, n)
-    b = n
+                    int(cfg.batch_size), n, n)
+  plan = budget(cfg, n)
+  b, iters, k = plan.batch, plan.iters_per_epoch, plan.round_steps
+  logging.info("FUN-AD: %d iterations (%.1f passes over %d images, batch "
+               "%d) in %d rounds of %d", plan.total_steps,
+               plan.total_steps / iters, n, b, plan.rounds, k)
   mesh = _mesh()
   ndev = 1 if mesh is None else mesh.size
   rows, chunk = step_lib.padded_size(n, int(cfg.score_chunk), ndev)
-  iters = n // b
-  scfg = step_config(cfg, dim=d, num_images=n,
-                     total_steps=int(cfg.epochs) * iters)
+  scfg = step_config(cfg, dim=d, num_images=n, total_steps=plan.total_steps)
   scfg = step_lib.StepConfig(**{**scfg.__dict__, "score_chunk": chunk})
   feats = _place(step_lib.pad_images(flat, rows), mesh, shard=True)
   valid = _place(np.arange(rows) < n, mesh, shard=True)
@@ -242,18 +302,26 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
   if train_labels is not None and len(np.unique(train_labels)) < 2:
     train_labels = None
 
-  def _evaluated(epoch: int) -> bool:  # ``training.run_loop``'s schedule.
-    done, every = epoch + 1, int(cfg.eval_every)
-    return done == int(cfg.epochs) or (every > 0 and done % every == 0)
+  def _evaluated(rnd: int) -> bool:  # ``training.run_loop``'s schedule.
+    done, every = rnd + 1, plan.eval_every
+    return done == plan.rounds or (every > 0 and done % every == 0)
 
-  def epoch_fn(state, epoch):
-    # A pure function of the epoch: resumed runs see the same batches.
-    perm = np.random.default_rng([int(config.seed), epoch]).permutation(n)
-    ekey = jax.random.fold_in(jax.random.fold_in(base_key, 1), epoch)
+  def round_fn(state, rnd):
+    # A pure function of the round: global iteration g is position g % iters
+    # of epoch g // iters, whose permutation and keys derive from the epoch
+    # alone, so resumed runs see the same batches (and a round of the paper
+    # preset, one epoch, is the epoch it always was).
     sums: dict[str, Any] = {}
-    for it in progress_lib.progress(range(iters), total=iters,
-                                    desc=f"FUN-AD epoch {epoch + 1} iterations"):
+    perm, epoch = None, -1
+    for g in progress_lib.progress(
+        range(rnd * k, (rnd + 1) * k), total=k,
+        desc=f"FUN-AD round {rnd + 1}/{plan.rounds} iterations"):
       interrupt.between_steps()  # Ctrl-C (``training.run_loop``).
+      if g // iters != epoch:
+        epoch = g // iters
+        perm = np.random.default_rng([int(config.seed), epoch]).permutation(n)
+        ekey = jax.random.fold_in(jax.random.fold_in(base_key, 1), epoch)
+      it = g % iters
       idx = _place(perm[it * b:(it + 1) * b].astype(np.int32), mesh,
                    shard=False)
       state, m = step(state, idx, jax.random.fold_in(ekey, it), feats, valid)
@@ -265,10 +333,10 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
       # whose device-1 half could then never start, and device 0 waited in
       # the step's all-reduce until XLA aborted the process (FUN-AD on
       # magnetic tile, runlocal, 2 cores; benchmarks/phases.py).
-      for k, v in jax.device_get(m).items():
-        sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
-    out = {k: float(v) / max(iters, 1) for k, v in sums.items()}
-    if train_labels is not None and _evaluated(epoch):
+      for key, v in jax.device_get(m).items():
+        sums[key] = sums.get(key, 0.0) + np.asarray(v, np.float64)
+    out = {key: float(v) / k for key, v in sums.items()}
+    if train_labels is not None and _evaluated(rnd):
       scores, _ = predict_features(
           config, {"params": _infer_params(state)}, train_features,
           with_maps=False)
@@ -301,26 +369,30 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
               std=pre.std)
       return out
 
+  # The round count is not part of the fingerprint (a run may be
+  # extended), but a cosine schedule's length is, and so is the size of a
+  # round of a step budget (a checkpoint counts rounds) (ours).
+  extra_fp = {}
+  if scfg.schedule != "constant":
+    extra_fp["funad.total_steps"] = scfg.total_steps
+  if plan.in_steps:
+    extra_fp["funad.round_steps"] = k
   loop = training.run_loop(
-      state=state, epochs=int(cfg.epochs), epoch_fn=epoch_fn,
+      state=state, epochs=plan.rounds, epoch_fn=round_fn,
       evaluate_fn=evaluate_fn, workdir=workdir,
-      checkpoint_every=int(cfg.checkpoint_every),
-      eval_every=int(cfg.eval_every),
+      checkpoint_every=plan.checkpoint_every, eval_every=plan.eval_every,
       place=lambda s: _place_state(s, mesh),
-      # The epoch count is not part of the fingerprint (a run may be
-      # extended), but a cosine schedule's length is (ours).
-      fingerprint=training.training_fingerprint(
-          config, "funad",
-          extra=({"funad.total_steps": scfg.total_steps}
-                 if scfg.schedule != "constant" else None)),
-      restart=bool(config.get("restart", False)), desc="FUN-AD epochs",
-      summary_dir=summary_dir, images_per_epoch=iters * b)
-  per_epoch = loop.seconds_per_epoch
+      fingerprint=training.training_fingerprint(config, "funad",
+                                                extra=extra_fp or None),
+      restart=bool(config.get("restart", False)),
+      desc="FUN-AD rounds" if plan.in_steps else "FUN-AD epochs",
+      summary_dir=summary_dir, images_per_epoch=k * b,
+      step_of=lambda done: done * k)
+  per_round = loop.seconds_per_epoch
   return {"params": jax.device_get(_infer_params(loop.state)),
-          "history": loop.history, "oracle": loop.oracle,
-          "seconds_per_iteration": (per_epoch / iters
-                                    if per_epoch is not None and iters
-                                    else None)}
+          "history": loop.history, "oracle": loop.oracle, "budget": plan,
+          "seconds_per_iteration": (per_round / k
+                                    if per_round is not None else None)}
 
 
 def run(config: ml_collections.ConfigDict, data: api.RunData,
@@ -364,6 +436,7 @@ def run(config: ml_collections.ConfigDict, data: api.RunData,
             summary_dir=summary_dir,
             train_labels=np.array([r.label for r in data.train]))
   fit_s = time.time() - t1
+  plan = out["budget"]
   state = {"params": out["params"]}
   t2 = time.time()
   if test_feats is None:
@@ -381,10 +454,18 @@ def run(config: ml_collections.ConfigDict, data: api.RunData,
   history = [{k: v for k, v in h.items() if k != "test_scores"}
              for h in out["history"]]
   extra: dict[str, Any] = {
-      "result_epoch": int(config.funad.epochs),
-      "epochs": int(config.funad.epochs),  # TensorBoard step of the metrics.
-      # One row per epoch (losses; test_* on evaluated epochs); the loop
-      # wrote each row to TensorBoard (history/*) as it trained.
+      # The result is the last step; TensorBoard's x axis is the step.
+      "result_step": plan.total_steps,
+      "steps": plan.total_steps,
+      # Passes over the training images (the paper's budget; a step budget's
+      # need not be whole).
+      "epochs": (int(config.funad.epochs) if not plan.in_steps
+                 else plan.total_steps / plan.iters_per_epoch),
+      "round_steps": plan.round_steps,
+      # One row per round of the loop (an epoch of the paper preset):
+      # ``step`` the iterations done, ``epoch`` the rounds done, the round's
+      # mean losses, test_* on evaluated rounds; the loop wrote each row to
+      # TensorBoard (history/*, x = step) as it trained.
       "history": history,
       "oracle": out["oracle"],
       "feature_shape": list(np.shape(train_feats)[1:]),
