@@ -160,6 +160,16 @@ def overlay_image(config, path: str) -> np.ndarray:
   return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
 
 
+def summary(outcome: PredictOutcome) -> str:
+  """The lines ``dicofun predict`` prints at the end."""
+  lines = [f"{int(outcome.decisions.sum())}/{len(outcome.files)} images above "
+           f"threshold {outcome.threshold:.6g}; scores in {outcome.csv_path}"]
+  if outcome.errors:
+    lines.append(f"{len(outcome.errors)} unreadable file(s) skipped, listed "
+                 f"in {outcome.errors_path}")
+  return "\n".join(lines)
+
+
 def _overlay_path(out_dir: str, images_dir: str, path: str) -> str:
   rel = os.path.relpath(path, images_dir)
   return os.path.join(out_dir, "overlays", os.path.splitext(rel)[0] + ".png")

@@ -115,7 +115,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   table = results_lib.metrics_table(
       metrics, title=f"{config.method} on {config.dataset.name}/{data.category}"
       f" (contamination {config.dataset.contamination})")
-  logging.info("Results:\n%s", table)
+  # The command line prints the table once, on stdout; the log keeps it at
+  # DEBUG (``--verbosity=1``).
+  logging.debug("Results:\n%s", table)
   if main_process:
     figures = results_lib.write_figures(workdir, config, data, preds, eval_arrays)
     lap("figures")

@@ -10,7 +10,7 @@ unknown keys are an error); any field can also be overridden with
 ``--config.dataset.root=/path`` style flags.
 """
 
-from absl import app
+import sys
 
 from dicofun import cpu
 
@@ -19,4 +19,4 @@ cpu.configure_cpu_devices()  # Before anything imports jax.
 from dicofun import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 if __name__ == "__main__":
-  app.run(cli.run_command)
+  cli.main([sys.argv[0], "run", *sys.argv[1:]])

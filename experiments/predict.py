@@ -11,7 +11,7 @@ image and, with ``--save_maps``, ``maps.npy`` to ``--out`` (default
 ``<workdir>/predictions``).
 """
 
-from absl import app
+import sys
 
 from dicofun import cpu
 
@@ -20,4 +20,4 @@ cpu.configure_cpu_devices()  # Before anything imports jax.
 from dicofun import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 if __name__ == "__main__":
-  app.run(cli.predict_command)
+  cli.main([sys.argv[0], "predict", *sys.argv[1:]])

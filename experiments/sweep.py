@@ -13,7 +13,7 @@ cell's config and lists the commands without running them. The summary lands
 in ``<workdir>/sweep_results.{csv,md}`` and ``heatmap_*.png``.
 """
 
-from absl import app
+import sys
 
 from dicofun import cpu
 
@@ -22,4 +22,4 @@ cpu.configure_cpu_devices()  # Before anything imports jax.
 from dicofun import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 if __name__ == "__main__":
-  app.run(cli.sweep_command)
+  cli.main([sys.argv[0], "sweep", *sys.argv[1:]])
