@@ -19,9 +19,10 @@ Outputs, in ``out_dir``:
 
 * ``scores.csv``: ``file`` (relative to the folder), ``score``, ``rank``
   (1 = most anomalous), ``decision`` (1 = flagged), ``label`` (when known)
-  and ``overlay`` (relative to ``out_dir``);
-* ``report.html`` with ``images/``, ``overlays/``, ``histogram.png`` (and
-  ``roc.png`` with labels), see ``dicofun.report``;
+  and ``overlay`` (its overlay thumbnail, relative to ``out_dir``);
+* ``report.html`` with ``images/`` and ``overlays/`` (small JPEG
+  thumbnails of each image and of its anomaly-map overlay),
+  ``histogram.png`` (and ``roc.png`` with labels), see ``dicofun.report``;
 * ``model/``: the inference checkpoint with the threshold, so
   ``dicofun predict --model=OUT_DIR --images=NEW`` scores new images the
   same way (on the inspected images themselves ``predict`` differs from
@@ -57,7 +58,6 @@ from typing import Any, Callable, Optional
 from absl import logging
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from dicofun import api
 from dicofun import checkpoint
@@ -196,17 +196,14 @@ def labelled_metrics(config, records, scores, maps, labels, decisions
 
 def write_images(config, root: str, out_dir: str, files: list[str],
                  maps: np.ndarray, threshold: float) -> list[tuple[str, str]]:
-  """Per image: the preprocessed view and its overlay (one colour scale)."""
+  """Per image: the report's JPEG thumbnails of the preprocessed view and of
+  its overlay, every overlay on one colour scale (``predict.color_scale``)."""
   scale = predict_lib.color_scale(float(np.min(maps)), threshold)
   written = []
   for i in progress.progress(range(len(files)), desc="report images"):
-    thumb, over = report.thumb_paths(os.path.relpath(files[i], root))
     view = predict_lib.overlay_image(config, files[i])
-    for rel in (thumb, over):
-      os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
-    Image.fromarray(view).save(os.path.join(out_dir, thumb))
-    viz.save_overlay(os.path.join(out_dir, over), view, maps[i], **scale)
-    written.append((thumb, over))
+    written.append(report.write_thumbs(
+        out_dir, os.path.relpath(files[i], root), view, maps[i], scale))
   return written
 
 
@@ -312,14 +309,12 @@ def _inspect_into(tmp: str, root: str, paths: list[str], *,
       w.writerow([rels[i], repr(float(scores[i])), int(rank[i]),
                   int(decisions[i]), "" if labels[i] < 0 else int(labels[i]),
                   pictures[i][1]])
-  figures = [("score histogram with the threshold", "histogram.png")]
   viz.save_score_histogram(os.path.join(tmp, "histogram.png"), scores,
                            threshold=threshold, labels=labels)
   if metrics:
     known = labels >= 0
     viz.save_roc_curves(os.path.join(tmp, "roc.png"),
                         image_scores=scores[known], image_labels=labels[known])
-    figures.append(("image ROC against the labels", "roc.png"))
   seconds = time.time() - t0
   settings = {
       "folder": root, "method": config.method,
@@ -331,26 +326,16 @@ def _inspect_into(tmp: str, root: str, paths: list[str], *,
   }
   small_files = [(os.path.relpath(p, root), int(w), int(h))
                  for p, (w, h) in screened.small]
-  headline = report.inspect_headline(
-      flagged=int(decisions.sum()), images=len(files), threshold=threshold,
-      rule=rule, unreadable=len(screened.errors), small=small_files,
-      image_size=size, out_dir=out_dir, metrics=metrics)
-  rows = [report.Row(file=rels[i], score=float(scores[i]), rank=int(rank[i]),
-                     flagged=bool(decisions[i]),
-                     label=None if labels[i] < 0 else int(labels[i]),
-                     image=pictures[i][0], overlay=pictures[i][1])
-          for i in order]
-  report.write(
-      os.path.join(tmp, "report.html"),
-      title=f"dicofun inspect: {root}", headline=headline, rows=rows,
-      figures=figures, metrics=metrics,
-      errors=[(os.path.relpath(p, root), why) for p, why in screened.errors],
-      settings=settings)
+  scale = predict_lib.color_scale(float(np.min(maps)), threshold)
   results_lib.write_json_atomic(os.path.join(tmp, "inspect.json"), {
       "images": len(files), "flagged": int(decisions.sum()),
       "unreadable": len(screened.errors), "small": len(screened.small),
       "small_files": small_files,
+      "colour_scale": dict(scale, threshold=threshold) if scale else None,
       "metrics": metrics, "extra": preds.extra, **settings})
+  # The page from the files just written: `dicofun report` rebuilds it the
+  # same way.
+  report.build(tmp, shown_dir=out_dir)
   return InspectOutcome(
       files=files, scores=scores, decisions=decisions, threshold=threshold,
       threshold_rule=rule, labels=labels, metrics=metrics,

@@ -228,7 +228,7 @@ def test_inspect_scores_every_readable_image_with_a_robust_threshold(
                              / 255.0)
   assert [r["decision"] for r in rows] == ["1", "0", "0", "0", "0", "0", "0"]
   assert [r["label"] for r in rows] == ["1", "0", "0", "0", "", "0", "0"]
-  assert rows[0]["overlay"] == os.path.join("overlays", "defect", "x.png.png")
+  assert rows[0]["overlay"] == os.path.join("overlays", "defect", "x.png.jpg")
   assert all(os.path.isfile(os.path.join(out, r["overlay"])) for r in rows)
   assert [(r["file"], r["reason"]) for r in _rows(
       os.path.join(out, "errors.csv"))] == [
@@ -338,13 +338,17 @@ class _ReportParser(html.parser.HTMLParser):
 
   def __init__(self):
     super().__init__()
-    self.srcs, self.files, self._in_file = [], [], False
+    self.srcs, self.files, self.links = [], [], []
+    self._in_file = False
 
   def handle_starttag(self, tag, attrs):
     attrs = dict(attrs)
     if tag == "img":
       self.srcs.append(attrs["src"])
-    self._in_file = tag == "td" and attrs.get("class") == "file"
+    if tag == "a":
+      self.links.append(attrs["href"])
+    if tag == "td":
+      self._in_file = attrs.get("class") == "file"
 
   def handle_data(self, data):
     if self._in_file:
@@ -375,6 +379,8 @@ def check_report(out_dir):
   for src in parser.srcs:
     if not src.startswith("data:image/"):
       assert src_file(out_dir, src), src
+  for href in parser.links:  # The figures and the original images.
+    assert src_file(out_dir, href), href
   scored = [r["file"] for r in _rows(os.path.join(out_dir, "scores.csv"))]
   assert sorted(parser.files) == sorted(scored)
   assert len(set(parser.files)) == len(parser.files)
@@ -431,9 +437,9 @@ def test_report_links_to_awkward_file_names_resolve(tmp_path, monkeypatch):
   inspection.inspect_folder(str(root), out_dir=out, config=config)
   parser = check_report(out)
   assert len(parser.srcs) == 2 * 7 + 1
-  assert "images/a%231.png.png" in parser.srcs
-  assert "overlays/sub%23dir/x.png.png" in parser.srcs
-  assert "images/b%3F2.png.png" in parser.srcs
+  assert "images/a%231.png.jpg" in parser.srcs
+  assert "overlays/sub%23dir/x.png.jpg" in parser.srcs
+  assert "images/b%3F2.png.jpg" in parser.srcs
   moved = report.build(out, str(tmp_path / "elsewhere" / "page.html"))
   parser = _ReportParser()
   parser.feed(open(moved, encoding="utf-8").read())
@@ -492,8 +498,8 @@ def test_report_of_a_run_workdir_ranks_the_test_images(tmp_path):
   for src in parser.srcs:
     assert src_file(str(run), src), src
   assert "roc.png" in parser.srcs and "report_histogram.png" in parser.srcs
-  thumb = Image.open(run / "report_images" / "00001_b.png.png")
-  assert thumb.size == (85, 128)  # 200x300 in a 128-pixel box.
+  thumb = Image.open(run / "report_images" / "00001_b.png.jpg")
+  assert thumb.size == (75, 112)  # 200x300 in a 112-pixel box.
   with pytest.raises(report.NotAReportableRunError, match="not a finished"):
     report.build(str(tmp_path / "data_only"))
 

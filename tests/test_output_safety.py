@@ -22,7 +22,7 @@ from dicofun import api
 from dicofun import fileio
 from dicofun import inspection
 from dicofun import methods
-from dicofun import viz
+from dicofun import report
 from dicofun.data import images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,7 +134,7 @@ def test_rerun_replaces_its_own_output_but_not_a_users_file_in_it(
   second = _inspect(root, out, fake)
   assert len(second.files) == 5
   assert sorted(os.listdir(tmp_path)) == ["in", "out"]
-  assert not os.path.exists(out / "images" / "0.png.png")
+  assert not os.path.exists(out / "images" / "0.png.jpg")
   # A file the user put into dicofun's folder stops the next run.
   (out / "training" / "important.txt").write_text("my notes")
   before = _hashes(out)
@@ -192,15 +192,16 @@ def _full_disk_at(monkeypatch, where):
         return real(fd)
       raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(os, "fsync", fsync)
-  else:  # The third overlay PNG.
-    real_save, calls = viz.save_overlay, []
+  else:  # The third overlay thumbnail.
+    real_save, calls = report._thumb, []  # pylint: disable=protected-access
 
-    def save_overlay(*a, **kw):
-      calls.append(1)
-      if len(calls) == 3:
-        raise OSError(errno.ENOSPC, "No space left on device")
-      return real_save(*a, **kw)
-    monkeypatch.setattr(viz, "save_overlay", save_overlay)
+    def thumb(array, path):
+      if os.sep + "overlays" + os.sep in path:
+        calls.append(1)
+        if len(calls) == 3:
+          raise OSError(errno.ENOSPC, "No space left on device")
+      return real_save(array, path)
+    monkeypatch.setattr(report, "_thumb", thumb)
 
 
 @pytest.mark.parametrize("where", ["inspect.json", "overlays"])
