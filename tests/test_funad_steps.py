@@ -8,6 +8,7 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from dicofun import training
 from dicofun import viz
 from dicofun.methods.funad import config as funad_config
 from dicofun.methods.funad import method as funad
+from dicofun.methods.funad import model as model_lib
+from dicofun.methods.funad import step as step_lib
 
 
 def _features(n, seed=0, h=4, w=4, d=16):
@@ -128,3 +131,42 @@ def test_learning_curve_x_axis_is_the_step():
   assert panels["evaluation"]["test_image_auroc"] == ((100,), (0.9,))
   # Histories without steps (DiCo) keep epochs.
   assert viz.curve_x([{"epoch": 1, "loss": 1.0}]) == "epoch"
+
+
+@pytest.mark.parametrize("num_noised", [0, 3, 40])
+def test_noised_logits_equal_a_full_pass_values_and_gradients(num_noised):
+  """The lean loss (issue 27): only the noised rows go through the network
+  again; few (a gather) or many (a full pass), the logits and their
+  gradients are those of a full forward pass of the noised batch."""
+  b, p, d = 4, 8, 16  # 32 patches: at most 2 gathered rows.
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(b, p, d)), jnp.float32)
+  noised = np.zeros(b * p, bool)
+  noised[rng.choice(b * p, min(num_noised, b * p), replace=False)] = True
+  noised = jnp.asarray(noised.reshape(b, p))
+  x_noised = x + jnp.where(noised[..., None],
+                           jnp.asarray(rng.normal(size=(b, p, d)),
+                                       jnp.float32), 0.0)
+  net = model_lib.LocalNet(d, (32, 8))
+  params = model_lib.init_params(jax.random.key(0), d, hidden=(32, 8))
+  w = jnp.asarray(rng.normal(size=(b, p)), jnp.float32)
+
+  def lean(prm):
+    z_clean, _ = net.apply({"params": prm}, x, return_logits=True)
+    return step_lib.noised_logits(net, prm, x_noised, noised, z_clean)
+
+  def full(prm):
+    return net.apply({"params": prm}, x_noised, return_logits=True)[0]
+
+  np.testing.assert_allclose(lean(params), full(params), rtol=1e-5,
+                             atol=1e-6)
+  # Through a loss that also uses the clean logits, as the step's does.
+  def loss(fn, prm):
+    z_clean, _ = net.apply({"params": prm}, x, return_logits=True)
+    return jnp.sum(w * fn(prm)) + 0.5 * jnp.sum(z_clean ** 2)
+
+  g_lean = jax.grad(functools.partial(loss, lean))(params)
+  g_full = jax.grad(functools.partial(loss, full))(params)
+  jax.tree_util.tree_map(
+      functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5),
+      g_lean, g_full)
