@@ -195,16 +195,25 @@ def labelled_metrics(config, records, scores, maps, labels, decisions
 
 
 def write_images(config, root: str, out_dir: str, files: list[str],
-                 maps: np.ndarray, threshold: float) -> list[tuple[str, str]]:
+                 maps: np.ndarray, threshold: float
+                 ) -> tuple[list[tuple[str, str]], list[float], list[float]]:
   """Per image: the report's JPEG thumbnails of the preprocessed view and of
-  its overlay, every overlay on one colour scale (``predict.color_scale``)."""
+  its overlay, every overlay on one colour scale (``predict.color_scale``).
+
+  Returns:
+    The ``(thumbnail, overlay)`` paths relative to ``out_dir``, and each
+    view's grey-level mean and spread (``predict.view_stats``).
+  """
   scale = predict_lib.color_scale(float(np.min(maps)), threshold)
-  written = []
+  written, means, stds = [], [], []
   for i in progress.progress(range(len(files)), desc="report images"):
     view = predict_lib.overlay_image(config, files[i])
+    mean, std = predict_lib.view_stats(view)
+    means.append(mean)
+    stds.append(std)
     written.append(report.write_thumbs(
         out_dir, os.path.relpath(files[i], root), view, maps[i], scale))
-  return written
+  return written, means, stds
 
 
 def inspect_folder(folder: str, *, out_dir: str,
@@ -292,12 +301,17 @@ def _inspect_into(tmp: str, root: str, paths: list[str], *,
   threshold, rule = metrics_lib.robust_threshold(
       scores, contamination=contamination_hint)
   decisions = metrics_lib.is_anomalous(scores, threshold)
+  metrics = labelled_metrics(config, records, scores, maps, labels, decisions)
+  pictures, means, stds = write_images(config, root, tmp, files, maps,
+                                       threshold)
+  # What predict compares new images with (predict.unlike_training).
+  stats = predict_lib.training_stats(
+      sizes=[predict_lib.image_size_of(p) for p in files], means=means,
+      stds=stds, scores=scores)
   checkpoint.save_inference(
       tmp, state=preds.state, config=config, threshold=threshold,
       meta={"threshold_rule": rule, "method": config.method,
-            "inspected_folder": root})
-  metrics = labelled_metrics(config, records, scores, maps, labels, decisions)
-  pictures = write_images(config, root, tmp, files, maps, threshold)
+            "inspected_folder": root, predict_lib.TRAINING_STATS: stats})
   order = np.argsort(-scores, kind="stable")
   rank = np.empty(len(files), np.int64)
   rank[order] = np.arange(1, len(files) + 1)

@@ -4,6 +4,13 @@
 the runner through ``checkpoint.save_inference``), finds every image under
 ``images_dir`` (recursively, sorted), and asks the run's method to score them.
 
+Unlike the training images: a model saved by ``dicofun inspect`` stores
+statistics of its training images (``training_stats``: size, grey-level mean
+and spread, image scores). When the new images' medians fall outside what
+the training images show (``unlike_training``), predict logs a warning and
+the report shows it; a model without them (older ones) loads and predicts
+as before, without the check.
+
 Contract with the methods: ``method.predict(config, state, records)`` receives
 a list of ``Record``s (label 0, defect "good", no mask, split "test") and
 returns ``(scores (n,), maps (n, S, S) or None)``. The method loads and
@@ -21,6 +28,10 @@ Outputs, in ``out_dir`` (default ``<run_dir>/predictions``):
 * ``overlays/<file>.png``: each image with its anomaly map (methods with
   maps), all on one colour scale centred on the threshold (``color_scale``);
 * ``maps.npy`` (only with ``keep_maps``): the (n, S, S) float32 maps;
+* ``report.html`` (``dicofun.report``, as ``dicofun inspect`` writes it:
+  ranked, thumbnails and overlays on one colour scale, the threshold) with
+  ``images/``, ``overlays/<file>.jpg``, ``histogram.png`` and
+  ``predict.json`` (counts, threshold, warnings);
 * ``errors.csv``: ``file``, ``reason`` of every file that could not be
   decoded. Those are skipped and every other image is scored; with
   ``strict`` the first one aborts instead;
@@ -35,16 +46,19 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from absl import logging
 import numpy as np
+from PIL import Image
 
 from dicofun import checkpoint
 from dicofun import fileio
 from dicofun import methods
 from dicofun import metrics
 from dicofun import progress
+from dicofun import report
+from dicofun import results as results_lib
 from dicofun import viz
 from dicofun.data import errors
 from dicofun.data import images
@@ -65,6 +79,10 @@ class PredictOutcome:
     overlays: overlay PNG paths (empty when the method returns no maps).
     errors: ``(path, reason)`` of the unreadable files (not scored).
     errors_path: path of errors.csv.
+    warnings: lines saying how the images are unlike the training images
+      (``unlike_training``); [] when they are alike or the model has no
+      statistics.
+    report_path: path of report.html.
   """
 
   files: list[str]
@@ -75,6 +93,8 @@ class PredictOutcome:
   overlays: list[str]
   errors: list[tuple[str, str]] = dataclasses.field(default_factory=list)
   errors_path: str = ""
+  warnings: list[str] = dataclasses.field(default_factory=list)
+  report_path: str = ""
 
 
 def list_images(directory: str) -> list[str]:
@@ -167,6 +187,10 @@ def summary(outcome: PredictOutcome) -> str:
   if outcome.errors:
     lines.append(f"{len(outcome.errors)} unreadable file(s) skipped, listed "
                  f"in {outcome.errors_path}")
+  if outcome.warnings:
+    lines.append("warning: unlike the training images (see the log and the "
+                 "report)")
+  lines.append(f"report: {outcome.report_path}")
   return "\n".join(lines)
 
 
@@ -185,6 +209,116 @@ def color_scale(map_min: float, threshold: float) -> dict[str, float]:
   if not np.isfinite(map_min) or threshold <= map_min:
     return {}
   return dict(vmin=float(map_min), vmax=float(2.0 * threshold - map_min))
+
+
+TRAINING_STATS = "training_stats"  # The key of the model's meta.
+# How far new images may lie from the training images before predict warns
+# (ours): a median image side off by more than this factor...
+_SIZE_FACTOR = 1.25
+# ...a median intensity statistic beyond the training images' 5-95 % range
+# widened by this fraction of the range on each side (and at least
+# _MIN_GREY grey levels)...
+_RANGE_MARGIN = 0.5
+_MIN_GREY = 8.0
+# ...and a median image score above the training images' 95th percentile
+# (a score is the method's feature distance to its training data).
+_SCORE_QUANTILE = 95
+
+
+def _quantiles(values: Sequence[float]) -> Optional[list[float]]:
+  """``[min, 5 %, median, 95 %, max]`` of ``values`` (None if empty)."""
+  v = np.asarray([x for x in values if x is not None and np.isfinite(x)],
+                 np.float64)
+  if not v.size:
+    return None
+  return [float(x) for x in np.percentile(v, [0, 5, 50, 95, 100])]
+
+
+def image_size_of(path: str) -> Optional[tuple[int, int]]:
+  """``(width, height)`` from the file's header, or None."""
+  try:
+    with Image.open(path) as img:
+      return img.size
+  except (OSError, ValueError):
+    return None
+
+
+def view_stats(view: np.ndarray) -> tuple[float, float]:
+  """Mean and standard deviation of an image's grey levels (0-255)."""
+  v = np.asarray(view, np.float32)
+  return float(v.mean()), float(v.std())
+
+
+def training_stats(*, sizes: Sequence[Optional[tuple[int, int]]],
+                   means: Sequence[float], stds: Sequence[float],
+                   scores: Optional[Sequence[float]]) -> dict[str, Any]:
+  """What ``unlike_training`` compares new images with, stored in the
+  model's meta at fit time (``TRAINING_STATS``).
+
+  Args:
+    sizes: ``(width, height)`` of each training image (None: unknown).
+    means: each training image's mean grey level, as the model saw it.
+    stds: each one's grey-level standard deviation.
+    scores: the training images' scores (transductive for inspect), or None.
+  """
+  known = [s for s in sizes if s]
+  return {
+      "images": len(means),
+      "width": _quantiles([w for w, _ in known]),
+      "height": _quantiles([h for _, h in known]),
+      "mean": _quantiles(means), "std": _quantiles(stds),
+      "score": None if scores is None else _quantiles(scores),
+  }
+
+
+def _outside(value: float, q: list[float]) -> bool:
+  lo, hi = q[1], q[3]
+  margin = max(_RANGE_MARGIN * (hi - lo), _MIN_GREY)
+  return not lo - margin <= value <= hi + margin
+
+
+def unlike_training(stats: Optional[dict[str, Any]], *,
+                    sizes: Sequence[Optional[tuple[int, int]]],
+                    means: Sequence[float], stds: Sequence[float],
+                    scores: Sequence[float]) -> list[str]:
+  """Warnings, one a line, when new images are unlike the training images.
+
+  Compared, as medians over the new images against the training images'
+  statistics (``training_stats``): the image size, the grey-level mean and
+  spread, and the image score, the method's feature distance to its training
+  data (above the training images' 95th percentile: farther from the
+  training distribution than the training images themselves are). [] for a
+  model saved without statistics (before issue 29).
+  """
+  if not stats:
+    return []
+  out = []
+  known = [s for s in sizes if s]
+  if known and stats.get("width") and stats.get("height"):
+    w = float(np.median([x for x, _ in known]))
+    h = float(np.median([y for _, y in known]))
+    tw, th = stats["width"][2], stats["height"][2]
+    if (max(w / tw, tw / w) > _SIZE_FACTOR
+        or max(h / th, th / h) > _SIZE_FACTOR):
+      out.append(f"the new images are {w:.0f}x{h:.0f} px (median), the "
+                 f"training images were {tw:.0f}x{th:.0f}")
+  for key, values, what in (("mean", means, "mean grey level"),
+                            ("std", stds, "grey-level spread")):
+    q = stats.get(key)
+    if q and values and _outside(float(np.median(values)), q):
+      out.append(f"their {what} is {float(np.median(values)):.1f} (median), "
+                 f"the training images' {q[1]:.1f} to {q[3]:.1f}")
+  q = stats.get("score")
+  if q and len(scores) and float(np.median(scores)) > q[3]:
+    out.append(f"their median score {float(np.median(scores)):.4g} is above "
+               f"{_SCORE_QUANTILE} % of the training images' scores "
+               f"({q[3]:.4g}): they lie farther from the training features "
+               "than the training images do")
+  if not out:
+    return []
+  return ["These images are unlike the model's training images ("
+          + "; ".join(out) + "): its scores and threshold may not apply; "
+          "inspect them, or train a model on images of this kind"]
 
 
 def predict_folder(run_dir: str, images_dir: str, *,
@@ -219,6 +353,7 @@ def predict_folder(run_dir: str, images_dir: str, *,
   """
   state, config, meta = checkpoint.load_inference(run_dir)
   method = methods.get_method(config.method)
+  threshold_given = threshold is not None
   if threshold is None:
     if meta.get("threshold") is None:
       raise ValueError(f"the run in {run_dir} stored no decision threshold "
@@ -238,14 +373,18 @@ def predict_folder(run_dir: str, images_dir: str, *,
     outcome = _predict_into(
         tmp, out_dir, config=config, state=state, method=method,
         images_dir=images_dir, paths=paths, threshold=threshold, chunk=chunk,
-        overlays=overlays, keep_maps=keep_maps, strict=strict, run_dir=run_dir)
+        overlays=overlays, keep_maps=keep_maps, strict=strict, run_dir=run_dir,
+        meta=meta, threshold_given=threshold_given)
+  for line in outcome.warnings:
+    logging.warning("%s", line)
   return outcome
 
 
 def _predict_into(tmp: str, out_dir: str, *, config, state, method,
                   images_dir: str, paths: list[str], threshold: float,
                   chunk: int, overlays: bool, keep_maps: bool, strict: bool,
-                  run_dir: str) -> PredictOutcome:
+                  run_dir: str, meta: dict[str, Any],
+                  threshold_given: bool) -> PredictOutcome:
   """``predict_folder``'s work, writing into ``tmp`` (renamed to
   ``out_dir`` once it returns); the outcome names the final paths."""
   screened = screen(images_dir, paths, out_dir=tmp,
@@ -261,7 +400,7 @@ def _predict_into(tmp: str, out_dir: str, *, config, state, method,
   scores = np.zeros(len(paths), np.float64)
   maps_path = os.path.join(tmp, "maps.npy")
   maps_file = None
-  map_min = np.inf
+  map_min, map_max = np.inf, -np.inf
   for start in progress.progress(starts, total=len(starts), desc="predict"):
     sub = paths[start:start + chunk]
     s, maps = method.predict(config, state, records_for(sub,
@@ -271,7 +410,7 @@ def _predict_into(tmp: str, out_dir: str, *, config, state, method,
       raise ValueError(f"{config.method}.predict returned {s.shape} scores "
                        f"for {len(sub)} images")
     scores[start:start + len(sub)] = s
-    if maps is None or not (overlays or keep_maps):
+    if maps is None:
       continue
     maps = np.asarray(maps, np.float32)
     if maps_file is None:
@@ -280,6 +419,7 @@ def _predict_into(tmp: str, out_dir: str, *, config, state, method,
           shape=(len(paths),) + maps.shape[1:])
     maps_file[start:start + len(sub)] = maps
     map_min = min(map_min, float(maps.min()))
+    map_max = max(map_max, float(maps.max()))
   decisions = metrics.is_anomalous(scores, threshold)
   csv_path = os.path.join(out_dir, "scores.csv")
   with fileio.open_atomic(os.path.join(tmp, "scores.csv"), newline="") as f:
@@ -288,24 +428,58 @@ def _predict_into(tmp: str, out_dir: str, *, config, state, method,
     for path, s, d in zip(paths, scores, decisions):
       w.writerow([os.path.relpath(path, images_dir), repr(float(s)), int(d),
                   repr(float(threshold))])
-  written = []
+  written, pictures, means, stds = [], [], [], []
+  scale = {}
+  if maps_file is not None:
+    # Centred on the threshold; where every map lies above it (images
+    # unlike the training ones), the maps' own common range.
+    scale = color_scale(map_min, threshold) or (
+        dict(vmin=float(map_min), vmax=float(map_max))
+        if map_max > map_min else {})
+  rels = [os.path.relpath(p, images_dir) for p in paths]
+  # One decode per image: the report's thumbnails, the full-size overlay
+  # and the grey-level statistics compared with the training images'.
+  for i in progress.progress(range(len(paths)), desc="report images"):
+    view = overlay_image(config, paths[i])
+    mean, std = view_stats(view)
+    means.append(mean)
+    stds.append(std)
+    amap = None if maps_file is None else np.asarray(maps_file[i])
+    pictures.append(report.write_thumbs(tmp, rels[i], view, amap, scale))
+    if overlays and amap is not None:
+      out = _overlay_path(tmp, images_dir, paths[i])
+      os.makedirs(os.path.dirname(out), exist_ok=True)
+      viz.save_overlay(out, view, amap, **scale)
+      written.append(_overlay_path(out_dir, images_dir, paths[i]))
   if maps_file is not None:
     maps_file.flush()
-    if overlays:
-      scale = color_scale(map_min, threshold)
-      for i in progress.progress(range(len(paths)), desc="overlays"):
-        out = _overlay_path(tmp, images_dir, paths[i])
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        viz.save_overlay(out, overlay_image(config, paths[i]),
-                         np.asarray(maps_file[i]), **scale)
-        written.append(_overlay_path(out_dir, images_dir, paths[i]))
     del maps_file
     if not keep_maps:
       os.remove(maps_path)
+  warnings = unlike_training(
+      meta.get(TRAINING_STATS), sizes=[image_size_of(p) for p in paths],
+      means=means, stds=stds, scores=scores)
+  viz.save_score_histogram(os.path.join(tmp, "histogram.png"), scores,
+                           threshold=threshold)
+  rule = ("given with --threshold" if threshold_given else
+          f"the model's: {meta.get('threshold_rule') or 'stored with it'}")
+  fileio.write_json_atomic(os.path.join(tmp, report.PREDICT_JSON), {
+      "images_dir": os.path.abspath(images_dir),
+      "model": os.path.abspath(run_dir), "method": config.method,
+      "image_size": int(config.dataset.image_size),
+      "threshold": float(threshold), "threshold_rule": rule,
+      "images": len(paths), "flagged": int(decisions.sum()),
+      "unreadable": len(screened.errors),
+      "colour_scale": dict(scale, threshold=float(threshold)) if scale
+                      else None,
+      "warnings": warnings, "commit": results_lib.git_commit()}, indent=1)
+  report.build(tmp, shown_dir=out_dir)
   logging.info("%d of %d images at or above the threshold; wrote %s and %d "
                "overlays", int(decisions.sum()), len(paths), csv_path,
                len(written))
   return PredictOutcome(files=paths, scores=scores, decisions=decisions,
                         threshold=float(threshold), csv_path=csv_path,
                         overlays=written, errors=screened.errors,
-                        errors_path=os.path.join(out_dir, "errors.csv"))
+                        errors_path=os.path.join(out_dir, "errors.csv"),
+                        warnings=warnings,
+                        report_path=os.path.join(out_dir, report.REPORT))

@@ -263,8 +263,12 @@ def _colour_bar(scale: Optional[dict[str, float]]) -> list[str]:
   return [f'<p class="scale">Anomaly maps, one colour scale for every image: '
           f'<span>{lo:.4g}</span> <span class="bar" style="background:'
           f'linear-gradient(to right, {grad})" title="jet"></span> '
-          f'<span>{hi:.4g}</span>; the middle (green-yellow) is the '
-          f'threshold {t:.4g}: yellow to red is above it.</p>']
+          f'<span>{hi:.4g}</span>; '
+          + (f'the middle (green-yellow) is the threshold {t:.4g}: yellow '
+             'to red is above it.' if abs((lo + hi) / 2 - t) <= 1e-6 * max(
+                 abs(t), 1e-12) else
+             f'the threshold {t:.4g} lies outside this range.')
+          + '</p>']
 
 
 def defect_counts(rows: Sequence[Row]) -> list[tuple[str, int, int]]:
