@@ -271,6 +271,33 @@ def training_stats(*, sizes: Sequence[Optional[tuple[int, int]]],
   }
 
 
+def sample_training_stats(config, paths: Sequence[str], *,
+                          max_images: int = 200) -> Optional[dict[str, Any]]:
+  """``training_stats`` of up to ``max_images`` evenly spaced training
+  images, without scores (a ``dicofun run`` model's training scores are
+  not comparable with new images'); None when none can be read here.
+
+  Args:
+    config: the run config (its preprocessing gives the views).
+    paths: the training images.
+    max_images: how many are decoded at most (bounded cost).
+  """
+  idx = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), max_images))
+                  .round().astype(np.int64)) if len(paths) else []
+  sizes, means, stds = [], [], []
+  for i in idx:
+    try:
+      mean, std = view_stats(overlay_image(config, paths[i]))
+    except Exception:  # pylint: disable=broad-except
+      continue  # A tfds:// record or an unreadable file: not needed here.
+    sizes.append(image_size_of(paths[i]))
+    means.append(mean)
+    stds.append(std)
+  if not means:
+    return None
+  return training_stats(sizes=sizes, means=means, stds=stds, scores=None)
+
+
 def _outside(value: float, q: list[float]) -> bool:
   lo, hi = q[1], q[3]
   margin = max(_RANGE_MARGIN * (hi - lo), _MIN_GREY)

@@ -25,6 +25,7 @@ from dicofun import locking
 from dicofun import metrics as metrics_lib
 from dicofun import methods
 from dicofun import parallel
+from dicofun import predict as predict_lib
 from dicofun import protocol
 from dicofun import results as results_lib
 from dicofun import user_errors
@@ -109,7 +110,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if preds.state is not None:
     checkpoint.save_inference(
         workdir, state=preds.state, config=config, threshold=threshold,
-        meta={"threshold_rule": threshold_how, "method": config.method})
+        meta={"threshold_rule": threshold_how, "method": config.method,
+              # What dicofun predict compares new images with.
+              predict_lib.TRAINING_STATS: predict_lib.sample_training_stats(
+                  config, [r.image_path for r in data.train])})
   lap("checkpoint")
   elapsed = time.time() - t0
   table = results_lib.metrics_table(

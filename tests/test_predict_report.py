@@ -111,3 +111,15 @@ def test_another_size_alone_warns():
   # A model saved before issue 29 has no statistics: no check, no error.
   assert predict.unlike_training(None, sizes=[(128, 128)], means=[0],
                                  stds=[0], scores=[9]) == []
+
+
+def test_a_run_model_stores_size_and_grey_levels_without_scores(model):
+  tmp, _ = model
+  config = inspection.inspect_config("patchcore", image_size=32)
+  paths = sorted(str(p) for p in (tmp / "train" / "good").iterdir())
+  stats = predict.sample_training_stats(config, paths + ["tfds://x/0"],
+                                        max_images=13)
+  # The 12 images; the tfds:// record is not readable here, skipped.
+  assert stats["images"] == 12 and stats["score"] is None
+  assert stats["width"] == [32.0] * 5
+  assert predict.sample_training_stats(config, ["/nonexistent.png"]) is None
