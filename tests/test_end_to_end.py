@@ -14,6 +14,8 @@ import shutil
 import numpy as np
 import pytest
 
+import figure_pixels
+
 from dicofun import metrics as metrics_lib
 from dicofun import predict
 from dicofun import protocol
@@ -51,9 +53,18 @@ def test_run_writes_results_and_detects_anomalies(run_dir):
       metrics["test"]["image_auroc"])
   for key in ("commit", "config", "seed", "moved_files", "threshold"):
     assert key in results
-  for name in ("metrics.md", "roc.png", "anomaly_maps.png", "best_worst.png",
+  for name in ("metrics.md", "anomaly_maps.png", "best_worst.png",
                "test_scores.csv"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  # roc.png shows the run's curves: the area under the image curve (left
+  # panel) and the pixel curve (right panel), read from their pixels, are
+  # the reported AUROCs.
+  rgb = figure_pixels.read_rgb(os.path.join(workdir, "roc.png"))
+  half = rgb.shape[1] // 2
+  assert figure_pixels.roc_area(rgb[:, :half]) == pytest.approx(
+      metrics["test"]["image_auroc"], abs=0.04)
+  assert figure_pixels.roc_area(rgb[:, half:]) == pytest.approx(
+      metrics["test"]["pixel_auroc"], abs=0.04)
   # The synthetic anomalies are detectable with pretrained features: above
   # the best of several seeded random scorers on the same test set (image
   # AUROC ~0.5 + noise, AUPRO ~0.15), and by a margin.

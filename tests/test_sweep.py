@@ -7,11 +7,13 @@ import subprocess
 import sys
 
 import ml_collections
+import matplotlib
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
 from dicofun import sweep as sweep_lib
+import figure_pixels
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -401,7 +403,32 @@ def test_tiny_synthetic_sweep_end_to_end(tmp_path):
     chance = max(skm.roc_auc_score(labels, rng.random(len(labels)))
                  for _ in range(100))
     assert auroc > chance, (r, chance)
-  assert (workdir / "heatmap_test_image_auroc.png").stat().st_size > 0
+  # The heat map shows the table: rows coreset (0.1, 0.5) down, columns
+  # contamination (0.0, 0.1) across; the lowest cell is viridis' dark end,
+  # the highest its yellow end, each in its own quadrant.
+  values = {(["0.1", "0.5"].index(r["coreset"]),
+             ["0.0", "0.1"].index(r["contamination"])):
+            float(r["test.image_auroc"]) for r in table}
+  if max(values.values()) > min(values.values()):
+    rgb = figure_pixels.read_rgb(workdir / "heatmap_test_image_auroc.png")
+    h, w = rgb.shape[:2]
+    cells = {}
+    for end, cell in ((0.0, min(values, key=values.get)),
+                      (1.0, max(values, key=values.get))):
+      colour = matplotlib.colormaps["viridis"](end)[:3]
+      ys, xs = np.nonzero(figure_pixels.colour_mask(rgb, colour, tol=0.02))
+      assert len(ys) > 500, (end, len(ys))  # a cell's block, not the bar
+      cells[cell] = (np.median(ys), np.median(xs))
+    lo, hi = min(values, key=values.get), max(values, key=values.get)
+    # Rows go down, columns go right: the two blocks sit as their cells do
+    # (same row → same height, within a tenth of the figure).
+    for axis, size in ((0, h), (1, w)):
+      d_pixels = cells[hi][axis] - cells[lo][axis]
+      d_cells = hi[axis] - lo[axis]
+      if d_cells:
+        assert np.sign(d_pixels) == np.sign(d_cells), (axis, cells)
+      else:
+        assert abs(d_pixels) < 0.1 * size, (axis, cells)
   assert "| coreset \\ contamination | 0.0 | 0.1 |" in (
       workdir / "sweep_results.md").read_text()
 
