@@ -208,7 +208,7 @@ def test_funad_synthetic_runlocal_block():
   assert full.dataset.image_size == 224
   # The default preset's budget is in optimiser steps (issue 27).
   assert (full.funad.steps, full.funad.min_epochs, full.funad.eval_every,
-          full.funad.checkpoint_every) == (300, 2, 50, 50)
+          full.funad.checkpoint_every) == (100, 2, 25, 25)
   paper = _get_config("funad_synthetic", "preset=paper")
   assert (paper.funad.epochs, paper.funad.steps,
           paper.funad.eval_every) == (1500, 0, 50)

@@ -771,13 +771,11 @@ def test_presets_paper_is_todays_recipe_and_default_is_the_measured_best():
           default.score_logits, default.steps, default.min_epochs,
           default.eval_every, default.checkpoint_every) == (
               25, 8192, 64, "percentile", 99.0, 99.9, True, "logit", 1e-3,
-              "cosine", 25, 0.99, True, 300, 2, 50, 50)
+              "cosine", 25, 0.99, True, 100, 2, 25, 25)
   # The two differ only in (ours) knobs, lr, the budget (steps, issue 27)
   # and its cadence.
-  # (eval_every and checkpoint_every: 50 in both, steps vs epochs.)
   diff = {k for k in paper if paper[k] != default[k]}
-  assert diff == set(funad_config.PRESETS["default"]) - {
-      "eval_every", "checkpoint_every"} | {"preset"}
+  assert diff == set(funad_config.PRESETS["default"]) | {"preset"}
   with pytest.raises(ValueError, match="funad.preset='nope'"):
     funad_config.default_config("nope")
 

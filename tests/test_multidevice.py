@@ -58,6 +58,8 @@ def _run(tmp_path, data, devices: int) -> dict:
   work = str(tmp_path / f"dev{devices}")
   env = dict(os.environ, DICOFUN_CACHE=str(tmp_path / f"cache{devices}"))
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  # FUN-AD keeps its data mesh on these CPU devices (it would train on one).
+  env["DICOFUN_FUNAD_CPU_MESH"] = "1"
   code = _CHILD.format(repo=_REPO, runs=_RUNS, data=data, syn=_SYN, work=work)
   out = subprocess.run([sys.executable, "-c", code], env=env,
                        capture_output=True, text=True, timeout=900)

@@ -7,7 +7,13 @@ smoothness loss (``losses``). The whole iteration is one jitted function
 (``step.make_train_step``). Inference needs no bank: the patch scores are the
 anomaly map, their max the image score.
 
-``run`` reports the LAST epoch as the result. The epoch the reference code
+The budget (``budget``): the paper preset counts epochs; the default preset
+counts optimiser steps (``steps``, at least ``min_epochs`` passes), whatever
+the training-set size **(ours)**. Either way the loop runs rounds of a fixed
+number of iterations drawn from a stream of per-epoch permutations (a round
+of the paper preset is one epoch), each a pure function of (state, round).
+
+``run`` reports the LAST step as the result. The evaluation the reference code
 reports — the best (image AUROC + pixel AUROC) / 2 on the test set, METHODS
 §1 — is kept in ``extra["oracle"]`` (``training.select_oracle``) and is
 labelled as test-selected: it is not a valid result. The training loop,
@@ -129,10 +135,30 @@ def budget(cfg: ml_collections.ConfigDict, num_images: int) -> Budget:
 # ----------------------------------------------------------------- helpers
 
 
+# Keeps the data mesh on one process's host CPU devices (the tests of the
+# sharded path; ``_mesh``).
+CPU_MESH_ENV = "DICOFUN_FUNAD_CPU_MESH"
+
+
 def _mesh():
-  """The data mesh, or None on a single device."""
+  """The data mesh, or None: a single device, or one process on CPUs.
+
+  The iteration's batch work (bank search, pairs, loss) is replicated on
+  every device of the mesh; only the training-set scoring is split. On host
+  CPU devices, which divide the cores (``dicofun.cpu``), the replicas compete
+  for them: on a 2-core machine a step ran 2x slower on the 2-device mesh
+  than on one device, which uses XLA's threads on all cores (issue 27,
+  BENCHMARKS.md). So one process on CPUs trains on one device, unless
+  ``$DICOFUN_FUNAD_CPU_MESH=1``; several processes or accelerators keep the
+  mesh.
+  """
   mesh = parallel.make_mesh()
-  return mesh if mesh is not None and mesh.size > 1 else None
+  if mesh is None or mesh.size <= 1:
+    return None
+  if (jax.process_count() == 1 and os.environ.get(CPU_MESH_ENV) != "1"
+      and all(d.platform == "cpu" for d in mesh.devices.flat)):
+    return None
+  return mesh
 
 
 def _place(x, mesh, *, shard: bool):
@@ -255,7 +281,8 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
       different training config is refused (``training.ResumeMismatchError``)
       unless ``config.restart``.
     eval_features: optional (M, h, w, D) features scored every
-      ``eval_every`` epochs (0: after the last epoch only) for the history.
+      ``eval_every`` epochs, or steps with a step budget (0: at the end
+      only), for the history.
     eval_labels: optional (M,) labels of those, for the history AUROC only.
     eval_masks: optional (M, S, S) masks of those, for the history's
       (subsampled) pixel AUROC; with labels and masks the oracle is chosen by
@@ -272,8 +299,9 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
     summary_dir: live TensorBoard events go there (``training.run_loop``).
 
   Returns:
-    ``{"params", "history", "oracle", "seconds_per_iteration"}``; ``oracle``
-    is the test-selected evaluated epoch (``training.select_oracle``; None
+    ``{"params", "history", "oracle", "budget", "seconds_per_iteration"}``
+    (``budget``: the run's ``Budget``); ``oracle`` is the test-selected
+    evaluated round (``training.select_oracle``; None
     without labels), labelled as such.
   """
   cfg = config.funad
