@@ -8,7 +8,6 @@ split over them):
 * ``encoder clean``: the frozen encoder on the clean batch (targets T_k),
 * ``mask + encoder masked``: the square masks and the encoder on the masked
   batch,
-* ``encoder fused (2B)``: both passes as one batch of 2B,
 * ``bottleneck``, ``memory``, ``decoder``: the trainable modules' forward
   passes (train mode),
 * ``loss + backward``: the loss of the whole trainable network and its
@@ -19,10 +18,10 @@ and whole train steps of ``step.make_train_step``: ``before`` (the faithful
 step with XLA's grouped convolution for the encoder's depthwise layers, as
 dicofun ran before ``efficientnet_lite.depthwise_conv``: the baseline of issue
 #14's speed-up), ``faithful`` (two encoder
-passes, today's default), ``fused`` (``fuse_encoder``), ``cached targets``
-(``cache_targets``: the clean pass replaced by a cached T_k; the masked pass
-remains) and ``cached + feature_masking`` (the approximation **(ours)**: no
-encoder pass at all). Training images/s = batch / median step time. The per-part rows do
+passes) and ``cached targets`` (``cache_targets``, the default: the clean
+pass replaced by a cached T_k; the masked pass remains). The rows of a fused
+encoder pass and of feature masking that BENCHMARKS.md keeps as history came
+from knobs removed in issue 28. Training images/s = batch / median step time. The per-part rows do
 not add up exactly to a step (XLA fuses across them inside the step).
 
 Usage:
@@ -38,7 +37,6 @@ pretrained ones.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import os
@@ -126,15 +124,11 @@ def profile(*, backbone: str, weights: str, image_size: int, batch_size: int,
     b, h, w = x.shape[:3]
     mask = masking.random_square_mask(k, b, (h, w), ratio=scfg.mask_ratio,
                                       patch=scfg.mask_patch)
-    return masking.apply_mask(x, mask, fill=scfg.mask_fill)
+    return masking.apply_mask(x, mask)
 
   add("encoder clean", features, enc_vars, images)
   add("mask + encoder masked",
       lambda v, k, x: features(v, masked_batch(k, x)), enc_vars, key, images)
-  add("encoder fused (2B)",
-      lambda v, k, x: step_lib.encode_pair(encoder, v, x, masked_batch(k, x),
-                                           fuse=True),
-      enc_vars, key, images)
 
   feats = jax.jit(features)(enc_vars, images)
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
@@ -187,15 +181,9 @@ def profile(*, backbone: str, weights: str, image_size: int, batch_size: int,
   steps[name] = t = _median_time(call_before, runs=runs)
   rows.append({"part": name, "median_s": t, "images_per_s": batch_size / t})
   print(f"  {name}: {t:.4f} s", file=sys.stderr, flush=True)
-  for name, fuse, cached, fmask in (
-      ("step faithful (2 passes)", False, False, False),
-      ("step fused (fuse_encoder)", True, False, False),
-      ("step cached targets (cache_targets)", False, True, False),
-      ("step cached + feature_masking (ours, approx.)", False, True, True)):
-    step = step_lib.make_train_step(
-        net, encoder, tx, dataclasses.replace(scfg, fuse_encoder=fuse,
-                                              feature_masking=fmask),
-        mesh=mesh)
+  for name, cached in (("step faithful (2 passes)", False),
+                       ("step cached targets (cache_targets)", True)):
+    step = step_lib.make_train_step(net, encoder, tx, scfg, mesh=mesh)
     targets = feats if cached else None
 
     def call(step=step, targets=targets):

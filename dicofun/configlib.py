@@ -307,7 +307,8 @@ def arg_defaults(config: ml_collections.ConfigDict,
 
 
 def apply_args(config: ml_collections.ConfigDict, arg: Optional[str],
-               args: Mapping[str, str]) -> ml_collections.ConfigDict:
+               args: Mapping[str, str], *,
+               flags: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Parses ``arg`` strictly against ``args`` and sets the named fields.
 
   Args:
@@ -316,6 +317,8 @@ def apply_args(config: ml_collections.ConfigDict, arg: Optional[str],
     arg: the config-file argument string.
     args: argument name → config field (``"funad.rho"``); ``runlocal`` is
       always accepted.
+    flags: more boolean arguments that set no field (the config file read
+      them with ``flag_in`` before, as ``runlocal``).
 
   Returns:
     ``config``, updated in place.
@@ -323,7 +326,9 @@ def apply_args(config: ml_collections.ConfigDict, arg: Optional[str],
   Raises:
     ConfigArgError: an unknown key or a value of the wrong type.
   """
-  parsed = parse_arg(arg, **arg_defaults(config, args))
+  defaults = arg_defaults(config, args)
+  defaults.update({name: False for name in flags})
+  parsed = parse_arg(arg, **defaults)
   for name, path in args.items():
     _set_field(config, path, parsed[name])
   return config

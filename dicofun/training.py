@@ -41,8 +41,8 @@ process writes.
 
 An "epoch" of the loop is the method's round: one pass over the training set
 (DiCo, FUN-AD's paper preset), or a fixed number of iterations drawn from a
-stream of per-epoch permutations (FUN-AD's budget in steps), as long as the
-round is a pure function of ``(state, round)``.
+stream of per-epoch permutations (FUN-AD's and DiCo's budget in steps,
+``Budget``), as long as the round is a pure function of ``(state, round)``.
 
 Crash safety: the history is written (atomically: temporary file +
 ``os.replace``) *before* each checkpoint, and only its rows up to the restored
@@ -68,6 +68,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -142,6 +143,61 @@ class LoopResult:
     """The history without its non-scalar values (e.g. per-image scores)."""
     return [{k: v for k, v in row.items() if _is_scalar(v)}
             for row in self.history]
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """The length of a run and the unit of ``run_loop``'s rounds.
+
+  ``run_loop`` runs ``rounds`` rounds of ``round_steps`` iterations each;
+  global iteration g is position ``g % iters_per_epoch`` of epoch
+  ``g // iters_per_epoch`` (a fresh permutation of the training images per
+  epoch), so a round is a pure function of (state, round) whatever its size.
+
+  Attributes:
+    iters_per_epoch: iterations per pass over the training images.
+    total_steps: iterations of the whole run.
+    round_steps: iterations per round of the loop (one history row).
+    eval_every: evaluate every this many rounds (0: after the last only).
+    checkpoint_every: checkpoint every this many rounds (0: the last only).
+    in_steps: the budget is counted in steps; else in epochs, one round per
+      epoch.
+  """
+  iters_per_epoch: int
+  total_steps: int
+  round_steps: int
+  eval_every: int
+  checkpoint_every: int
+  in_steps: bool
+
+  @property
+  def rounds(self) -> int:
+    return self.total_steps // self.round_steps
+
+
+def budget(*, iters_per_epoch: int, epochs: int, steps: int = 0,
+           min_epochs: int = 0, eval_every: int,
+           checkpoint_every: int) -> Budget:
+  """A run's ``Budget``: in epochs (``steps`` = 0) or in optimiser steps.
+
+  Epochs: ``epochs`` passes, a round per epoch, ``eval_every`` and
+  ``checkpoint_every`` in epochs. Steps: max(``steps``, ``min_epochs``
+  passes) iterations, whatever the training-set size; a round is
+  gcd(``eval_every``, ``checkpoint_every``) iterations (the whole run when
+  both are 0) and the total is rounded up to whole rounds.
+  """
+  iters = max(int(iters_per_epoch), 1)
+  every_e, every_c = int(eval_every), int(checkpoint_every)
+  if int(steps) <= 0:
+    return Budget(iters_per_epoch=iters, total_steps=int(epochs) * iters,
+                  round_steps=iters, eval_every=every_e,
+                  checkpoint_every=every_c, in_steps=False)
+  total = max(int(steps), int(min_epochs) * iters)
+  k = math.gcd(every_e, every_c) or total
+  total = -(-total // k) * k
+  return Budget(iters_per_epoch=iters, total_steps=total, round_steps=k,
+                eval_every=every_e // k, checkpoint_every=every_c // k,
+                in_steps=True)
 
 
 def _is_scalar(v: Any) -> bool:
@@ -251,19 +307,23 @@ class ResumeMismatchError(user_errors.UserError, ValueError):
 
 # Fields of the method block that do not change what is trained: the length
 # of the run (a resumed run may extend it), schedules and scoring batch sizes.
-# Fields that change how, not what, training computes (DiCo's target cache and
-# fused encoder pass give the same function) stay out of the fingerprint.
+# Fields that change how, not what, training computes (DiCo's target cache
+# gives the same function) stay out of the fingerprint.
 # DiCo's scoring settings (the image score, the blur, inference-time masks)
 # only read the trained model, so a finished run can be re-scored with others.
 _NOT_TRAINING = frozenset({"epochs", "steps", "min_epochs", "eval_every", "checkpoint_every",
                            "eval_batch_size", "transductive", "cache_targets",
-                           "fuse_encoder", "cpu_preset", "score_mode", "kappa",
+                           "score_mode", "kappa",
                            "topk_fraction", "k_masks", "k_masks_combine",
                            "score_levels"})
 # Method-block fields added after runs were stored, with the value that
 # reproduces the code before them: at that value they are left out, so those
 # runs' checkpoints still resume (and can be re-scored).
 _ADDED_AT_DEFAULT = {"bottleneck_stride": 0}
+# Method-block fields removed from the config, with the one value the code
+# after their removal computes: a checkpoint that recorded them at it resumes.
+_REMOVED_AT_DEFAULT = {"mask_fill": "zero", "flat_weight": 0.0,
+                       "feature_masking": False}
 _DATASET_FIELDS = ("name", "category", "root", "contamination",
                    "contamination_seed", "image_size", "crop_fraction",
                    "synthetic", "folder")
@@ -353,9 +413,13 @@ def _check_fingerprint(path: str, fingerprint: dict[str, Any], *,
   old, new = stored.get("values", {}), fingerprint["values"]
   missing = object()
   # A field a checkpoint recorded that no longer counts for training (it
-  # joined _NOT_TRAINING after the checkpoint was written) is no difference.
+  # joined _NOT_TRAINING after the checkpoint was written), or that was
+  # removed from the config at the value the code still computes, is no
+  # difference.
   dropped = {k for k in set(old) - set(new)
-             if k.rsplit(".", 1)[-1] in _NOT_TRAINING}
+             if k.rsplit(".", 1)[-1] in _NOT_TRAINING
+             or _REMOVED_AT_DEFAULT.get(k.rsplit(".", 1)[-1], missing)
+             == old[k]}
   diffs = [f"{k}: {old.get(k, '<absent>')!r} (checkpoint) vs "
            f"{new.get(k, '<absent>')!r} (now)"
            for k in sorted((set(old) | set(new)) - dropped)

@@ -36,8 +36,10 @@ ARGS: dict[str, str] = {
     "batch_size": "dico.batch_size",
     "lr_schedule": "dico.lr_schedule",
     "warmup_epochs": "dico.warmup_epochs",
-    "cpu": "dico.cpu_preset",
 }
+# Bare flags of the config files that set no field: ``cpu`` applies
+# ``CPU_PRESET`` (``apply_cpu_preset``).
+FLAGS = ("cpu",)
 
 # The ``cpu`` preset: the largest sensible DiCo run in <= 1 hour on 2 CPU
 # cores on magnetic tile (761 training, 583 test images, 256 px,
@@ -67,7 +69,6 @@ def default_config() -> ml_collections.ConfigDict:
       masking=True,
       mask_ratio=0.5,
       mask_patch=32,
-      mask_fill="zero",  # "zero" (mean colour) or "noise" (ours).
       score_mode="adaptive",  # One of SCORE_MODES.
       kappa=3.0,
       topk_fraction=0.01,
@@ -88,7 +89,6 @@ def default_config() -> ml_collections.ConfigDict:
       b2=0.999,
       compact_weight=0.1,
       entropy_weight=2e-4,
-      flat_weight=0.0,  # Optional flattened-map cosine term (off).
       momentum=0.99,
       blur_sigma=4.0,
       eval_every=10,  # Test-set history every n epochs (0 = end only).
@@ -96,18 +96,11 @@ def default_config() -> ml_collections.ConfigDict:
       eval_batch_size=32,
       transductive=True,  # Score the training set (view c).
       max_in_memory_gb=4.0,  # Larger training sets are streamed.
-      cpu_preset=False,  # Set by the config files' ``cpu`` arg (CPU_PRESET).
       # Compute the frozen clean targets T_k of every training image once
       # and train from that cache (in-memory path; recomputed every step
       # when images + targets exceed max_in_memory_gb). Same losses and
       # metrics as recomputing (runlocal: identical), ~2x faster steps.
       cache_targets=True,
-      # Without the cache: one encoder pass over clean + masked images.
-      fuse_encoder=False,
-      # (ours) Approximation: mask the clean encoder features (zero the cells
-      # whose centre pixel is masked) instead of encoding a masked image;
-      # with cache_targets no encoder runs during training.
-      feature_masking=False,
   ))
 
 
@@ -138,7 +131,7 @@ def apply_args(config: ml_collections.ConfigDict,
     ``config``, updated in place; the backbone extracts features in batches
     of ``config.dico.batch_size``.
   """
-  configlib.apply_args(config, arg, ARGS)
+  configlib.apply_args(config, arg, ARGS, flags=FLAGS)
   config.backbone.batch_size = config.dico.batch_size
   check(config)
   return config

@@ -23,23 +23,14 @@ def cosine_distance(t: Array, r: Array) -> Array:
   return 1.0 - num / jnp.maximum(den, _EPS)
 
 
-def flat_cosine_distance(t: Array, r: Array) -> Array:
-  """``1 − cos`` of the whole flattened maps, per image: → (B,)."""
-  b = t.shape[0]
-  return cosine_distance(t.reshape(b, -1), r.reshape(b, -1))
-
-
 def reconstruction_loss(targets: dict[str, Array], recons: dict[str, Array],
-                        levels: Sequence[str], *,
-                        flat_weight: float = 0.0) -> Array:
+                        levels: Sequence[str]) -> Array:
   """L_rec = Σ_k mean_positions(1 − cos_channel(T_k, R_k)).
 
   Args:
     targets: encoder features T_k of the clean images.
     recons: decoder outputs R_k.
     levels: the levels k summed over.
-    flat_weight: weight of the optional flattened-map cosine term
-      Σ_k mean_batch(1 − cos(flat T_k, flat R_k)) (0 = off, the default).
 
   Returns:
     Scalar loss.
@@ -47,9 +38,6 @@ def reconstruction_loss(targets: dict[str, Array], recons: dict[str, Array],
   loss = jnp.float32(0.0)
   for k in levels:
     loss = loss + jnp.mean(cosine_distance(targets[k], recons[k]))
-    if flat_weight:
-      loss = loss + flat_weight * jnp.mean(
-          flat_cosine_distance(targets[k], recons[k]))
   return loss
 
 

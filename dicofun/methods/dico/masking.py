@@ -5,15 +5,8 @@ may be partial when the size is not a multiple of ``patch``) and exactly
 ``round(ratio · cells)`` cells per image are masked, chosen uniformly at random
 from the key **(ours: mask ratio 0.5, patch 32 px by default)**.
 
-Masked pixels are filled *after* normalisation **(ours)**: ``"zero"`` writes 0,
-which is the dataset mean colour of the backbone normalisation (a flat grey
-square); ``"noise"`` writes standard normal noise (pixel statistics of a
-normalised image, no structure).
-
-``mask_features`` is the feature-level approximation **(ours)**: instead of
-encoding a masked image, the clean encoder features are zeroed where the
-pixel mask covers the centre of their cell, so a cache of the clean features
-serves both branches.
+Masked pixels are set to 0 *after* normalisation **(ours)**: the dataset mean
+colour of the backbone normalisation (a flat grey square).
 """
 
 from __future__ import annotations
@@ -24,9 +17,6 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-
-FILLS = ("zero", "noise")
-
 
 def _hw(size: Union[int, tuple[int, int]]) -> tuple[int, int]:
   if isinstance(size, int):
@@ -106,46 +96,14 @@ def complementary_masks(key: Array, size: Union[int, tuple[int, int]], *,
   return _cells_to_pixels(cells, h, w, patch)
 
 
-def apply_mask(images: Array, mask: Array, *, fill: str = "zero",
-               key: Array | None = None) -> Array:
-  """Replaces masked pixels of normalised images.
+def apply_mask(images: Array, mask: Array) -> Array:
+  """Sets masked pixels of normalised images to 0 (the mean colour).
 
   Args:
     images: (B, H, W, C) normalised images.
     mask: (B, H, W, 1) (or broadcastable) with 1 where masked.
-    fill: ``"zero"`` or ``"noise"`` (standard normal; needs ``key``).
-    key: PRNG key for ``"noise"``.
 
   Returns:
     Masked images, same shape and dtype.
   """
-  if fill == "zero":
-    value = jnp.zeros_like(images)
-  elif fill == "noise":
-    if key is None:
-      raise ValueError("fill='noise' needs a key")
-    value = jax.random.normal(key, images.shape, images.dtype)
-  else:
-    raise ValueError(f"mask fill must be one of {FILLS}, got {fill!r}")
-  mask = mask.astype(images.dtype)
-  return images * (1.0 - mask) + value * mask
-
-
-def mask_features(feats: dict[str, Array], mask: Array) -> dict[str, Array]:
-  """Zeroes the feature cells whose centre pixel is masked **(ours)**.
-
-  Args:
-    feats: ``{level: (B, h, w, C)}`` features of the clean images at strides
-      s = H / h.
-    mask: (B, H, W, 1) pixel mask, 1 where masked.
-
-  Returns:
-    The features with masked cells set to 0 (same shapes and dtypes).
-  """
-  out = {}
-  for level, f in feats.items():
-    h, w = f.shape[1:3]
-    sy, sx = mask.shape[1] // h, mask.shape[2] // w
-    m = mask[:, sy // 2::sy, sx // 2::sx][:, :h, :w].astype(f.dtype)
-    out[level] = f * (1.0 - m)
-  return out
+  return images * (1.0 - mask.astype(images.dtype))

@@ -49,16 +49,13 @@ def step_config(cfg: ml_collections.ConfigDict) -> step_lib.StepConfig:
   return step_lib.StepConfig(
       levels=tuple(cfg.levels), masking=bool(cfg.masking),
       mask_ratio=float(cfg.mask_ratio), mask_patch=int(cfg.mask_patch),
-      mask_fill=str(cfg.mask_fill), compact_weight=float(cfg.compact_weight),
-      entropy_weight=float(cfg.entropy_weight),
-      flat_weight=float(cfg.flat_weight), momentum=float(cfg.momentum),
+      compact_weight=float(cfg.compact_weight),
+      entropy_weight=float(cfg.entropy_weight), momentum=float(cfg.momentum),
       blur_sigma=float(cfg.blur_sigma), score_mode=str(cfg.score_mode),
       kappa=float(cfg.kappa), topk_fraction=float(cfg.topk_fraction),
       k_masks=int(cfg.k_masks),
       k_masks_combine=str(cfg.k_masks_combine),
-      score_levels=dico_config.score_levels(cfg),
-      fuse_encoder=bool(cfg.get("fuse_encoder", False)),
-      feature_masking=bool(cfg.get("feature_masking", False)))
+      score_levels=dico_config.score_levels(cfg))
 
 
 def build_net(cfg: ml_collections.ConfigDict,

@@ -11,11 +11,9 @@ variables are never part of the state (nor of the optimiser).
 metrics)``: ONE ``jax.jit`` function that, per batch, runs the frozen encoder
 on the clean images (targets T_k) and on their masked copies, the trainable
 bottleneck / memory / decoder on the masked features, the loss, the Adam
-update, and then the momentum update of the memory items **(ours)**. Speed
-knobs: cached clean targets passed in (``compute_targets``), one fused encoder
-pass over clean + masked images (``fuse_encoder``), and the approximation
-``feature_masking`` **(ours)** that masks the clean features instead of the
-pixels (no masked encoder pass). With a
+update, and then the momentum update of the memory items **(ours)**. The
+clean targets may be passed in instead (``compute_targets``'s cache: the
+encoder is frozen, so they never change). With a
 mesh the batch is split over the ``data`` axis and the state is replicated;
 every reduction (loss means, BatchNorm statistics, momentum sums) is global, so
 the step computes the same function on 1 or many devices.
@@ -104,10 +102,8 @@ class StepConfig:
   masking: bool = True
   mask_ratio: float = 0.5
   mask_patch: int = 32
-  mask_fill: str = "zero"
   compact_weight: float = 0.1
   entropy_weight: float = 2e-4
-  flat_weight: float = 0.0
   momentum: float = 0.99
   blur_sigma: float = 4.0
   score_mode: str = "adaptive"
@@ -117,8 +113,6 @@ class StepConfig:
   k_masks_combine: str = "mean"  # One of K_MASKS_COMBINE.
   # Levels summed into the anomaly map; () = every level (ours).
   score_levels: tuple[str, ...] = ()
-  fuse_encoder: bool = False
-  feature_masking: bool = False
 
 
 # Train-step outputs that are vectors: the batch's gate histogram
@@ -173,31 +167,6 @@ def _features(encoder: Encoder, enc_vars: Any, images: Array
   # The encoder is frozen: no gradient ever reaches it.
   return {k: jax.lax.stop_gradient(v.astype(jnp.float32))
           for k, v in feats.items()}
-
-
-def encode_pair(encoder: Encoder, enc_vars: Any, clean: Array, masked: Array,
-                *, fuse: bool) -> tuple[dict[str, Array], dict[str, Array]]:
-  """Encoder features of the clean and the masked images.
-
-  Args:
-    encoder: the frozen encoder.
-    enc_vars: its variables.
-    clean: (B, H, W, 3) images.
-    masked: (B, H, W, 3) their masked copies.
-    fuse: one encoder pass over the (2B, H, W, 3) concatenation instead of
-      two passes of B (the frozen encoder is per-image, so the features are
-      the same; one larger batch uses the cores better).
-
-  Returns:
-    ``(targets, masked_features)``.
-  """
-  if not fuse:
-    return (_features(encoder, enc_vars, clean),
-            _features(encoder, enc_vars, masked))
-  b = clean.shape[0]
-  both = _features(encoder, enc_vars, jnp.concatenate([clean, masked]))
-  return ({k: v[:b] for k, v in both.items()},
-          {k: v[b:] for k, v in both.items()})
 
 
 def make_target_fn(encoder: Encoder, *,
@@ -328,8 +297,7 @@ def loss_terms(net: model_lib.DiCoNet, params: Any, batch_stats: Any,
   (recons, aux), mutated = net.apply(
       {"params": params, "batch_stats": batch_stats}, feats_in, train=True,
       mutable=["batch_stats"])
-  rec = losses.reconstruction_loss(targets, recons, cfg.levels,
-                                   flat_weight=cfg.flat_weight)
+  rec = losses.reconstruction_loss(targets, recons, cfg.levels)
   total = rec
   parts = {"rec": rec, "gate": jnp.mean(aux["gate"])}
   if net.memory_size > 0:
@@ -369,27 +337,18 @@ def make_train_step(net: model_lib.DiCoNet, encoder: Encoder,
 
   def step_any(state, enc_vars, images, targets, rng):
     traces.append(1)  # Runs at trace time only.
-    k_mask, k_fill = jax.random.split(rng)
+    # The masks' key is the first half of the split, as when the second one
+    # drew a noise fill (removed): the same masks as before.
+    k_mask, _ = jax.random.split(rng)
     images = images.astype(jnp.float32)
     if cfg.masking:
       b, h, w = images.shape[:3]
       mask = masking.random_square_mask(k_mask, b, (h, w),
                                         ratio=cfg.mask_ratio,
                                         patch=cfg.mask_patch)
-      if cfg.feature_masking:
-        # (ours) Mask the clean features instead of the pixels: no masked
-        # encoder pass, so with cached targets no encoder pass at all.
-        if targets is None:
-          targets = _features(encoder, enc_vars, images)
-        feats_in = masking.mask_features(targets, mask)
-      else:
-        masked = masking.apply_mask(images, mask, fill=cfg.mask_fill,
-                                    key=k_fill)
-        if targets is None:
-          targets, feats_in = encode_pair(encoder, enc_vars, images, masked,
-                                          fuse=cfg.fuse_encoder)
-        else:
-          feats_in = _features(encoder, enc_vars, masked)
+      if targets is None:
+        targets = _features(encoder, enc_vars, images)
+      feats_in = _features(encoder, enc_vars, masking.apply_mask(images, mask))
     else:
       if targets is None:
         targets = _features(encoder, enc_vars, images)
@@ -478,7 +437,7 @@ def make_score_fn(net: model_lib.DiCoNet, encoder: Encoder, cfg: StepConfig, *,
                                           k=cfg.k_masks, patch=cfg.mask_patch)
 
       def one(mask):
-        x = masking.apply_mask(images, mask[None], fill="zero")
+        x = masking.apply_mask(images, mask[None])
         recons, _ = net.apply(variables, _features(encoder, enc_vars, x),
                               train=False)
         return scoring.anomaly_map(targets, recons, score_levels, size=size,
