@@ -23,7 +23,6 @@ checkpoints and history are ``dicofun.training.run_loop``'s.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from typing import Any, Optional
@@ -76,35 +75,15 @@ def step_config(cfg: ml_collections.ConfigDict, *, dim: int,
 
 
 @dataclasses.dataclass(frozen=True)
-class Budget:
-  """The length of a FUN-AD run and the unit of its loop.
-
-  ``training.run_loop`` runs ``rounds`` rounds of ``round_steps`` iterations
-  each; global iteration g is position ``g % iters_per_epoch`` of epoch
-  ``g // iters_per_epoch`` (a fresh permutation of the training images per
-  epoch), so a round is a pure function of (state, round) whatever its size.
+class Budget(training.Budget):
+  """The length of a FUN-AD run and the unit of its loop: a
+  ``training.Budget`` (rounds of a fixed number of iterations drawn from a
+  stream of per-epoch permutations) with its batch.
 
   Attributes:
     batch: images per iteration.
-    iters_per_epoch: iterations per pass over the training images.
-    total_steps: iterations of the whole run.
-    round_steps: iterations per round of the loop (one history row).
-    eval_every: evaluate every this many rounds (0: after the last only).
-    checkpoint_every: checkpoint every this many rounds (0: the last only).
-    in_steps: the budget is counted in steps (``funad.steps`` > 0, ours);
-      else in epochs (the paper), one round per epoch.
   """
   batch: int
-  iters_per_epoch: int
-  total_steps: int
-  round_steps: int
-  eval_every: int
-  checkpoint_every: int
-  in_steps: bool
-
-  @property
-  def rounds(self) -> int:
-    return self.total_steps // self.round_steps
 
 
 def budget(cfg: ml_collections.ConfigDict, num_images: int) -> Budget:
@@ -114,22 +93,16 @@ def budget(cfg: ml_collections.ConfigDict, num_images: int) -> Budget:
   and ``checkpoint_every`` in epochs. Step budget **(ours)**: max(``steps``,
   ``min_epochs`` passes) iterations, whatever the training-set size; a round
   is gcd(``eval_every``, ``checkpoint_every``) iterations (the whole run when
-  both are 0) and the total is rounded up to whole rounds.
+  both are 0) and the total is rounded up to whole rounds
+  (``training.budget``).
   """
   b = max(1, min(int(cfg.batch_size), int(num_images)))
-  iters = max(int(num_images) // b, 1)
-  every_e, every_c = int(cfg.eval_every), int(cfg.checkpoint_every)
-  if int(cfg.get("steps", 0)) <= 0:
-    return Budget(batch=b, iters_per_epoch=iters,
-                  total_steps=int(cfg.epochs) * iters, round_steps=iters,
-                  eval_every=every_e, checkpoint_every=every_c,
-                  in_steps=False)
-  total = max(int(cfg.steps), int(cfg.get("min_epochs", 0)) * iters)
-  k = math.gcd(every_e, every_c) or total
-  total = -(-total // k) * k
-  return Budget(batch=b, iters_per_epoch=iters, total_steps=total,
-                round_steps=k, eval_every=every_e // k,
-                checkpoint_every=every_c // k, in_steps=True)
+  plan = training.budget(
+      iters_per_epoch=max(int(num_images) // b, 1), epochs=int(cfg.epochs),
+      steps=int(cfg.get("steps", 0)), min_epochs=int(cfg.get("min_epochs", 0)),
+      eval_every=int(cfg.eval_every),
+      checkpoint_every=int(cfg.checkpoint_every))
+  return Budget(batch=b, **dataclasses.asdict(plan))
 
 
 # ----------------------------------------------------------------- helpers
