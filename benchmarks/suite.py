@@ -37,6 +37,11 @@ Baseline rows (issue 26)::
   # FUN-AD, 3 seeds, on DINOv2 features only, rows added to the file:
   python benchmarks/suite.py --method=funad --backbones=dinov2_vits14 \
       --contaminations=0.1,0.2 --merge --workdir=runs/suite
+  # DiCo's cpu preset on its encoder: 3 seeds at c = 0, seed 0 at 0.1 and 0.2
+  # (issue 28):
+  python benchmarks/suite.py --method=dico:cpu --backbones=efficientnet_lite0 \
+      --contaminations=0,0.1,0.2 --seeds_at=0.1:0,0.2:0 --merge \
+      --workdir=runs/suite
 """
 
 from __future__ import annotations
@@ -112,6 +117,10 @@ _CONTAMINATIONS = flags.DEFINE_list("contaminations", ["0", "0.1", "0.2"],
 _SEEDS = flags.DEFINE_list(
     "seeds", [], "Method seeds (default: 0,1,2 for FUN-AD and DiCo, 0 for "
     "PatchCore and SoftPatch).")
+_SEEDS_AT = flags.DEFINE_list(
+    "seeds_at", [], "Per-contamination seeds, C:S[+S...] items (e.g. "
+    "'0.1:0,0.2:0'): the method seeds at contamination C, for every method, "
+    "instead of --seeds or the defaults.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/suite", "Root of the cells.")
 _OUT = flags.DEFINE_string("out", OUT, "Rows file (JSON).")
 _MERGE = flags.DEFINE_bool("merge", False, "Keep the rows of --out whose "
@@ -145,16 +154,45 @@ def check_categories(data_root: str, categories: Sequence[str]) -> None:
           "layout (expected train/good, test/<type>, ground_truth/<type>)")
 
 
+def parse_seeds_at(items: Sequence[str], contaminations: Sequence[float]
+                   ) -> dict[float, tuple[int, ...]]:
+  """``["0.1:0", "0.2:0+1"]`` → ``{0.1: (0,), 0.2: (0, 1)}``.
+
+  Raises:
+    SuiteError: a malformed item, or a contamination not in the run.
+  """
+  out: dict[float, tuple[int, ...]] = {}
+  for item in items:
+    c, sep, seeds = item.partition(":")
+    try:
+      if not sep:
+        raise ValueError
+      ratio = float(c)
+      values = tuple(int(x) for x in seeds.split("+"))
+    except ValueError:
+      raise SuiteError(f"--seeds_at item {item!r}: expected C:S[+S...], "
+                       "e.g. 0.1:0 or 0:0+1+2") from None
+    if not any(abs(ratio - float(x)) < 1e-12 for x in contaminations):
+      raise SuiteError(f"--seeds_at item {item!r}: contamination {ratio:g} "
+                       f"is not one of --contaminations "
+                       f"{[float(x) for x in contaminations]}")
+    out[ratio] = values
+  return out
+
+
 def _slug(args: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.=+-]", "_", args.replace(",", "+"))
 
 
 def build_cells(methods: Sequence[tuple[str, str]], backbones: Sequence[str],
                 categories: Sequence[str], contaminations: Sequence[float],
-                seeds: Optional[Sequence[int]], data_root: str
+                seeds: Optional[Sequence[int]], data_root: str, *,
+                seeds_at: Optional[dict[float, Sequence[int]]] = None
                 ) -> list[sweep.Cell]:
   """The grid in run order: backbone, category, contamination, method, seed
-  (methods sharing features run back to back)."""
+  (methods sharing features run back to back). ``seeds_at`` maps a
+  contamination to its seeds (``parse_seeds_at``), over ``seeds`` and the
+  methods' defaults."""
   for bb in backbones:
     if bb not in BACKBONE_SIZE:
       raise SuiteError(f"--backbones: {bb!r} is not one of "
@@ -166,6 +204,9 @@ def build_cells(methods: Sequence[tuple[str, str]], backbones: Sequence[str],
         for method, args in methods:
           method_seeds = seeds if seeds else (
               (0, 1, 2) if method in TRAINED else (0,))
+          for ratio, at in (seeds_at or {}).items():
+            if abs(float(c) - ratio) < 1e-12:
+              method_seeds = tuple(at)
           for s in method_seeds:
             parts = []
             if cat in PACKAGED:
@@ -334,6 +375,7 @@ def run(*, methods: Sequence[str], backbones: Sequence[str],
         data_root: str, categories: Sequence[str],
         contaminations: Sequence[float], seeds: Optional[Sequence[int]],
         workdir: str, out: str, merge: bool, dry_run: bool = False,
+        seeds_at: Sequence[str] = (),
         runner=None, command: str = "") -> list[dict[str, Any]]:
   """Runs the grid and writes the rows; returns this invocation's rows.
 
@@ -344,8 +386,9 @@ def run(*, methods: Sequence[str], backbones: Sequence[str],
   parsed = [parse_method(m) for m in methods]
   data_root = os.path.abspath(os.path.expanduser(data_root))
   check_categories(data_root, categories)
+  at = parse_seeds_at(seeds_at, contaminations)
   cells = build_cells(parsed, backbones, categories, contaminations, seeds,
-                      data_root)
+                      data_root, seeds_at=at)
   load_start = round(os.getloadavg()[0], 2)
   t0 = time.time()
   outcome = sweep.run_cells(cells, workdir, dry_run=dry_run, runner=runner,
@@ -388,6 +431,7 @@ def main(argv: Sequence[str]) -> None:
         data_root=_DATA_ROOT.value, categories=_CATEGORIES.value,
         contaminations=[float(c) for c in _CONTAMINATIONS.value],
         seeds=[int(s) for s in _SEEDS.value] or None,
+        seeds_at=_SEEDS_AT.value,
         workdir=_WORKDIR.value, out=_OUT.value, merge=_MERGE.value,
         dry_run=_DRY_RUN.value, command=command_line())
   except (SuiteError, sweep.SweepError) as e:

@@ -319,7 +319,9 @@ _NOT_TRAINING = frozenset({"epochs", "steps", "min_epochs", "eval_every", "check
 # Method-block fields added after runs were stored, with the value that
 # reproduces the code before them: at that value they are left out, so those
 # runs' checkpoints still resume (and can be re-scored).
-_ADDED_AT_DEFAULT = {"bottleneck_stride": 0}
+# Keys are field names, or "<method>.<field>" where another method has a field
+# of that name.
+_ADDED_AT_DEFAULT = {"bottleneck_stride": 0, "dico.warmup_steps": 0}
 # Method-block fields removed from the config, with the one value the code
 # after their removal computes: a checkpoint that recorded them at it resumes.
 _REMOVED_AT_DEFAULT = {"mask_fill": "zero", "flat_weight": 0.0,
@@ -378,10 +380,15 @@ def training_fingerprint(config: ml_collections.ConfigDict, method: str, *,
   """
   values: dict[str, Any] = {}
   block = _plain(config.get(method) or {})
+  missing = object()
+
+  def added_at_default(k, v):
+    return any(_ADDED_AT_DEFAULT.get(name, missing) == v
+               for name in (k, f"{method}.{k}"))
+
   _flat_items(method, {k: v for k, v in block.items()
                        if k not in _NOT_TRAINING
-                       and not (k in _ADDED_AT_DEFAULT
-                                and v == _ADDED_AT_DEFAULT[k])}, values)
+                       and not added_at_default(k, v)}, values)
   for name, fields in (("dataset", _DATASET_FIELDS),
                        ("backbone", _BACKBONE_FIELDS)):
     sub = config.get(name)

@@ -345,15 +345,16 @@ def test_end_to_end_training_beats_untrained(data):
   cfg = small_config(epochs=6)
   bs = 8
 
-  def epoch_batches(epoch):
+  def epoch_batches(epoch, start, stop):
     order = np.random.default_rng(epoch).permutation(len(train))
-    for b in range(len(train) // bs):
+    for b in range(start, stop):
       yield train[order[b * bs:(b + 1) * bs]]
 
   net = dico.build_net(cfg, enc.channels)
   score = step_lib.make_score_fn(net, enc, dico.step_config(cfg))
   variables, info = dico.train(cfg, encoder=enc, epoch_batches=epoch_batches,
-                               first_batch=train[:bs], seed=0)
+                               first_batch=train[:bs], seed=0,
+                               steps_per_epoch=len(train) // bs)
   assert info["compilations"] == 1
   assert info["losses"][-1]["rec"] < info["losses"][0]["rec"]
   trained_auc = roc_auc_score(labels, np.asarray(score(variables, test)[0]))
@@ -412,8 +413,8 @@ def test_training_from_cached_targets_same_losses(data, masking):
                                      batch_size=bs)
 
   def batches(cached):
-    def epoch_batches(epoch):
-      for idx in dico.epoch_batch_indices(len(train), bs, epoch):
+    def epoch_batches(epoch, start, stop):
+      for idx in dico.epoch_batch_indices(len(train), bs, epoch)[start:stop]:
         if cached:
           yield train[idx], {k: v[idx] for k, v in targets.items()}
         else:
@@ -421,7 +422,8 @@ def test_training_from_cached_targets_same_losses(data, masking):
     return epoch_batches
 
   runs = [dico.train(cfg, encoder=enc, epoch_batches=batches(c),
-                     first_batch=train[:bs], seed=0) for c in (False, True)]
+                     first_batch=train[:bs], seed=0,
+                     steps_per_epoch=len(train) // bs) for c in (False, True)]
   (v_ref, ref), (v_got, got) = runs
   assert len(ref["losses"]) == 2 and got["compilations"] == 1
   # The epoch rows carry the gate / item-usage diagnostics.
@@ -479,15 +481,22 @@ def test_cosine_lr_schedule_with_warmup_hand_values():
     step_lib.make_lr_schedule(0.1, schedule="step")
 
 
-def test_cpu_preset_sets_the_hour_run_and_explicit_args_win():
+def test_cpu_preset_counts_steps_and_explicit_args_win():
   module = magnetic_tile_config()
-  plain = module.get_config("")
+  plain = module.get_config("")  # The faithful path counts epochs.
   assert plain.dico.epochs == 200 and plain.dico.lr_schedule == "constant"
-  assert plain.dico.cache_targets
+  assert plain.dico.cache_targets and plain.dico.steps == 0
   d = module.get_config("cpu").dico
-  assert (d.epochs, d.batch_size, d.eval_every, d.lr_schedule,
-          d.warmup_epochs, d.cache_targets) == (30, 8, 3, "cosine", 1, True)
-  assert module.get_config("cpu,epochs=4").dico.epochs == 4
+  assert (d.steps, d.min_epochs, d.batch_size, d.eval_every,
+          d.checkpoint_every, d.lr_schedule, d.warmup_steps,
+          d.cache_targets) == (400, 2, 8, 100, 50, "cosine", 40, True)
+  assert module.get_config("cpu,steps=60").dico.steps == 60
+  # epochs= alone counts the budget in epochs again.
+  d = module.get_config("cpu,epochs=4").dico
+  assert (d.epochs, d.steps) == (4, 0)
+  assert module.get_config("cpu,epochs=4,steps=60").dico.steps == 60
+  with pytest.raises(Exception, match="dico.warmup_steps"):
+    module.get_config("cpu,steps=30")
 
 
 def test_speed_knobs_stay_out_of_the_resume_fingerprint():
@@ -638,6 +647,9 @@ def test_bottleneck_stride_at_its_default_keeps_older_fingerprints():
     return training.training_fingerprint(
         ml_collections.ConfigDict({"dico": cfg, "seed": 0}), "dico")["hash"]
   older = small_config()
-  del older["bottleneck_stride"]  # A run stored before the field existed.
+  # A run stored before the fields existed.
+  del older["bottleneck_stride"]
+  del older["warmup_steps"]
   assert fp(small_config()) == fp(older)
+  assert fp(small_config(warmup_steps=5)) != fp(older)
   assert fp(small_config(bottleneck_stride=32)) != fp(older)

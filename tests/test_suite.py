@@ -178,6 +178,31 @@ def test_cells_fix_the_contamination_draw_and_vary_the_method_seed(tmp_path):
   assert configs[-1].softpatch.coreset_fraction == 0.01
 
 
+def test_seeds_at_gives_per_contamination_seeds(tiny_root, tmp_path):
+  suite = _suite()
+  at = suite.parse_seeds_at(["0.1:0", "0.2:0+2"], [0, 0.1, 0.2])
+  assert at == {0.1: (0,), 0.2: (0, 2)}
+  cells = suite.build_cells([("dico", "cpu"), ("patchcore", "")],
+                            ["efficientnet_lite0"], ["a/b"], [0, 0.1, 0.2],
+                            None, str(tmp_path), seeds_at=at)
+  got = [(c.values["contamination"], c.values["method"], c.values["seed"])
+         for c in cells]
+  assert got == [(0.0, "dico", 0), (0.0, "dico", 1), (0.0, "dico", 2),
+                 (0.0, "patchcore", 0),
+                 (0.1, "dico", 0), (0.1, "patchcore", 0),
+                 (0.2, "dico", 0), (0.2, "dico", 2), (0.2, "patchcore", 0),
+                 (0.2, "patchcore", 2)]
+  assert cells[4].arg.endswith("contamination=0.1,seed=0,cpu")
+  # A malformed item or a ratio the run does not have stops the suite
+  # before any cell, naming it.
+  for bad, match in (("0.1", "'0.1'"), ("0.1:x", "'0.1:x'"),
+                     ("0.3:0", "contamination 0.3")):
+    with pytest.raises(suite.SuiteError, match=match):
+      suite.run(**{**_TINY, "seeds_at": [bad]}, data_root=tiny_root,
+                workdir=str(tmp_path), out="x.json", merge=False,
+                runner=_never)
+
+
 def test_markdown_mean_row_averages_category_seed_means():
   suite = _suite()
   rows = []

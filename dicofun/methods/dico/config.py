@@ -1,6 +1,11 @@
 """DiCo's config: ``default_config()`` (the one place its defaults live), the
 config-file arguments ``ARGS`` and their checks.
 
+Budget: the faithful path counts epochs (METHODS §2: 200 at batch 16); the
+``cpu`` preset counts optimiser steps (``steps``, with a floor of
+``min_epochs`` passes; ``training.budget``) **(ours)**, so a small and a
+large category train the same number of iterations (issue 28).
+
 A ``configs/dico_<dataset>.py`` file builds
 ``configlib.run_config(method_config=default_config(), ...)``, applies its
 ``runlocal`` block and ends with ``apply_args(config, arg)``.
@@ -33,25 +38,26 @@ ARGS: dict[str, str] = {
     "k_combine": "dico.k_masks_combine",
     "score_levels": "dico.score_levels",
     "epochs": "dico.epochs",
+    "steps": "dico.steps",
+    "min_epochs": "dico.min_epochs",
     "batch_size": "dico.batch_size",
     "lr_schedule": "dico.lr_schedule",
     "warmup_epochs": "dico.warmup_epochs",
+    "warmup_steps": "dico.warmup_steps",
 }
 # Bare flags of the config files that set no field: ``cpu`` applies
 # ``CPU_PRESET`` (``apply_cpu_preset``).
 FLAGS = ("cpu",)
 
-# The ``cpu`` preset: the largest sensible DiCo run in <= 1 hour on 2 CPU
-# cores on magnetic tile (761 training, 583 test images, 256 px,
-# EfficientNet-Lite0). Estimate from benchmarks/dico_profile.py on the idle
-# 2-core Intel Xeon sandbox (batch 8, after the CPU depthwise path of
-# efficientnet_lite.depthwise_conv): a train step 0.84 s (9.5 images/s; 2.40
-# s before it), scoring ~0.04 s/image. Target cache 761 × 0.015 ≈ 11 s + 30
-# epochs × 761 / 9.5 ≈ 2400 s + 10 test evaluations (every 3 epochs) ×
-# ~45 s + final test and transductive scoring ≈ 60 s ≈ 2900 s ≈ 48 min.
-CPU_PRESET = dict(epochs=30, batch_size=8, eval_batch_size=8, eval_every=3,
-                  checkpoint_every=1, lr_schedule="cosine", warmup_epochs=1,
-                  cache_targets=True)
+# The ``cpu`` preset (issue 28): a budget in optimiser steps, the same for
+# every training-set size (at least 2 passes), at batch 8 with cached targets
+# and a warm-up + cosine lr; rounds of 50 steps, each checkpointed, the test
+# set scored every 100 (history). The step count is chosen for its cost: one
+# cell of a 320-image category at 256 px within 10 min on 2 cores
+# (BENCHMARKS.md, "DiCo budget in steps"); no accuracy was chosen with it.
+CPU_PRESET = dict(steps=400, min_epochs=2, batch_size=8, eval_batch_size=8,
+                  eval_every=100, checkpoint_every=50, lr_schedule="cosine",
+                  warmup_steps=40, warmup_epochs=0, cache_targets=True)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -80,18 +86,27 @@ def default_config() -> ml_collections.ConfigDict:
       # "stride16" or "stride8+stride16"); "" = every level of ``levels``
       # (METHODS §2.3). Scoring only: a trained run can be re-scored.
       score_levels="",
-      epochs=200,
+      epochs=200,  # The budget of the paper: passes over the training set.
+      # (ours) the budget in optimiser steps, whatever the training-set size
+      # (0 = count ``epochs``); ``eval_every`` and ``checkpoint_every`` then
+      # count steps too (``training.budget``).
+      steps=0,
+      # (ours) the floor of a step budget: at least this many passes.
+      min_epochs=0,
       batch_size=16,
       lr=5e-3,
       lr_schedule="constant",  # Or "cosine": warm-up + cosine to 0 (ours).
-      warmup_epochs=0,  # Linear warm-up epochs of the cosine schedule.
+      # Linear warm-up of the cosine schedule: warmup_steps optimiser steps
+      # plus warmup_epochs passes.
+      warmup_epochs=0,
+      warmup_steps=0,
       b1=0.5,
       b2=0.999,
       compact_weight=0.1,
       entropy_weight=2e-4,
       momentum=0.99,
       blur_sigma=4.0,
-      eval_every=10,  # Test-set history every n epochs (0 = end only).
+      eval_every=10,  # Test-set history every n epochs/steps (0 = end only).
       checkpoint_every=10,
       eval_batch_size=32,
       transductive=True,  # Score the training set (view c).
@@ -113,7 +128,7 @@ def score_levels(d: ml_collections.ConfigDict) -> tuple[str, ...]:
 def apply_cpu_preset(config: ml_collections.ConfigDict,
                      arg: Optional[str]) -> None:
   """Applies ``CPU_PRESET`` when ``arg`` has ``cpu`` (before ``apply_args``:
-  explicit args win over it)."""
+  explicit args win over it; ``epochs=`` alone counts epochs again)."""
   if configlib.flag_in(arg, "cpu"):
     config.dico.update(CPU_PRESET)
 
@@ -127,11 +142,19 @@ def apply_args(config: ml_collections.ConfigDict,
       explicit arguments win over it).
     arg: the string after the colon, e.g. ``"memory=10,contamination=0.1"``.
 
+  An explicit ``epochs=`` without ``steps=`` counts the budget in epochs
+  (``steps=0``; ``eval_every`` and ``checkpoint_every`` then count epochs
+  too): ``cpu,epochs=30`` means 30 passes.
+
   Returns:
     ``config``, updated in place; the backbone extracts features in batches
     of ``config.dico.batch_size``.
   """
   configlib.apply_args(config, arg, ARGS, flags=FLAGS)
+  given = {item.strip().partition("=")[0].strip()
+           for item in (arg or "").split(",")}
+  if "epochs" in given and "steps" not in given:
+    config.dico.steps = 0
   config.backbone.batch_size = config.dico.batch_size
   check(config)
   return config
@@ -158,8 +181,20 @@ def check(config: ml_collections.ConfigDict) -> None:
   configlib.check_positive("dico.lr", d.lr)
   configlib.check_choice("dico.lr_schedule", d.lr_schedule, ("constant",
                                                              "cosine"))
+  configlib.check_that(d.steps >= 0, "dico.steps", d.steps,
+                       "an integer >= 0 (0 = the budget is dico.epochs)")
+  configlib.check_that(d.min_epochs >= 0, "dico.min_epochs", d.min_epochs,
+                       "an integer >= 0")
+  configlib.check_that(d.eval_every >= 0, "dico.eval_every", d.eval_every,
+                       "an integer >= 0 (0 = at the end)")
+  configlib.check_that(d.checkpoint_every >= 0, "dico.checkpoint_every",
+                       d.checkpoint_every, "an integer >= 0 (0 = at the end)")
   configlib.check_that(0 <= d.warmup_epochs < d.epochs, "dico.warmup_epochs",
                        d.warmup_epochs, "an integer in [0, epochs)")
+  configlib.check_that(
+      d.warmup_steps >= 0 and (d.steps == 0 or d.warmup_steps < d.steps),
+      "dico.warmup_steps", d.warmup_steps,
+      "an integer >= 0, below dico.steps with a step budget")
   configlib.check_that(d.memory_size >= 0, "dico.memory_size", d.memory_size,
                        "an integer >= 0 (0 disables the memory)")
   # model.level_stride's parse; config files load without jax (no model import).

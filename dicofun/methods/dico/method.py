@@ -92,8 +92,34 @@ def epoch_batch_indices(n: int, batch_size: int, seed: int
           for b in range(n // batch_size)]
 
 
+def budget(cfg: ml_collections.ConfigDict,
+           steps_per_epoch: int) -> training.Budget:
+  """The run length of ``config.dico`` (``training.budget``)."""
+  return training.budget(
+      iters_per_epoch=steps_per_epoch, epochs=int(cfg.epochs),
+      steps=int(cfg.get("steps", 0)), min_epochs=int(cfg.get("min_epochs", 0)),
+      eval_every=int(cfg.eval_every),
+      checkpoint_every=int(cfg.checkpoint_every))
+
+
+def fingerprint_extra(cfg: ml_collections.ConfigDict,
+                      plan: training.Budget) -> Optional[dict[str, int]]:
+  """What of the budget changes training (``training_fingerprint``'s extra).
+
+  The round count is not part of the fingerprint (a run may be extended),
+  but a cosine schedule's length is, and so is the size of a round of a step
+  budget (a checkpoint counts rounds) (ours).
+  """
+  extra = {}
+  if str(cfg.get("lr_schedule", "constant")) != "constant":
+    extra["dico.total_steps"] = plan.total_steps
+  if plan.in_steps:
+    extra["dico.round_steps"] = plan.round_steps
+  return extra or None
+
+
 def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
-          epoch_batches: Callable[[int], Iterator[np.ndarray]],
+          epoch_batches: Callable[[int, int, int], Iterator[np.ndarray]],
           first_batch: np.ndarray, seed: int = 0,
           workdir: Optional[str] = None,
           evaluate: Optional[Callable[[Any, int], dict[str, float]]] = None,
@@ -101,18 +127,26 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
           place: Optional[Callable[[np.ndarray], Any]] = None,
           fingerprint: Optional[dict[str, Any]] = None,
           restart: bool = False,
-          steps_per_epoch: Optional[int] = None,
+          steps_per_epoch: int,
           summary_dir: Optional[str] = None,
           images_per_epoch: Optional[int] = None
           ) -> tuple[dict[str, Any], dict[str, Any]]:
   """Trains DiCo with ``training.run_loop`` (resumes from ``<workdir>/checkpoints``).
 
+  The run length is ``training.budget``'s: ``cfg.epochs`` passes, a round of
+  the loop per epoch (the paper), or ``cfg.steps`` optimiser steps (at least
+  ``cfg.min_epochs`` passes) in rounds of gcd(``eval_every``,
+  ``checkpoint_every``) steps **(ours)**. Global step g is batch
+  ``g % steps_per_epoch`` of epoch ``g // steps_per_epoch`` with the masks of
+  that (epoch, batch), so a round is a pure function of (state, round).
+
   Args:
     cfg: ``config.dico``.
     encoder: the frozen encoder.
-    epoch_batches: ``epoch -> iterator`` of (B, H, W, 3) normalised batches
+    epoch_batches: ``(epoch, start, stop) -> iterator`` over batches
+      ``start .. stop - 1`` of that epoch: (B, H, W, 3) normalised batches
       of a fixed size (the global batch, or this process's part when
-      ``place`` assembles global arrays), or of ``(images, targets)`` pairs
+      ``place`` assembles global arrays), or ``(images, targets)`` pairs
       whose cached targets ``{level: (B, h, w, C)}`` replace the clean
       encoder pass (``step_lib.compute_targets``).
     first_batch: a batch used to initialise the parameters and memory items.
@@ -122,30 +156,35 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
       ``cfg.eval_every`` epochs and after the last one.
     mesh: optional ``data`` mesh.
     place: puts a batch on devices (default: as is / on the mesh).
-    fingerprint: ``training.training_fingerprint(config, "dico")``, checked
-      against the checkpoint's on resume (None: no check).
+    fingerprint: ``training.training_fingerprint(config, "dico",
+      extra=fingerprint_extra(...))``, checked against the checkpoint's on
+      resume (None: no check).
     restart: delete the workdir's training checkpoints first.
-    steps_per_epoch: batches per epoch (needed by ``cfg.lr_schedule``
-      other than "constant").
+    steps_per_epoch: batches per epoch.
     summary_dir: live TensorBoard events go there (``training.run_loop``;
       an ``evaluate`` result may carry ``training.FIGURE``).
-    images_per_epoch: training images per epoch, for the images/s scalar.
+    images_per_epoch: training images per epoch (``steps_per_epoch`` full
+      batches), for the images/s scalar.
 
   Returns:
     ``(variables, info)``: ``{"params", "batch_stats"}`` on the host and a
-    dict with ``history`` (one row per epoch: losses and, on evaluated
-    epochs, ``test_*`` values), ``oracle``, ``losses``, ``epochs``,
+    dict with ``history`` (one row per round: ``step``, losses and, on
+    evaluated rounds, ``test_*`` values), ``oracle``, ``losses``,
+    ``budget`` (the ``training.Budget``), ``epochs``, ``steps``,
     ``train_seconds``, ``compilations``.
   """
   net = build_net(cfg, encoder.channels)
   schedule = str(cfg.get("lr_schedule", "constant"))
-  if schedule != "constant" and not steps_per_epoch:
-    raise ValueError(f"lr_schedule={schedule!r} needs steps_per_epoch")
-  spe = int(steps_per_epoch or 0)
+  plan = budget(cfg, int(steps_per_epoch))
+  spe, k = plan.iters_per_epoch, plan.round_steps
+  warmup = (int(cfg.get("warmup_steps", 0))
+            + int(cfg.get("warmup_epochs", 0)) * plan.iters_per_epoch)
   tx = step_lib.make_optimizer(
       lr=cfg.lr, b1=cfg.b1, b2=cfg.b2, schedule=schedule,
-      total_steps=int(cfg.epochs) * spe,
-      warmup_steps=int(cfg.get("warmup_epochs", 0)) * spe)
+      total_steps=plan.total_steps, warmup_steps=warmup)
+  logging.info("DiCo: %d steps (%.1f passes of %d batches) in %d rounds of "
+               "%d", plan.total_steps, plan.total_steps / plan.iters_per_epoch,
+               plan.iters_per_epoch, plan.rounds, k)
   scfg = step_config(cfg)
   key = jax.random.PRNGKey(seed)
   k_init, k_steps = jax.random.split(key)
@@ -156,31 +195,41 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
              else (lambda x: x))
   train_step = step_lib.make_train_step(net, encoder, tx, scfg, mesh=mesh)
 
-  def epoch_fn(state, epoch):
+  def round_batches(rnd):
+    # Global steps [rnd·k, (rnd + 1)·k) as (epoch, position, batch).
+    g, stop = rnd * k, (rnd + 1) * k
+    while g < stop:
+      epoch, start = divmod(g, spe)
+      end = min(spe, start + stop - g)
+      for pos, batch in enumerate(epoch_batches(epoch, start, end), start):
+        yield epoch, pos, batch
+      g += end - start
+
+  def epoch_fn(state, rnd):
     count = 0
     step_metrics = []
-    for batch in epoch_batches(epoch):
+    for epoch, pos, batch in round_batches(rnd):
       interrupt.between_steps()  # Ctrl-C (``training.run_loop``).
       targets = None
       if isinstance(batch, tuple):
         batch, targets = batch
-        targets = {k: place(np.asarray(v, np.float32))
-                   for k, v in targets.items()}
+        targets = {key: place(np.asarray(v, np.float32))
+                   for key, v in targets.items()}
       # A pure function of (epoch, batch): resumed runs see the same masks.
-      rng = jax.random.fold_in(k_steps, epoch * 1_000_003 + count)
+      rng = jax.random.fold_in(k_steps, epoch * 1_000_003 + pos)
       state, m = train_step(state, place(np.asarray(batch, np.float32)), rng,
                             targets=targets)
       step_metrics.append(m)
       count += 1
     sums: dict[str, Any] = {}
     for m in jax.device_get(step_metrics):
-      for k, v in m.items():
+      for key, v in m.items():
         v = np.asarray(v, np.float64)
-        sums[k] = sums[k] + v if k in sums else v
-    row = {k: float(v) / max(count, 1) for k, v in sums.items()
-           if k not in (step_lib.GATE_HIST, step_lib.ITEM_COUNTS)}
+        sums[key] = sums[key] + v if key in sums else v
+    row = {key: float(v) / max(count, 1) for key, v in sums.items()
+           if key not in (step_lib.GATE_HIST, step_lib.ITEM_COUNTS)}
     if step_lib.ITEM_COUNTS in sums:
-      # Gate quantiles and item usage over the whole epoch.
+      # Gate quantiles and item usage over the whole round.
       row.update(model_lib.memory_diagnostics(sums[step_lib.GATE_HIST],
                                               sums[step_lib.ITEM_COUNTS]))
     return state, row
@@ -196,13 +245,17 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
       return state
     return jax.device_put(state, parallel.replicated(mesh))
 
+  batch = images_per_epoch // spe if images_per_epoch and spe else None
   loop = training.run_loop(
-      state=state, epochs=int(cfg.epochs), epoch_fn=epoch_fn,
+      state=state, epochs=plan.rounds, epoch_fn=epoch_fn,
       evaluate_fn=evaluate_fn, workdir=workdir,
-      checkpoint_every=int(cfg.checkpoint_every),
-      eval_every=int(cfg.eval_every), place=place_state,
-      fingerprint=fingerprint, restart=restart, desc="DiCo epochs",
-      summary_dir=summary_dir, images_per_epoch=images_per_epoch)
+      checkpoint_every=plan.checkpoint_every,
+      eval_every=plan.eval_every, place=place_state,
+      fingerprint=fingerprint, restart=restart,
+      desc="DiCo rounds" if plan.in_steps else "DiCo epochs",
+      summary_dir=summary_dir,
+      images_per_epoch=k * batch if batch else None,
+      step_of=lambda done: done * k)
   state = loop.state
   variables = _to_host({"params": state["params"],
                         "batch_stats": state["batch_stats"]})
@@ -210,13 +263,18 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
              if not k.startswith(training.EVAL_PREFIX)}
             for row in loop.history]
   info = {"history": loop.history, "oracle": loop.oracle, "losses": losses,
-          "epochs": int(cfg.epochs), "resumed_from_epoch": loop.start_epoch,
+          "budget": plan, "steps": plan.total_steps,
+          # Passes over the training images (a step budget's need not be
+          # whole).
+          "epochs": (int(cfg.epochs) if not plan.in_steps
+                     else plan.total_steps / plan.iters_per_epoch),
+          "resumed_from_round": loop.start_epoch,
           "train_seconds": loop.train_seconds,
-          # Training only (no evaluation/checkpoint), first epoch (compile)
+          # Training only (no evaluation/checkpoint), first round (compile)
           # left out when others ran.
           "train_images_per_s": (
-              images_per_epoch / loop.seconds_per_epoch
-              if images_per_epoch and loop.seconds_per_epoch else None),
+              k * batch / loop.seconds_per_epoch
+              if batch and loop.seconds_per_epoch else None),
           "compilations": len(train_step.traces),
           "num_parameters": model_lib.tree_size(variables["params"])}
   return variables, info
@@ -283,8 +341,8 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
             "%s; recomputing the targets every step", need / 2**30,
             cfg.max_in_memory_gb)
 
-    def epoch_batches(epoch):
-      for idx in epoch_batch_indices(n, bs, config.seed + epoch):
+    def epoch_batches(epoch, start, stop):
+      for idx in epoch_batch_indices(n, bs, config.seed + epoch)[start:stop]:
         if targets is None:
           yield train_images[idx]
         else:
@@ -302,8 +360,9 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
                        f"{pc} processes")
     local_bs = bs // pc
 
-    def epoch_batches(epoch):
-      mine = [i for idx in epoch_batch_indices(n, bs, config.seed + epoch)
+    def epoch_batches(epoch, start, stop):
+      mine = [i for idx in epoch_batch_indices(n, bs,
+                                               config.seed + epoch)[start:stop]
               for i in idx[pi * local_bs:(pi + 1) * local_bs]]
       for batch in pipeline.iterate_batches(
           [data.train[i] for i in mine], pre, batch_size=local_bs,
@@ -354,7 +413,8 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
                           evaluate=evaluate if data.test else None, mesh=mesh,
                           place=place,
                           fingerprint=training.training_fingerprint(
-                              config, "dico"),
+                              config, "dico", extra=fingerprint_extra(
+                                  cfg, budget(cfg, n // bs))),
                           restart=bool(config.get("restart", False)),
                           steps_per_epoch=n // bs, summary_dir=summary_dir,
                           images_per_epoch=(n // bs) * bs)
@@ -385,12 +445,19 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
           score_fn, variables, train_images, batch_size=ebs, multiple=ndev,
           desc="DiCo train scoring")
       train_maps = train_maps if want_maps else None
+  plan = info["budget"]
   extra: dict[str, Any] = {
-      "last_epoch": info["epochs"],
-      "epochs": info["epochs"],  # TensorBoard step of the final metrics.
-      "resumed_from_epoch": info["resumed_from_epoch"],
-      # One row per epoch (losses; test_* on evaluated epochs); the loop
-      # wrote each row to TensorBoard (history/*) as it trained.
+      # The result is the last step; TensorBoard's x axis is the step.
+      "result_step": plan.total_steps,
+      "steps": plan.total_steps,
+      # Passes over the training images (a step budget's need not be whole).
+      "epochs": info["epochs"],
+      "round_steps": plan.round_steps,
+      "resumed_from_round": info["resumed_from_round"],
+      # One row per round of the loop (an epoch of the faithful path):
+      # ``step`` the steps done, ``epoch`` the rounds done, the round's mean
+      # losses, test_* on evaluated rounds; the loop wrote each row to
+      # TensorBoard (history/*, x = step) as it trained.
       "history": info["history"],
       "train_seconds": info["train_seconds"],
       "train_images_per_s": info.get("train_images_per_s"),
