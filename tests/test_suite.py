@@ -182,7 +182,7 @@ def test_seeds_at_gives_per_contamination_seeds(tiny_root, tmp_path):
   suite = _suite()
   at = suite.parse_seeds_at(["0.1:0", "0.2:0+2"], [0, 0.1, 0.2])
   assert at == {0.1: (0,), 0.2: (0, 2)}
-  cells = suite.build_cells([("dico", "cpu"), ("patchcore", "")],
+  cells = suite.build_cells([("dico", ""), ("patchcore", "")],
                             ["efficientnet_lite0"], ["a/b"], [0, 0.1, 0.2],
                             None, str(tmp_path), seeds_at=at)
   got = [(c.values["contamination"], c.values["method"], c.values["seed"])
@@ -192,7 +192,11 @@ def test_seeds_at_gives_per_contamination_seeds(tiny_root, tmp_path):
                  (0.1, "dico", 0), (0.1, "patchcore", 0),
                  (0.2, "dico", 0), (0.2, "dico", 2), (0.2, "patchcore", 0),
                  (0.2, "patchcore", 2)]
+  # DiCo's suite cells are its cpu preset (a step budget).
   assert cells[4].arg.endswith("contamination=0.1,seed=0,cpu")
+  assert cells[4].values["args"] == ""
+  config = suite.sweep.load_config(cells[4].config_path, cells[4].arg)
+  assert (config.dico.steps, config.seed) == (400, 0)
   # A malformed item or a ratio the run does not have stops the suite
   # before any cell, naming it.
   for bad, match in (("0.1", "'0.1'"), ("0.1:x", "'0.1:x'"),
