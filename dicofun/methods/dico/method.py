@@ -300,9 +300,11 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
     std: normalisation std with ``encoder``.
 
   Returns:
-    Predictions; ``extra`` holds the last epoch, the history (one row per
-    epoch: losses, and the test-set evaluation on evaluated epochs) and the
-    test-selected *oracle* epoch (labelled as such, not the reported result).
+    Predictions; ``extra`` holds the budget (``steps``, ``epochs`` as
+    passes, ``round_steps``; the result is the last step), the history (one
+    row per round of the loop, an epoch of the faithful path: the step,
+    losses, and the test-set evaluation on evaluated rounds) and the
+    test-selected *oracle* round (labelled as such, not the reported result).
   """
   cfg = config.dico
   size = int(config.dataset.image_size)
