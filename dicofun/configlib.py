@@ -364,6 +364,18 @@ def check_fraction(field: str, value: Any) -> None:
   check_that(0 < value <= 1, field, value, "a fraction in (0, 1]")
 
 
+def check_step_budget(name: str, block: ml_collections.ConfigDict) -> None:
+  """The step-budget fields a trained method shares (``training.budget``):
+  ``steps`` (0 = count ``epochs``), ``min_epochs`` and ``checkpoint_every``
+  of ``config.<name>``, each an integer >= 0."""
+  check_that(block.steps >= 0, f"{name}.steps", block.steps,
+             f"an integer >= 0 (0 = the budget is {name}.epochs)")
+  check_that(block.min_epochs >= 0, f"{name}.min_epochs", block.min_epochs,
+             "an integer >= 0")
+  check_that(block.checkpoint_every >= 0, f"{name}.checkpoint_every",
+             block.checkpoint_every, "an integer >= 0 (0 = at the end)")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Checks the shared fields of a run config (a method checks its block).
 

@@ -181,14 +181,9 @@ def check(config: ml_collections.ConfigDict) -> None:
   configlib.check_positive("dico.lr", d.lr)
   configlib.check_choice("dico.lr_schedule", d.lr_schedule, ("constant",
                                                              "cosine"))
-  configlib.check_that(d.steps >= 0, "dico.steps", d.steps,
-                       "an integer >= 0 (0 = the budget is dico.epochs)")
-  configlib.check_that(d.min_epochs >= 0, "dico.min_epochs", d.min_epochs,
-                       "an integer >= 0")
+  configlib.check_step_budget("dico", d)
   configlib.check_that(d.eval_every >= 0, "dico.eval_every", d.eval_every,
                        "an integer >= 0 (0 = at the end)")
-  configlib.check_that(d.checkpoint_every >= 0, "dico.checkpoint_every",
-                       d.checkpoint_every, "an integer >= 0 (0 = at the end)")
   configlib.check_that(0 <= d.warmup_epochs < d.epochs, "dico.warmup_epochs",
                        d.warmup_epochs, "an integer in [0, epochs)")
   configlib.check_that(

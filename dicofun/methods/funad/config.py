@@ -251,12 +251,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   configlib.check_fraction("funad.rho", f.rho)
   configlib.check_choice("funad.smoothness", f.smoothness, SMOOTHNESS)
   configlib.check_positive_int("funad.epochs", f.epochs)
-  configlib.check_that(f.steps >= 0, "funad.steps", f.steps,
-                       "an integer >= 0 (0 = the budget is funad.epochs)")
-  configlib.check_that(f.min_epochs >= 0, "funad.min_epochs", f.min_epochs,
-                       "an integer >= 0")
-  configlib.check_that(f.checkpoint_every >= 0, "funad.checkpoint_every",
-                       f.checkpoint_every, "an integer >= 0 (0 = at the end)")
+  configlib.check_step_budget("funad", f)
   configlib.check_positive("funad.lr", f.lr)
   configlib.check_positive_int("funad.refresh_every", f.refresh_every)
   configlib.check_that(f.eval_every >= 0, "funad.eval_every", f.eval_every,
