@@ -27,7 +27,9 @@ synthesis), bank_patches (ours; 0 = all bank patches), batch_patches (ours;
 BCE targets), schedule (constant|cosine), warmup (lr warm-up iterations),
 ema (ours; EMA decay of the params, 0 = off), logits (ours; scores are
 logits), exclude (ours; bank rows of the batch's images ignored),
-dist_input (ours; pseudo-label distances on the input features), backbone,
+dist_input (ours; pseudo-label distances on the input features),
+bank_weight (ours; weight of the trusted bank's distance in the score, 0 =
+off), bank_coreset (ours; the trusted bank's coreset fraction), backbone,
 layer (ViT block), norm (ViT intermediate tokens through the final
 LayerNorm; default on), image_size, crop, seed, root, runlocal (the CPU
 smoke size of get_config).

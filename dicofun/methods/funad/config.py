@@ -105,6 +105,8 @@ ARGS: dict[str, str] = {
     "logits": "funad.score_logits",
     "exclude": "funad.bank_exclude_batch",
     "dist_input": "funad.distance_on_input",
+    "bank_weight": "funad.bank_weight",
+    "bank_coreset": "funad.bank_coreset",
 }
 
 
@@ -191,6 +193,14 @@ def default_config(preset: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
       # (ours) patch scores are logits (training-set scoring and inference):
       # same ranking, no float32 ties at s = 1 where the sigmoid saturates.
       score_logits=False,
+      # (ours) the trusted bank: the final score blends the discriminator's
+      # patch scores with each patch's distance to the training images that
+      # the trained discriminator does not flag (``method.trusted_bank``),
+      # both standardised on the training patches; the weight of the bank
+      # (0 = off, the paper: the discriminator alone; 1 = the bank alone)
+      # and the coreset fraction it keeps.
+      bank_weight=0.0,
+      bank_coreset=0.01,
   ))
   cfg.update(PRESETS[preset])
   return cfg
@@ -276,3 +286,9 @@ def check(config: ml_collections.ConfigDict) -> None:
                        f.bank_patches, "an integer >= 0 (0 = all)")
   configlib.check_that(f.batch_patches >= 0, "funad.batch_patches",
                        f.batch_patches, "an integer >= 0 (0 = all)")
+  configlib.check_that(0 <= f.get("bank_weight", 0.0) <= 1,
+                       "funad.bank_weight", f.get("bank_weight"),
+                       "a weight in [0, 1] (0 = off)")
+  configlib.check_that(0 < f.get("bank_coreset", 0.01) <= 1,
+                       "funad.bank_coreset", f.get("bank_coreset"),
+                       "a fraction in (0, 1]")

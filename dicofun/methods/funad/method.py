@@ -44,6 +44,8 @@ from dicofun import training
 from dicofun import viz
 from dicofun.data import pipeline
 from dicofun.methods.funad import step as step_lib
+from dicofun.methods.patchcore import method as patchcore
+from dicofun.models import names as backbone_names
 from dicofun.ops import maps
 
 
@@ -176,30 +178,137 @@ def predict_features(config: ml_collections.ConfigDict, state: dict,
 
   Args:
     config: the run config (uses ``config.funad`` and the dataset size).
-    state: ``{"params": ...}``.
+    state: ``{"params": ...}``, with the trusted bank's ``"bank"`` and
+      ``"blend"`` when ``funad.bank_weight`` > 0 **(ours)**.
     features: (N, h, w, D) [CLS ‖ patch] features.
     with_maps: also compute the (N, S, S) maps.
 
   Returns:
     ``(scores (N,), maps (N, S, S) or None)``; image score = max patch score
     (a patch score is a probability, or a logit with ``score_logits``,
-    **ours**).
+    **ours**; blended with the trusted bank's distance with
+    ``bank_weight``, **ours**).
   """
+  disc = discriminator_patches(config, state["params"], features)
+  knn = None
+  # The history during training scores the discriminator alone.
+  if _bank_weight(config) > 0 and "bank" in state:
+    knn = patchcore.score({"bank": np.asarray(state["bank"], np.float32)},
+                          bank_features(config, features))
+  return _scores_and_maps(config, blend(disc, knn, state.get("blend"),
+                                        _bank_weight(config)),
+                          with_maps=with_maps)
+
+
+def discriminator_patches(config: ml_collections.ConfigDict, params,
+                          features: np.ndarray) -> np.ndarray:
+  """(N, h, w) patch scores of the discriminator alone (the paper's)."""
   cfg = config.funad
   flat, (h, w) = _flat_tokens(features)
   n, _, d = flat.shape
-  patch = _score_patches(state["params"], flat, dim=d,
+  patch = _score_patches(params, flat, dim=d,
                          hidden=tuple(cfg.hidden), chunk=int(cfg.score_chunk),
                          # A model saved before the knob existed scored
                          # probabilities.
                          logits=bool(cfg.get("score_logits", False)))
-  patch = patch[:n].reshape(n, h, w)
-  scores = patch.reshape(n, -1).max(1)
+  return patch[:n].reshape(n, h, w)
+
+
+def _scores_and_maps(config: ml_collections.ConfigDict, patch: np.ndarray, *,
+                     with_maps: bool
+                     ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+  """Image scores (max patch score) and, optionally, the blurred maps."""
+  scores = patch.reshape(len(patch), -1).max(1)
   if not with_maps:
     return scores, None
-  amaps = patch_scores_to_map(patch, size=config.dataset.image_size,
-                              sigma=float(cfg.blur_sigma))
-  return scores, amaps
+  return scores, patch_scores_to_map(patch, size=config.dataset.image_size,
+                                     sigma=float(config.funad.blur_sigma))
+
+
+# -------------------------------------------------- the trusted bank (ours)
+
+
+def _bank_weight(config: ml_collections.ConfigDict) -> float:
+  return float(config.funad.get("bank_weight", 0.0))
+
+
+def bank_features(config: ml_collections.ConfigDict,
+                  features: np.ndarray) -> np.ndarray:
+  """The trusted bank's (N, h, w, C) features from FUN-AD's tokens **(ours)**.
+
+  A ViT's patch half of ``[CLS ‖ patch]`` (the peers' PatchCore layout of
+  the same block, without a local average); a CNN's features as they are
+  (its token layout is the PatchCore layout).
+  """
+  if backbone_names.PATCH_SIZES.get(str(config.backbone.name), 0):
+    return features[..., features.shape[-1] // 2:]
+  return features
+
+
+def standardiser(patch_scores: np.ndarray) -> tuple[float, float]:
+  """(median, 1.4826 · MAD) of patch scores, the spread floored above 0."""
+  x = np.asarray(patch_scores, np.float64).reshape(-1)
+  loc = float(np.median(x))
+  spread = 1.4826 * float(np.median(np.abs(x - loc)))
+  floor = max(1e-6 * float(np.max(np.abs(x))), np.finfo(np.float32).tiny)
+  return loc, max(spread, floor)
+
+
+def blend(disc: np.ndarray, knn: Optional[np.ndarray],
+          stats: Optional[np.ndarray], weight: float) -> np.ndarray:
+  """(1 − w) · z(discriminator) + w · z(bank distance), patch by patch.
+
+  ``stats`` = (loc_disc, scale_disc, loc_bank, scale_bank) from the training
+  patches (``standardiser``); weight 0 (or no bank) is the discriminator's
+  own scores, unchanged.
+  """
+  if weight <= 0 or knn is None:
+    return np.asarray(disc, np.float32)
+  ld, sd, lk, sk = (float(v) for v in np.asarray(stats).reshape(4))
+  out = (1.0 - weight) * (disc - ld) / sd + weight * (knn - lk) / sk
+  return out.astype(np.float32)
+
+
+def trusted_bank(config: ml_collections.ConfigDict, params,
+                 train_features: np.ndarray) -> dict[str, Any]:
+  """FUN-AD's trusted images kept as a memory bank for scoring **(ours)**.
+
+  The method's own idea — a bank of the training images it trusts — used
+  once more after training: the trained discriminator scores the training
+  images (max patch score); the ones ``metrics.robust_threshold`` flags
+  (modified z-score >= 3.5, ``dicofun inspect``'s rule, no labels) stay out;
+  the others' patch features (``bank_features``) pass PatchCore's greedy
+  coreset (``bank_coreset``). A patch's bank score is its distance to the
+  nearest bank row; the training images' own are leave-one-out
+  (``patchcore.leave_one_out_bank``), so a trusted image is not its own
+  neighbour. Each side is standardised on its training-patch scores.
+
+  Args:
+    config: the run config.
+    params: the trained (inference) parameters.
+    train_features: (N, h, w, D) training tokens.
+
+  Returns:
+    ``{"bank": (M, C), "blend": (4,) float32 stats, "trusted": (N,) bool,
+    "train_disc": (N, h, w), "train_bank": (N, h, w)}``.
+  """
+  cfg = config.funad
+  disc = discriminator_patches(config, params, train_features)
+  image = disc.reshape(len(disc), -1).max(1)
+  cut, _ = metrics.robust_threshold(image)
+  trusted = ~metrics.is_anomalous(image, cut)
+  feats = bank_features(config, train_features)
+  keep = np.broadcast_to(trusted[:, None, None], feats.shape[:3])
+  state = patchcore.fit(feats, coreset_fraction=float(cfg.bank_coreset),
+                        seed=int(config.seed), keep=keep)
+  own = patchcore.score(patchcore.leave_one_out_bank(state, feats, keep=keep),
+                        feats, exclude_source=np.arange(len(feats)))
+  # An image alone in the bank has no other image to be scored against.
+  own = np.where(np.isfinite(own), own, np.nanmax(np.where(
+      np.isfinite(own), own, np.nan)))
+  stats = np.array([*standardiser(disc), *standardiser(own)], np.float32)
+  return {"bank": state["bank"], "blend": stats, "trusted": trusted,
+          "train_disc": disc, "train_bank": own.astype(np.float32)}
 
 
 _SCORE_FNS: dict[Any, Any] = {}
@@ -396,6 +505,28 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
                                     if per_round is not None else None)}
 
 
+SWEEP_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _weight_sweep(test_disc, test_knn, bank, test_labels, train_labels, *,
+                  keep) -> list[dict[str, Any]]:
+  """Image AUROC of the blend at ``SWEEP_WEIGHTS`` (test no-overlap view and
+  the transductive training set, where both classes are present)."""
+  rows = []
+  for w in SWEEP_WEIGHTS:
+    row: dict[str, Any] = {"weight": w}
+    if test_disc is not None and len(np.unique(test_labels)) == 2:
+      patch = blend(test_disc[keep], test_knn[keep], bank["blend"], w)
+      row["test_image_auroc"] = metrics.image_auroc(
+          patch.reshape(len(patch), -1).max(1), test_labels)
+    if len(np.unique(train_labels)) == 2:
+      patch = blend(bank["train_disc"], bank["train_bank"], bank["blend"], w)
+      row["transductive_image_auroc"] = metrics.image_auroc(
+          patch.reshape(len(patch), -1).max(1), train_labels)
+    rows.append(row)
+  return rows
+
+
 def run(config: ml_collections.ConfigDict, data: api.RunData,
         workdir: str) -> api.Predictions:
   """FUN-AD on ``data`` (the runner's entry point)."""
@@ -436,22 +567,40 @@ def run(config: ml_collections.ConfigDict, data: api.RunData,
             eval_masks=test_masks, eval_figure=eval_figure,
             summary_dir=summary_dir,
             train_labels=np.array([r.label for r in data.train]))
-  fit_s = time.time() - t1
   plan = out["budget"]
   state = {"params": out["params"]}
+  weight = _bank_weight(config)
+  bank = None
+  if weight > 0:  # The trusted bank (ours), part of the fit.
+    bank = trusted_bank(config, out["params"], train_feats)
+    state.update(bank=bank["bank"], blend=bank["blend"])
+  fit_s = time.time() - t1
   t2 = time.time()
+  test_disc = test_knn = None
   if test_feats is None:
     size = config.dataset.image_size
     test_scores = np.zeros((0,), np.float32)
     test_maps = np.zeros((0, size, size), np.float32)
   else:
-    test_scores, test_maps = predict_features(config, state, test_feats)
+    test_disc = discriminator_patches(config, state["params"], test_feats)
+    if bank is not None:
+      test_knn = patchcore.score({"bank": bank["bank"]},
+                                 bank_features(config, test_feats))
+    test_scores, test_maps = _scores_and_maps(
+        config, blend(test_disc, test_knn, state.get("blend"), weight),
+        with_maps=True)
   infer_s = time.time() - t2
   train_scores = train_maps = None
+  train_maps_on = bool(config.eval.get("train_maps", False))
+  if bank is not None:
+    train_patch = blend(bank["train_disc"], bank["train_bank"],
+                        bank["blend"], weight)
+  else:
+    train_patch = (discriminator_patches(config, state["params"], train_feats)
+                   if config.funad.transductive else None)
   if config.funad.transductive:
-    train_scores, train_maps = predict_features(
-        config, state, train_feats,
-        with_maps=bool(config.eval.get("train_maps", False)))
+    train_scores, train_maps = _scores_and_maps(config, train_patch,
+                                                with_maps=train_maps_on)
   history = [{k: v for k, v in h.items() if k != "test_scores"}
              for h in out["history"]]
   extra: dict[str, Any] = {
@@ -475,6 +624,18 @@ def run(config: ml_collections.ConfigDict, data: api.RunData,
       "seconds_per_iteration": out["seconds_per_iteration"],
       "inference_images_per_s": len(data.test) / max(infer_s, 1e-9),
   }
+  if bank is not None:
+    extra["trusted_bank"] = {
+        "weight": weight, "bank_rows": int(bank["bank"].shape[0]),
+        "trusted_images": int(bank["trusted"].sum()),
+        "training_images": int(len(bank["trusted"])),
+        # Diagnostics, like the history (labels never reach training): the
+        # image AUROC of the blend at other weights on the same trained
+        # model and bank, 0 = the discriminator, 1 = the bank alone.
+        "weights": _weight_sweep(
+            test_disc, test_knn, bank, test_labels,
+            np.array([r.label for r in data.train]), keep=keep),
+    }
   return api.Predictions(test_scores=test_scores, test_maps=test_maps,
                          train_scores=train_scores, train_maps=train_maps,
                          extra=extra, state=state)

@@ -1,0 +1,116 @@
+"""FUN-AD's trusted bank (ours): the training images the trained
+discriminator does not flag, kept as a memory bank and blended with it."""
+
+import importlib.util
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from dicofun import configlib
+from dicofun.methods.funad import config as funad_config
+from dicofun.methods.funad import method as funad
+from dicofun.methods.funad import model as model_lib
+
+
+def _config(weight, backbone="dinov2_vits14"):
+  cfg = ml_collections.ConfigDict()
+  cfg.seed = 0
+  cfg.backbone = ml_collections.ConfigDict(dict(name=backbone))
+  cfg.dataset = ml_collections.ConfigDict(dict(image_size=8))
+  cfg.funad = funad_config.default_config("default")
+  cfg.funad.update(dict(hidden=(16, 8), score_chunk=4, bank_weight=weight,
+                        bank_coreset=1.0))
+  return cfg
+
+
+def test_standardiser_and_blend_by_hand():
+  x = np.array([1.0, 2.0, 4.0, 7.0, 100.0])
+  # median 4; |x − 4| = 3, 2, 0, 3, 96 → MAD 3; spread 1.4826 · 3.
+  loc, scale = funad.standardiser(x)
+  assert loc == 4.0
+  assert scale == pytest.approx(4.4478)
+  disc = np.array([[[5.0]]])
+  knn = np.array([[[3.0]]])
+  stats = np.array([1.0, 2.0, 0.5, 0.25])  # loc_d, sd, loc_k, sk
+  # z_d = (5 − 1)/2 = 2; z_k = (3 − 0.5)/0.25 = 10.
+  assert funad.blend(disc, knn, stats, 0.25)[0, 0, 0] == pytest.approx(
+      0.75 * 2 + 0.25 * 10)
+  assert funad.blend(disc, knn, stats, 1.0)[0, 0, 0] == pytest.approx(10)
+  # Weight 0 (or no bank) is the discriminator's own score, unchanged.
+  assert funad.blend(disc, knn, stats, 0.0)[0, 0, 0] == 5.0
+  assert funad.blend(disc, None, None, 0.5)[0, 0, 0] == 5.0
+  # All-equal scores: the spread is floored, never 0.
+  assert funad.standardiser(np.ones(7))[1] > 0
+
+
+def test_trusted_bank_drops_the_flagged_image_and_scores_leave_one_out(
+    monkeypatch):
+  rng = np.random.default_rng(0)
+  n, h, w, c = 9, 2, 2, 3
+  patch = rng.normal(size=(n, h, w, c)).astype(np.float32)
+  patch[0] += 20.0  # The image the discriminator flags.
+  # [CLS ‖ patch] tokens; the CLS half must not reach the ViT bank.
+  cls = rng.normal(size=(n, 1, 1, c)).astype(np.float32) * 1000
+  tokens = np.concatenate([np.broadcast_to(cls, patch.shape), patch], -1)
+  disc = np.zeros((n, h, w), np.float32)
+  disc[:, 0, 0] = np.linspace(0.0, 0.08, n)  # a spread of ordinary scores
+  disc[0, 1, 1] = 50.0  # image 0: modified z-score far above 3.5
+  monkeypatch.setattr(funad, "discriminator_patches",
+                      lambda config, params, features: disc.copy())
+  out = funad.trusted_bank(_config(0.5), None, tokens)
+  assert out["trusted"].tolist() == [False] + [True] * (n - 1)
+  # coreset 1.0: the bank is every patch of the trusted images, CLS-free.
+  np.testing.assert_array_equal(
+      np.sort(out["bank"], 0), np.sort(patch[1:].reshape(-1, c), 0))
+  # Leave-one-out: each image against the other trusted images' patches.
+  flat = patch.reshape(n, h * w, c)
+  for i in range(n):
+    others = np.concatenate([flat[j] for j in range(1, n) if j != i])
+    d = np.sqrt(((flat[i][:, None] - others[None]) ** 2).sum(-1)).min(1)
+    np.testing.assert_allclose(out["train_bank"][i].reshape(-1), d,
+                               rtol=1e-4)
+  # Its own training patches set each side's scale.
+  loc_d, sd, loc_k, sk = out["blend"]
+  assert (loc_d, sd) == pytest.approx(funad.standardiser(disc), rel=1e-6)
+  assert (loc_k, sk) == pytest.approx(funad.standardiser(out["train_bank"]),
+                                      rel=1e-6)
+
+
+def test_predict_features_blends_the_bank_and_weight_zero_is_the_paper():
+  rng = np.random.default_rng(1)
+  tokens = rng.normal(size=(6, 2, 2, 8)).astype(np.float32)
+  params = model_lib.init_params(jax.random.key(0), 8, hidden=(16, 8))
+  disc = funad.discriminator_patches(_config(0.0), params, tokens)
+  bank = rng.normal(size=(5, 4)).astype(np.float32)
+  stats = np.array([0.1, 2.0, 1.0, 0.5], np.float32)
+  state = {"params": params, "bank": bank, "blend": stats}
+  scores, maps = funad.predict_features(_config(0.5), state, tokens)
+  knn = np.sqrt(((tokens[..., 4:].reshape(-1, 1, 4) - bank[None]) ** 2)
+                .sum(-1).min(1)).reshape(6, 2, 2)
+  want = 0.5 * (disc - 0.1) / 2.0 + 0.5 * (knn - 1.0) / 0.5
+  np.testing.assert_allclose(scores, want.reshape(6, -1).max(1), rtol=1e-4,
+                             atol=1e-5)
+  assert maps.shape == (6, 8, 8)
+  # Weight 0: the discriminator alone, the bank ignored.
+  plain, _ = funad.predict_features(_config(0.0), state, tokens,
+                                    with_maps=False)
+  np.testing.assert_array_equal(plain, disc.reshape(6, -1).max(1))
+  # A CNN's features (no CLS half) go to the bank whole.
+  assert funad.bank_features(_config(0.5, "efficientnet_lite0"),
+                             tokens).shape == tokens.shape
+
+
+@pytest.mark.parametrize("arg, field", [("bank_weight=1.5", "bank_weight"),
+                                        ("bank_coreset=0", "bank_coreset")])
+def test_bank_knobs_are_checked(arg, field):
+  spec = importlib.util.spec_from_file_location(
+      "funad_mvtec_layout", os.path.join(os.path.dirname(__file__), "..",
+                                         "configs", "funad_mvtec_layout.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  module.get_config("category=x,bank_weight=0.5")  # in range
+  with pytest.raises(configlib.ConfigArgError, match=f"funad.{field}"):
+    module.get_config(f"category=x,{arg}")
