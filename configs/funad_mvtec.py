@@ -29,7 +29,8 @@ ema (ours; EMA decay of the params, 0 = off), logits (ours; scores are
 logits), exclude (ours; bank rows of the batch's images ignored),
 dist_input (ours; pseudo-label distances on the input features),
 bank_weight (ours; weight of the trusted bank's distance in the score, 0 =
-off), bank_coreset (ours; the trusted bank's coreset fraction), backbone,
+off), bank_coreset (ours; the trusted bank's coreset fraction),
+bank_denoise (ours; fraction of its patches SoftPatch's LOF leaves out), backbone,
 layer (ViT block), norm (ViT intermediate tokens through the final
 LayerNorm; default on), image_size, crop, seed, root, runlocal (the CPU
 smoke size of get_config).

@@ -114,3 +114,25 @@ def test_bank_knobs_are_checked(arg, field):
   module.get_config("category=x,bank_weight=0.5")  # in range
   with pytest.raises(configlib.ConfigArgError, match=f"funad.{field}"):
     module.get_config(f"category=x,{arg}")
+
+
+def test_bank_denoise_leaves_out_the_lof_outliers_of_the_trusted_images(
+    monkeypatch):
+  rng = np.random.default_rng(2)
+  n, h, w, c = 12, 2, 2, 3
+  patch = rng.normal(size=(n, h, w, c)).astype(np.float32)
+  patch[5, 1, 0] += 30.0  # one outlying patch of a trusted image
+  tokens = np.concatenate([np.zeros_like(patch), patch], -1)
+  disc = np.zeros((n, h, w), np.float32)
+  disc[:, 0, 0] = np.linspace(0.0, 0.1, n)
+  monkeypatch.setattr(funad, "discriminator_patches",
+                      lambda config, params, features: disc.copy())
+  cfg = _config(0.5)
+  plain = funad.trusted_bank(cfg, None, tokens)
+  assert any(np.allclose(r, patch[5, 1, 0]) for r in plain["bank"])
+  # The 0.96 quantile of 48 LOF scores lies between the 46th and 47th:
+  # the 2 above it go, the outlier first.
+  cfg.funad.bank_denoise = 0.04
+  out = funad.trusted_bank(cfg, None, tokens)
+  assert len(out["bank"]) == n * h * w - 2
+  assert not any(np.allclose(r, patch[5, 1, 0]) for r in out["bank"])

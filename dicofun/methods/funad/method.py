@@ -45,6 +45,7 @@ from dicofun import viz
 from dicofun.data import pipeline
 from dicofun.methods.funad import step as step_lib
 from dicofun.methods.patchcore import method as patchcore
+from dicofun.methods.softpatch import method as softpatch
 from dicofun.models import names as backbone_names
 from dicofun.ops import maps
 
@@ -269,6 +270,10 @@ def blend(disc: np.ndarray, knn: Optional[np.ndarray],
   return out.astype(np.float32)
 
 
+# SoftPatch's LOF neighbourhood (METHODS §3), for ``bank_denoise``.
+SOFTPATCH_K = 6
+
+
 def trusted_bank(config: ml_collections.ConfigDict, params,
                  train_features: np.ndarray) -> dict[str, Any]:
   """FUN-AD's trusted images kept as a memory bank for scoring **(ours)**.
@@ -277,8 +282,9 @@ def trusted_bank(config: ml_collections.ConfigDict, params,
   once more after training: the trained discriminator scores the training
   images (max patch score); the ones ``metrics.robust_threshold`` flags
   (modified z-score >= 3.5, ``dicofun inspect``'s rule, no labels) stay out;
-  the others' patch features (``bank_features``) pass PatchCore's greedy
-  coreset (``bank_coreset``). A patch's bank score is its distance to the
+  the others' patch features (``bank_features``), less the ``bank_denoise``
+  fraction SoftPatch's LOF finds most outlying among them, pass PatchCore's
+  greedy coreset (``bank_coreset``). A patch's bank score is its distance to the
   nearest bank row; the training images' own are leave-one-out
   (``patchcore.leave_one_out_bank``), so a trusted image is not its own
   neighbour. Each side is standardised on its training-patch scores.
@@ -298,7 +304,12 @@ def trusted_bank(config: ml_collections.ConfigDict, params,
   cut, _ = metrics.robust_threshold(image)
   trusted = ~metrics.is_anomalous(image, cut)
   feats = bank_features(config, train_features)
-  keep = np.broadcast_to(trusted[:, None, None], feats.shape[:3])
+  keep = np.broadcast_to(trusted[:, None, None], feats.shape[:3]).copy()
+  drop = float(cfg.get("bank_denoise", 0.0))
+  if drop > 0 and trusted.sum() > SOFTPATCH_K:
+    # SoftPatch's LOF among the trusted images' patches (ours).
+    keep[trusted] = softpatch.denoise_mask(
+        feats[trusted], k=SOFTPATCH_K, drop_fraction=drop)
   state = patchcore.fit(feats, coreset_fraction=float(cfg.bank_coreset),
                         seed=int(config.seed), keep=keep)
   own = patchcore.score(patchcore.leave_one_out_bank(state, feats, keep=keep),
