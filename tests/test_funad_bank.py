@@ -42,41 +42,71 @@ def test_standardiser_and_blend_by_hand():
   # Weight 0 (or no bank) is the discriminator's own score, unchanged.
   assert funad.blend(disc, knn, stats, 0.0)[0, 0, 0] == 5.0
   assert funad.blend(disc, None, None, 0.5)[0, 0, 0] == 5.0
+  # More than half tied (MAD 0): 1.253314 · mean |x − median|.
+  assert funad.standardiser(np.array([0.0, 0.0, 0.0, 2.0, 6.0])) == (
+      pytest.approx(0.0), pytest.approx(1.253314 * 8 / 5))
   # All-equal scores: the spread is floored, never 0.
   assert funad.standardiser(np.ones(7))[1] > 0
 
 
-def test_trusted_bank_drops_the_flagged_image_and_scores_leave_one_out(
+def test_trusted_images_are_the_rho_lowest_at_least_two():
+  scores = np.array([5.0, 1.0, 3.0, 1.0, 9.0, 0.5])
+  assert funad.trusted_images(scores, 0.5).tolist() == [
+      False, True, False, True, False, True]
+  # ⌊0.2 · 6⌋ = 1, raised to 2 (leave-one-out needs another image).
+  assert funad.trusted_images(scores, 0.2).tolist() == [
+      False, True, False, False, False, True]  # tie 1.0/1.0: lower index
+  assert funad.trusted_images(scores, 1.0).all()
+
+
+def _loo(patch, trusted):
+  """Each image's patch distance to the trusted images' patches but its own."""
+  n = len(patch)
+  flat = patch.reshape(n, -1, patch.shape[-1])
+  out = []
+  for i in range(n):
+    others = np.concatenate([flat[j] for j in range(n) if trusted[j] and j != i])
+    out.append(np.sqrt(((flat[i][:, None] - others[None]) ** 2).sum(-1)
+                       ).min(1))
+  return np.stack(out).reshape(patch.shape[:3])
+
+
+def test_trusted_bank_is_rho_of_the_images_rebuilt_from_the_blend(
     monkeypatch):
   rng = np.random.default_rng(0)
-  n, h, w, c = 9, 2, 2, 3
+  n, h, w, c = 8, 2, 2, 3
   patch = rng.normal(size=(n, h, w, c)).astype(np.float32)
-  patch[0] += 20.0  # The image the discriminator flags.
+  patch[[0, 6]] += 20.0  # two far-off images
   # [CLS ‖ patch] tokens; the CLS half must not reach the ViT bank.
   cls = rng.normal(size=(n, 1, 1, c)).astype(np.float32) * 1000
   tokens = np.concatenate([np.broadcast_to(cls, patch.shape), patch], -1)
   disc = np.zeros((n, h, w), np.float32)
-  disc[:, 0, 0] = np.linspace(0.0, 0.08, n)  # a spread of ordinary scores
-  disc[0, 1, 1] = 50.0  # image 0: modified z-score far above 3.5
+  # The discriminator ranks image 6 among the lowest 4, image 0 highest.
+  disc[:, 0, 0] = [9.0, 1.0, 2.0, 4.0, 5.0, 6.0, 0.5, 3.0]
   monkeypatch.setattr(funad, "discriminator_patches",
                       lambda config, params, features: disc.copy())
   out = funad.trusted_bank(_config(0.5), None, tokens)
-  assert out["trusted"].tolist() == [False] + [True] * (n - 1)
+  first, last = out["rounds"]
+  # Round 1: ⌊0.5 · 8⌋ = 4 lowest by the discriminator: 6, 1, 2, 7.
+  assert np.flatnonzero(first["trusted"]).tolist() == [1, 2, 6, 7]
+  np.testing.assert_allclose(first["train_bank"],
+                             _loo(patch, first["trusted"]), rtol=1e-4)
+  # Round 2 ranks by the blend (standardised on the training patches):
+  # image 6, far from the other trusted images, leaves the bank.
+  ld, sd, lk, sk = first["blend"]
+  assert (ld, sd) == pytest.approx(funad.standardiser(disc), rel=1e-6)
+  assert (lk, sk) == pytest.approx(
+      funad.standardiser(first["train_bank"]), rel=1e-6)
+  z = 0.5 * (disc - ld) / sd + 0.5 * (first["train_bank"] - lk) / sk
+  want = np.zeros(n, bool)
+  want[np.argsort(z.reshape(n, -1).max(1), kind="stable")[:4]] = True
+  assert not want[6]
+  np.testing.assert_array_equal(last["trusted"], want)
+  assert out["trusted"] is last["trusted"]
   # coreset 1.0: the bank is every patch of the trusted images, CLS-free.
   np.testing.assert_array_equal(
-      np.sort(out["bank"], 0), np.sort(patch[1:].reshape(-1, c), 0))
-  # Leave-one-out: each image against the other trusted images' patches.
-  flat = patch.reshape(n, h * w, c)
-  for i in range(n):
-    others = np.concatenate([flat[j] for j in range(1, n) if j != i])
-    d = np.sqrt(((flat[i][:, None] - others[None]) ** 2).sum(-1)).min(1)
-    np.testing.assert_allclose(out["train_bank"][i].reshape(-1), d,
-                               rtol=1e-4)
-  # Its own training patches set each side's scale.
-  loc_d, sd, loc_k, sk = out["blend"]
-  assert (loc_d, sd) == pytest.approx(funad.standardiser(disc), rel=1e-6)
-  assert (loc_k, sk) == pytest.approx(funad.standardiser(out["train_bank"]),
-                                      rel=1e-6)
+      np.sort(out["bank"], 0), np.sort(patch[want].reshape(-1, c), 0))
+  np.testing.assert_allclose(out["train_bank"], _loo(patch, want), rtol=1e-4)
 
 
 def test_predict_features_blends_the_bank_and_weight_zero_is_the_paper():
@@ -128,6 +158,7 @@ def test_bank_denoise_leaves_out_the_lof_outliers_of_the_trusted_images(
   monkeypatch.setattr(funad, "discriminator_patches",
                       lambda config, params, features: disc.copy())
   cfg = _config(0.5)
+  cfg.funad.rho = 1.0  # every image trusted
   plain = funad.trusted_bank(cfg, None, tokens)
   assert any(np.allclose(r, patch[5, 1, 0]) for r in plain["bank"])
   # The 0.96 quantile of 48 LOF scores lies between the 46th and 47th:

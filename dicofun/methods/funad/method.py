@@ -247,10 +247,15 @@ def bank_features(config: ml_collections.ConfigDict,
 
 
 def standardiser(patch_scores: np.ndarray) -> tuple[float, float]:
-  """(median, 1.4826 · MAD) of patch scores, the spread floored above 0."""
+  """(median, spread) of patch scores: spread = 1.4826 · MAD, or, when more
+  than half the scores tie (MAD 0), 1.253314 · the mean absolute deviation
+  (``metrics.robust_threshold``'s rule), floored above 0."""
   x = np.asarray(patch_scores, np.float64).reshape(-1)
   loc = float(np.median(x))
-  spread = 1.4826 * float(np.median(np.abs(x - loc)))
+  dev = np.abs(x - loc)
+  spread = 1.4826 * float(np.median(dev))
+  if spread <= 0:
+    spread = 1.253314 * float(np.mean(dev))
   floor = max(1e-6 * float(np.max(np.abs(x))), np.finfo(np.float32).tiny)
   return loc, max(spread, floor)
 
@@ -272,38 +277,16 @@ def blend(disc: np.ndarray, knn: Optional[np.ndarray],
 
 # SoftPatch's LOF neighbourhood (METHODS §3), for ``bank_denoise``.
 SOFTPATCH_K = 6
+# Banks built: the first from the discriminator's ranking, then rebuilt
+# from the blend's (the bank reconstructed from the scores it helped make).
+BANK_ROUNDS = 2
 
 
-def trusted_bank(config: ml_collections.ConfigDict, params,
-                 train_features: np.ndarray) -> dict[str, Any]:
-  """FUN-AD's trusted images kept as a memory bank for scoring **(ours)**.
-
-  The method's own idea — a bank of the training images it trusts — used
-  once more after training: the trained discriminator scores the training
-  images (max patch score); the ones ``metrics.robust_threshold`` flags
-  (modified z-score >= 3.5, ``dicofun inspect``'s rule, no labels) stay out;
-  the others' patch features (``bank_features``), less the ``bank_denoise``
-  fraction SoftPatch's LOF finds most outlying among them, pass PatchCore's
-  greedy coreset (``bank_coreset``). A patch's bank score is its distance to the
-  nearest bank row; the training images' own are leave-one-out
-  (``patchcore.leave_one_out_bank``), so a trusted image is not its own
-  neighbour. Each side is standardised on its training-patch scores.
-
-  Args:
-    config: the run config.
-    params: the trained (inference) parameters.
-    train_features: (N, h, w, D) training tokens.
-
-  Returns:
-    ``{"bank": (M, C), "blend": (4,) float32 stats, "trusted": (N,) bool,
-    "train_disc": (N, h, w), "train_bank": (N, h, w)}``.
-  """
+def _bank_of(config: ml_collections.ConfigDict, feats: np.ndarray,
+             trusted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The bank of the ``trusted`` images' patches and every training image's
+  leave-one-out (N, h, w) distance to it."""
   cfg = config.funad
-  disc = discriminator_patches(config, params, train_features)
-  image = disc.reshape(len(disc), -1).max(1)
-  cut, _ = metrics.robust_threshold(image)
-  trusted = ~metrics.is_anomalous(image, cut)
-  feats = bank_features(config, train_features)
   keep = np.broadcast_to(trusted[:, None, None], feats.shape[:3]).copy()
   drop = float(cfg.get("bank_denoise", 0.0))
   if drop > 0 and trusted.sum() > SOFTPATCH_K:
@@ -317,9 +300,61 @@ def trusted_bank(config: ml_collections.ConfigDict, params,
   # An image alone in the bank has no other image to be scored against.
   own = np.where(np.isfinite(own), own, np.nanmax(np.where(
       np.isfinite(own), own, np.nan)))
-  stats = np.array([*standardiser(disc), *standardiser(own)], np.float32)
-  return {"bank": state["bank"], "blend": stats, "trusted": trusted,
-          "train_disc": disc, "train_bank": own.astype(np.float32)}
+  return state["bank"], own.astype(np.float32)
+
+
+def trusted_images(scores: np.ndarray, rho: float) -> np.ndarray:
+  """(N,) bool: the ⌊ρ·N⌋ lowest-scored images (at least 2), the ties
+  broken by index."""
+  n = len(scores)
+  m = min(n, max(2, int(np.floor(rho * n + 1e-9))))
+  out = np.zeros(n, bool)
+  out[np.argsort(np.asarray(scores), kind="stable")[:m]] = True
+  return out
+
+
+def trusted_bank(config: ml_collections.ConfigDict, params,
+                 train_features: np.ndarray) -> dict[str, Any]:
+  """FUN-AD's trusted images kept as a memory bank for scoring **(ours)**.
+
+  The method's own idea — a bank of the images it trusts, ρ of them — used
+  once more after training. The trained discriminator ranks the training
+  images (max patch score); the ⌊ρ·N⌋ lowest (``trusted_images``, the
+  paper's ρ: its bank is ρ of the images it scores normal) give their patch
+  features (``bank_features``), less the ``bank_denoise`` fraction SoftPatch's
+  LOF finds most outlying among them, to PatchCore's greedy coreset
+  (``bank_coreset``). A patch's bank score is its distance to the nearest
+  bank row; the training images' own are leave-one-out
+  (``patchcore.leave_one_out_bank``), so a trusted image is not its own
+  neighbour. Each side is standardised on its training-patch scores
+  (``standardiser``). The bank is then rebuilt once from the ranking of the
+  blend (``BANK_ROUNDS``), which orders the training images better than the
+  discriminator alone.
+
+  Args:
+    config: the run config.
+    params: the trained (inference) parameters.
+    train_features: (N, h, w, D) training tokens.
+
+  Returns:
+    The last round's ``{"bank": (M, C), "blend": (4,) float32 stats,
+    "trusted": (N,) bool, "train_bank": (N, h, w)}`` with ``"train_disc"``
+    (N, h, w) and ``"rounds"``, every round's dict (diagnostics).
+  """
+  cfg = config.funad
+  disc = discriminator_patches(config, params, train_features)
+  feats = bank_features(config, train_features)
+  ranking = disc.reshape(len(disc), -1).max(1)
+  rounds = []
+  for _ in range(BANK_ROUNDS):
+    trusted = trusted_images(ranking, float(cfg.rho))
+    bank, own = _bank_of(config, feats, trusted)
+    stats = np.array([*standardiser(disc), *standardiser(own)], np.float32)
+    rounds.append({"bank": bank, "blend": stats, "trusted": trusted,
+                   "train_bank": own})
+    patch = blend(disc, own, stats, _bank_weight(config))
+    ranking = patch.reshape(len(patch), -1).max(1)
+  return {**rounds[-1], "train_disc": disc, "rounds": rounds}
 
 
 _SCORE_FNS: dict[Any, Any] = {}
@@ -519,22 +554,32 @@ def fit(config: ml_collections.ConfigDict, train_features: np.ndarray, *,
 SWEEP_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def _weight_sweep(test_disc, test_knn, bank, test_labels, train_labels, *,
-                  keep) -> list[dict[str, Any]]:
-  """Image AUROC of the blend at ``SWEEP_WEIGHTS`` (test no-overlap view and
-  the transductive training set, where both classes are present)."""
+def _weight_sweep(config, test_feats, test_disc, bank, test_labels,
+                  train_labels, *, keep) -> list[dict[str, Any]]:
+  """Image AUROC of the blend at ``SWEEP_WEIGHTS`` with each round's bank
+  (test no-overlap view and the transductive training set, where both
+  classes are present)."""
   rows = []
-  for w in SWEEP_WEIGHTS:
-    row: dict[str, Any] = {"weight": w}
-    if test_disc is not None and len(np.unique(test_labels)) == 2:
-      patch = blend(test_disc[keep], test_knn[keep], bank["blend"], w)
-      row["test_image_auroc"] = metrics.image_auroc(
-          patch.reshape(len(patch), -1).max(1), test_labels)
-    if len(np.unique(train_labels)) == 2:
-      patch = blend(bank["train_disc"], bank["train_bank"], bank["blend"], w)
-      row["transductive_image_auroc"] = metrics.image_auroc(
-          patch.reshape(len(patch), -1).max(1), train_labels)
-    rows.append(row)
+  has_test = test_disc is not None and len(np.unique(test_labels)) == 2
+  test_bank_feats = (bank_features(config, test_feats[keep]) if has_test
+                     else None)
+  for r, rnd in enumerate(bank["rounds"]):
+    knn = (patchcore.score({"bank": rnd["bank"]}, test_bank_feats)
+           if has_test else None)
+    for w in SWEEP_WEIGHTS:
+      row: dict[str, Any] = {"round": r + 1, "weight": w}
+      if has_test:
+        patch = blend(test_disc[keep], knn, rnd["blend"], w)
+        row["test_image_auroc"] = metrics.image_auroc(
+            patch.reshape(len(patch), -1).max(1), test_labels)
+      if len(np.unique(train_labels)) == 2:
+        patch = blend(bank["train_disc"], rnd["train_bank"], rnd["blend"], w)
+        row["transductive_image_auroc"] = metrics.image_auroc(
+            patch.reshape(len(patch), -1).max(1), train_labels)
+        # How many of the anomalous training images the bank kept.
+        row["anomalous_trusted"] = int(np.sum(rnd["trusted"] &
+                                              (train_labels == 1)))
+      rows.append(row)
   return rows
 
 
@@ -644,7 +689,7 @@ def run(config: ml_collections.ConfigDict, data: api.RunData,
         # image AUROC of the blend at other weights on the same trained
         # model and bank, 0 = the discriminator, 1 = the bank alone.
         "weights": _weight_sweep(
-            test_disc, test_knn, bank, test_labels,
+            config, test_feats, test_disc, bank, test_labels,
             np.array([r.label for r in data.train]), keep=keep),
     }
   return api.Predictions(test_scores=test_scores, test_maps=test_maps,
