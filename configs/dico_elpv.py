@@ -25,7 +25,8 @@ passes), k_combine (mean|masked: how they combine), score_levels
 steps=0), steps (a budget in optimiser steps, whatever the training-set size;
 0 = epochs), min_epochs (the floor of a step budget, in passes), lr_schedule
 (constant|cosine), warmup_steps (the cosine warm-up in steps), warmup_epochs
-(plus this many passes), batch_size, backbone (a CNN), image_size,
+(plus this many passes), batch_size, backbone (a CNN),
+weights (pretrained | random | a weights file: docs/backbones.md), image_size,
 crop, seed, root, runlocal (the CPU smoke size of get_config), cpu (the CPU
 preset, issue 28: 400 optimiser steps at batch 8, at least 2 passes, cached
 targets, a cosine lr with 40 warm-up steps, the test set scored every 100

@@ -13,6 +13,7 @@ Run::
 
 Args: category, contamination, coreset (fraction of patches kept),
 coreset_method (greedy | approximate), backbone,
+weights (pretrained | random | a weights file: docs/backbones.md),
 layer (ViT block), norm (ViT intermediate tokens through the final
 LayerNorm; default on), local_average (side of the ViT patch tokens' local
 average; default 1 = none), image_size, crop, seed, root, runlocal (the CPU

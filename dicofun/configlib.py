@@ -227,6 +227,8 @@ SHARED_ARGS: dict[str, str] = {
     "category": "dataset.category",
     "contamination": "dataset.contamination",
     "backbone": "backbone.name",
+    # "pretrained", "random" or a weights file (docs/backbones.md).
+    "weights": "backbone.weights",
     "image_size": "dataset.image_size",
     "crop": "dataset.crop_fraction",
     "seed": "seed",
@@ -391,6 +393,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                backbone_names.BACKBONE_NAMES)
   check_positive_int("dataset.image_size", ds.image_size)
   bb = config.backbone
+  check_that(isinstance(bb.weights, str) and bb.weights != "",
+             "backbone.weights", bb.weights,
+             "pretrained, random or a weights file path")
+  check_that(bb.weights != "pretrained" or
+             bb.name in backbone_names.PACKAGED_WEIGHTS,
+             "backbone.weights", bb.weights,
+             f"a weights file for {bb.name}, which has no packaged pretrained "
+             "weights (weights=<path>; docs/backbones.md)")
   check_that(isinstance(bb.norm_intermediate, bool),
              "backbone.norm_intermediate", bb.norm_intermediate, "a boolean")
   check_that(isinstance(bb.vit_local_average, int) and

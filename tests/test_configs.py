@@ -325,12 +325,12 @@ _LITES = [f"efficientnet_lite{v}" for v in range(5)]
      "config.funad.lr=-1e-05: expected a number > 0"),
     ("funad_synthetic", "backbone=resnet50",
      f"config.backbone.name='resnet50': expected one of "
-     f"{_LITES + ['dinov2_vits14']}"),
+     f"{list(names.BACKBONE_NAMES)}"),
     ("patchcore_synthetic", "coreset=0",
      "config.patchcore.coreset_fraction=0.0: expected a fraction in (0, 1]"),
     ("dico_synthetic", "backbone=dinov2_vits14,image_size=112",
      "config.backbone.name='dinov2_vits14': expected a CNN, one of "
-     f"{_LITES} (DiCo decodes its stride levels)"),
+     f"{_LITES + ['wide_resnet50_2']} (DiCo decodes its stride levels)"),
     ("dico_magnetic_tile", "memory=-1",
      "config.dico.memory_size=-1: expected an integer >= 0 (0 disables the "
      "memory)"),

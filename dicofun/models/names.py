@@ -11,9 +11,20 @@ from __future__ import annotations
 PATCH_SIZES: dict[str, int] = {
     **{f"efficientnet_lite{v}": 0 for v in range(5)},
     "dinov2_vits14": 14,
+    "dinov2_vitb14": 14,
+    "dinov2_vitl14": 14,
+    "dino_vits8": 8,
+    "dino_vitb8": 8,
+    "wide_resnet50_2": 0,
 }
 
 BACKBONE_NAMES: tuple[str, ...] = tuple(PATCH_SIZES)
+
+# The backbones whose ``weights="pretrained"`` works (a pip package ships the
+# file, ``models/weights.py``); every other needs ``weights=<file>``.
+PACKAGED_WEIGHTS: frozenset[str] = frozenset(
+    {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+     "dinov2_vits14"})
 
 # ViT block whose tokens are used when none is named (METHODS §1 note):
 # ``config.backbone.layer``'s default and ``registry.get_backbone``'s.

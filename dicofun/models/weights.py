@@ -31,10 +31,12 @@ import os
 import pickle
 import struct
 import zipfile
-from typing import Any, Dict, Iterable, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, NamedTuple, Optional, Tuple
 
 from absl import logging
 import numpy as np
+
+from dicofun import user_errors
 
 _CACHE_ENV = "DICOFUN_CACHE"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -45,8 +47,14 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
   """A checkpoint pickle references a global outside the tensor allow-list."""
 
 
-class MissingWeightsError(FileNotFoundError):
-  """The package that ships a backbone's pretrained weights is not installed."""
+class MissingWeightsError(user_errors.UserError, FileNotFoundError):
+  """A weights file, or the package that ships a backbone's pretrained
+  weights, is missing."""
+
+
+class WeightsFileError(user_errors.UserError, ValueError):
+  """A weights file that does not hold the named backbone's tensors, or
+  ``"pretrained"`` for a backbone without packaged weights."""
 
 
 # --------------------------------------------------------------------------
@@ -351,6 +359,54 @@ def onnx_dinov2_state_dict(path: str) -> Dict[str, np.ndarray]:
 
 
 # --------------------------------------------------------------------------
+# Checking a state dict against an architecture.
+
+def _is_ignored(key: str, ignore: Iterable[str]) -> bool:
+  return any(key == p or key.startswith(p + ".") or key.endswith("." + p)
+             for p in ignore)
+
+
+def _some(keys, n: int = 3) -> str:
+  keys = list(keys)
+  more = f", ... ({len(keys)} in all)" if len(keys) > n else ""
+  return ", ".join(repr(k) for k in keys[:n]) + more
+
+
+def state_dict_mismatch(state_dict: Mapping[str, np.ndarray],
+                        expected: Mapping[str, Tuple[int, ...]], *,
+                        ignore: Iterable[str] = ()) -> Optional[str]:
+  """Why ``state_dict`` is not exactly ``expected``'s tensors, or None.
+
+  Args:
+    state_dict: ``name -> array``.
+    expected: ``name -> shape``, in the architecture's order.
+    ignore: names the file may hold and the backbone does not use: a name
+      matches a whole key, a key prefix (``head`` for ``head.*``) or a last
+      component (``num_batches_tracked``).
+
+  Returns:
+    None when every expected key is present with its shape and no other
+    key is; else the first problem, in this order: a wrong shape, a missing
+    key, an unexpected key (with how many more there are).
+  """
+  for key, shape in expected.items():
+    if key in state_dict and tuple(np.shape(state_dict[key])) != tuple(shape):
+      return (f"{key} has shape {tuple(np.shape(state_dict[key]))}, "
+              f"expected {tuple(shape)}")
+  missing = [k for k in expected if k not in state_dict]
+  if missing:
+    have = [k for k in state_dict if not _is_ignored(k, ignore)]
+    return (f"key {missing[0]!r} (shape {tuple(expected[missing[0]])}) is "
+            f"missing ({len(missing)} of {len(expected)} expected keys are; "
+            f"the file's keys: {_some(have) or 'none'})")
+  extra = [k for k in state_dict
+           if k not in expected and not _is_ignored(k, ignore)]
+  if extra:
+    return f"unexpected key(s) {_some(extra)}"
+  return None
+
+
+# --------------------------------------------------------------------------
 # Packaged sources and the cache.
 
 class _Source(NamedTuple):
@@ -461,7 +517,7 @@ def load_backbone_weights(name: str, *, path: Optional[str] = None
   """
   src_path = path if path is not None else packaged_weights_path(name)
   if not os.path.exists(src_path):
-    raise FileNotFoundError(f"weights file {src_path} does not exist")
+    raise MissingWeightsError(f"{name}: weights file {src_path} does not exist")
   sha = file_sha256(src_path)
   if src_path.lower().endswith(".npz"):
     return LoadedWeights(read_weights_file(src_path), sha, src_path)
