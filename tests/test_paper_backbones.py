@@ -102,7 +102,10 @@ def wrn_state(blocks, stem, seed=0):
                            ).astype(np.float32)
 
   def bn(key, c):
-    sd[key + ".weight"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    # A small last gamma keeps the residual stream's scale from growing
+    # block by block (torchvision's zero_init_residual, softened).
+    lo, hi = (0.1, 0.4) if key.endswith("bn3") else (0.5, 1.5)
+    sd[key + ".weight"] = rng.uniform(lo, hi, c).astype(np.float32)
     sd[key + ".bias"] = (0.1 * rng.standard_normal(c)).astype(np.float32)
     sd[key + ".running_mean"] = (0.1 * rng.standard_normal(c)
                                  ).astype(np.float32)
@@ -442,8 +445,10 @@ def test_wrn50_2_full_geometry_matches_onnxruntime(tmp_path):
   got = jax.jit(bb.apply_features)(bb.variables, x)
   refs = onnx_wrn(sd, x, (3, 4, 6, 3))
   for name, ref in zip(("stride4", "stride8", "stride16", "stride32"), refs):
-    np.testing.assert_allclose(np.asarray(got[name]), ref, atol=2e-4,
-                               rtol=2e-4, err_msg=name)
+    # float32 sums of up to 9·1024 terms: rounding scales with the map.
+    np.testing.assert_allclose(np.asarray(got[name]), ref,
+                               atol=2e-5 * np.abs(ref).max(), rtol=1e-4,
+                               err_msg=name)
   assert got["stride8"].shape[-1] == 512 and got["stride16"].shape[-1] == 1024
   pc = jax.jit(features.layout_fn(bb, "patchcore"))(bb.variables, x)
   assert pc.shape == (1, 8, 8, 1536)
