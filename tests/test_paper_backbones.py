@@ -16,6 +16,7 @@ file, and the ``weights=`` config argument.
 """
 
 import collections
+import importlib.util
 import os
 
 import jax
@@ -28,6 +29,7 @@ from dicofun import features
 from dicofun import user_errors
 from dicofun.models import names
 from dicofun.models import registry
+from dicofun.models import vit
 from dicofun.models import weights
 
 import test_weights as torch_writer
@@ -369,7 +371,6 @@ def test_dinov2_b_l_match_numpy_reference(tmp_path, name):
 def test_dinov2_hf_names_and_training_wrappers_read_the_same(tmp_path):
   """HF ``Dinov2Model`` names, a ``backbone.`` prefix and the keys the
   backbone does not use (``mask_token``, a ``head``) give the same tensors."""
-  from dicofun.models import vit  # pylint: disable=g-import-not-at-top
   sd = vit_state("dinov2_vitb14", depth=1, seed=5)
   wrapped = {f"backbone.{k}": v for k, v in sd.items()}
   wrapped["backbone.mask_token"] = np.zeros((1, 768), np.float32)
@@ -575,7 +576,6 @@ def test_random_weights_build_every_new_backbone():
 # Config: weights= and the paper's FUN-AD features.
 
 def _config(name, arg):
-  import importlib.util  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location(
       "c", os.path.join(REPO, "configs", name + ".py"))
   module = importlib.util.module_from_spec(spec)

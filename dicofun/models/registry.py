@@ -112,10 +112,12 @@ BACKBONES: Dict[str, BackboneSpec] = {
                           weights_file="dinov2_vits14_pretrain.pth"),
     "dinov2_vitb14": _vit(
         "dinov2_vitb14", 768, 12, 12, dino_v1=False,
-        weights_file=f"{_FAIR}/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth"),
+        weights_file=f"{_FAIR}/dinov2/dinov2_vitb14/"
+                     "dinov2_vitb14_pretrain.pth"),
     "dinov2_vitl14": _vit(
         "dinov2_vitl14", 1024, 24, 16, dino_v1=False,
-        weights_file=f"{_FAIR}/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth"),
+        weights_file=f"{_FAIR}/dinov2/dinov2_vitl14/"
+                     "dinov2_vitl14_pretrain.pth"),
     "dino_vits8": _vit(
         "dino_vits8", 384, 12, 6, dino_v1=True,
         weights_file=f"{_FAIR}/dino/dino_deitsmall8_pretrain/"
@@ -129,7 +131,8 @@ BACKBONES: Dict[str, BackboneSpec] = {
                    ("width_factor", 2)),
         IMAGENET_MEAN, IMAGENET_STD, 224, pretrained=False,
         weights_file="https://download.pytorch.org/models/"
-                     "wide_resnet50_2-95faca4d.pth (torchvision IMAGENET1K_V1)"),
+                     "wide_resnet50_2-95faca4d.pth (torchvision "
+                     "IMAGENET1K_V1)"),
 }
 # Config parsing knows the backbones by ``names`` alone (no JAX there).
 assert set(BACKBONES) == set(names.PATCH_SIZES), "update models/names.py"

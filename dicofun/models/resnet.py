@@ -3,10 +3,10 @@
 The architecture of ``torchvision.models.wide_resnet50_2`` (ResNet v1.5: the
 stride sits on each stage's first 3×3 convolution): a 7×7 stride-2 stem with
 BatchNorm and ReLU, a 3×3 stride-2 max pool, then four stages of bottleneck
-blocks (1×1 → 3×3 → 1×1, ×4 expansion, a 1×1 projection shortcut on each
-stage's first block). Convolutions pad symmetrically as torch does; BatchNorm
-uses its running statistics with eps 1e-5. The classifier (``fc``) is not
-built: the backbone gives features.
+blocks (1×1 → 3×3 → 1×1, ×4 expansion, a 1×1 projection shortcut on
+each stage's first block). Convolutions pad symmetrically as torch does;
+BatchNorm uses its running statistics with eps 1e-5. The classifier
+(``fc``) is not built: the backbone gives features.
 
 ``__call__`` returns ``(pooled, features)``: ``pooled`` the global average of
 the last stage (B, 2048 for WRN-50-2) and the stage outputs named by stride,
