@@ -30,7 +30,8 @@ logits), exclude (ours; bank rows of the batch's images ignored),
 dist_input (ours; pseudo-label distances on the input features),
 bank_weight (ours; weight of the trusted bank's distance in the score, 0 =
 off), bank_coreset (ours; the trusted bank's coreset fraction),
-bank_denoise (ours; fraction of its patches SoftPatch's LOF leaves out), backbone,
+bank_denoise (ours; fraction of its patches SoftPatch's LOF leaves out),
+bank_trust (ours; fraction of the training images, the lowest-ranked, in it), backbone,
 weights (pretrained | random | a weights file: docs/backbones.md),
 layer (ViT block), norm (ViT intermediate tokens through the final
 LayerNorm; default on), image_size, crop, seed, root, runlocal (the CPU

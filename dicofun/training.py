@@ -316,7 +316,7 @@ _NOT_TRAINING = frozenset({"epochs", "steps", "min_epochs", "eval_every", "check
                            "score_mode", "kappa",
                            "topk_fraction", "k_masks", "k_masks_combine",
                            "score_levels", "bank_weight", "bank_coreset",
-                           "bank_denoise"})
+                           "bank_denoise", "bank_trust"})
 # Method-block fields added after runs were stored, with the value that
 # reproduces the code before them: at that value they are left out, so those
 # runs' checkpoints still resume (and can be re-scored).

@@ -158,7 +158,7 @@ def test_bank_denoise_leaves_out_the_lof_outliers_of_the_trusted_images(
   monkeypatch.setattr(funad, "discriminator_patches",
                       lambda config, params, features: disc.copy())
   cfg = _config(0.5)
-  cfg.funad.rho = 1.0  # every image trusted
+  cfg.funad.bank_trust = 1.0  # every image trusted
   plain = funad.trusted_bank(cfg, None, tokens)
   assert any(np.allclose(r, patch[5, 1, 0]) for r in plain["bank"])
   # The 0.96 quantile of 48 LOF scores lies between the 46th and 47th:

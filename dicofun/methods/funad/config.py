@@ -107,6 +107,7 @@ ARGS: dict[str, str] = {
     "dist_input": "funad.distance_on_input",
     "bank_weight": "funad.bank_weight",
     "bank_coreset": "funad.bank_coreset",
+    "bank_trust": "funad.bank_trust",
     "bank_denoise": "funad.bank_denoise",
 }
 
@@ -202,6 +203,9 @@ def default_config(preset: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
       # and the coreset fraction it keeps.
       bank_weight=0.0,
       bank_coreset=0.01,
+      # (ours) the fraction of the training images, the lowest-ranked, whose
+      # patches make the trusted bank.
+      bank_trust=0.5,
       # (ours) the fraction of the trusted images' patches left out of the
       # bank by SoftPatch's per-position LOF (k = 6); 0 = none.
       bank_denoise=0.0,
@@ -296,6 +300,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   configlib.check_that(0 < f.get("bank_coreset", 0.01) <= 1,
                        "funad.bank_coreset", f.get("bank_coreset"),
                        "a fraction in (0, 1]")
+  configlib.check_fraction("funad.bank_trust", f.get("bank_trust", 0.5))
   configlib.check_that(0 <= f.get("bank_denoise", 0.0) < 1,
                        "funad.bank_denoise", f.get("bank_denoise"),
                        "a fraction in [0, 1) (0 = none)")

@@ -303,11 +303,11 @@ def _bank_of(config: ml_collections.ConfigDict, feats: np.ndarray,
   return state["bank"], own.astype(np.float32)
 
 
-def trusted_images(scores: np.ndarray, rho: float) -> np.ndarray:
-  """(N,) bool: the ⌊ρ·N⌋ lowest-scored images (at least 2), the ties
-  broken by index."""
+def trusted_images(scores: np.ndarray, fraction: float) -> np.ndarray:
+  """(N,) bool: the ⌊fraction·N⌋ lowest-scored images (at least 2), the
+  ties broken by index."""
   n = len(scores)
-  m = min(n, max(2, int(np.floor(rho * n + 1e-9))))
+  m = min(n, max(2, int(np.floor(fraction * n + 1e-9))))
   out = np.zeros(n, bool)
   out[np.argsort(np.asarray(scores), kind="stable")[:m]] = True
   return out
@@ -317,10 +317,10 @@ def trusted_bank(config: ml_collections.ConfigDict, params,
                  train_features: np.ndarray) -> dict[str, Any]:
   """FUN-AD's trusted images kept as a memory bank for scoring **(ours)**.
 
-  The method's own idea — a bank of the images it trusts, ρ of them — used
-  once more after training. The trained discriminator ranks the training
-  images (max patch score); the ⌊ρ·N⌋ lowest (``trusted_images``, the
-  paper's ρ: its bank is ρ of the images it scores normal) give their patch
+  The method's own idea — a bank of the images it trusts — used once more
+  after training. The trained discriminator ranks the training images (max
+  patch score); the ``bank_trust`` fraction scored lowest
+  (``trusted_images``) give their patch
   features (``bank_features``), less the ``bank_denoise`` fraction SoftPatch's
   LOF finds most outlying among them, to PatchCore's greedy coreset
   (``bank_coreset``). A patch's bank score is its distance to the nearest
@@ -347,7 +347,7 @@ def trusted_bank(config: ml_collections.ConfigDict, params,
   ranking = disc.reshape(len(disc), -1).max(1)
   rounds = []
   for _ in range(BANK_ROUNDS):
-    trusted = trusted_images(ranking, float(cfg.rho))
+    trusted = trusted_images(ranking, float(cfg.bank_trust))
     bank, own = _bank_of(config, feats, trusted)
     stats = np.array([*standardiser(disc), *standardiser(own)], np.float32)
     rounds.append({"bank": bank, "blend": stats, "trusted": trusted,
