@@ -1,7 +1,8 @@
-r"""The ``dicofun`` command: ``inspect``, ``run``, ``predict``, ``sweep``, ``report``, ``export``.
+r"""The ``dicofun`` command: ``inspect``, ``run``, ``predict``, ``sweep``, ``report``, ``export``, ``demo``.
 
 Usage::
 
+  dicofun demo runs/quickstart/line
   dicofun inspect /path/to/folder --out=runs/inspect_folder
   dicofun run --config=configs/patchcore_synthetic.py --workdir=runs/quick
   dicofun predict --model=runs/inspect_folder --images=/path/to/new/images
@@ -70,6 +71,7 @@ from dicofun import runner
 from dicofun import sweep as sweep_lib
 from dicofun import user_errors
 from dicofun.data import errors
+from dicofun.data import synthetic
 
 PROG = "dicofun"
 _HELP_ARGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
@@ -214,6 +216,25 @@ def _define_export(fv: flags.FlagValues, argv: Sequence[str]) -> None:
   flags.DEFINE_integer(
       "batch_size", 1, "the fixed batch of the exported scorer.",
       flag_values=fv)
+  _verbosity(fv)
+
+
+_DEMO = synthetic.write_inspect_folder.__kwdefaults__
+
+
+def _define_demo(fv: flags.FlagValues, argv: Sequence[str]) -> None:
+  del argv
+  flags.DEFINE_integer("num_good", _DEMO["num_good"], "good images "
+                       "(FOLDER/good/).", flag_values=fv)
+  flags.DEFINE_integer("num_defective", _DEMO["num_defective"],
+                       "defective images (FOLDER/defect/<defect>_NNN.png).",
+                       flag_values=fv)
+  flags.DEFINE_integer(
+      "image_size", inspection.DEFAULT_IMAGE_SIZE,
+      "side of the square images, in pixels (default: inspect's input "
+      "size).", flag_values=fv)
+  flags.DEFINE_integer("seed", _DEMO["seed"], "fixes every image.",
+                       flag_values=fv)
   _verbosity(fv)
 
 
@@ -433,6 +454,27 @@ def export_command(args: Sequence[str], fv: flags.FlagValues) -> None:
         f"{out}; how to call it: {out}.json")
 
 
+def demo_command(args: Sequence[str], fv: flags.FlagValues) -> None:
+  """Writes a demo folder to inspect: synthetic parts, a few defective.
+
+  The embedded procedural texture (dicofun.data.synthetic), as a line
+  delivers it: unlabelled images, the defective ones mixed in; the good/ and
+  defect/ sub-folders only give inspect's report its labels. The same
+  command again on the folder it wrote does nothing.
+  """
+  if len(args) != 1:
+    raise UsageError("demo needs exactly one FOLDER"
+                     + (f", got {len(args)}: {' '.join(args)}" if args else ""))
+  try:
+    folder = synthetic.write_inspect_folder(
+        args[0], num_good=fv.num_good, num_defective=fv.num_defective,
+        image_size=fv.image_size, seed=fv.seed)
+  except (FileExistsError, ValueError) as e:
+    _fail(e)
+  print(f"{fv.num_good} good and {fv.num_defective} defective images in "
+        f"{folder}; next: {PROG} inspect {args[0]}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
   """A sub-command: what it runs, its flags, its usage line.
@@ -472,6 +514,7 @@ COMMANDS: dict[str, Command] = {
                       "report --run=DIR [--out=FILE]"),
     "export": Command(export_command, _define_export,
                       "export --model=DIR [--out=FILE] [--batch_size=N]"),
+    "demo": Command(demo_command, _define_demo, "demo FOLDER [flags]"),
 }
 
 

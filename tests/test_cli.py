@@ -40,7 +40,7 @@ def test_no_command_and_unknown_command_exit_2():
   assert proc.returncode == 2
   lines = proc.stderr.splitlines()
   assert lines[0] == ("error: unknown command 'inpsect'; the commands: "
-                      "inspect, run, predict, sweep, report, export")
+                      "inspect, run, predict, sweep, report, export, demo")
   assert lines[1].startswith("usage: dicofun {inspect|run|")
   assert len(lines) == 2
 
@@ -96,6 +96,7 @@ def test_command_help_from_the_command_line_exits_0():
     (["inspect", "x", "--image_size=big"],
      "error: flag --image_size=big: invalid literal"),
     (["report", "extra"], "error: report takes no positional argument"),
+    (["demo"], "error: demo needs exactly one FOLDER"),
 ])
 def test_a_wrong_flag_or_missing_argument_is_one_line_and_the_usage(
     args, message):
@@ -108,6 +109,33 @@ def test_a_wrong_flag_or_missing_argument_is_one_line_and_the_usage(
   assert "helpshort" not in proc.stderr
   assert "Traceback" not in proc.stderr
   assert proc.stdout == ""
+
+
+def test_demo_writes_the_quick_start_folder_once(tmp_path):
+  folder = tmp_path / "line"
+  args = ("demo", str(folder), "--num_good=3", "--num_defective=2",
+          "--image_size=32")
+  proc = _dicofun(*args)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.strip() == (f"3 good and 2 defective images in {folder}; "
+                                 f"next: dicofun inspect {folder}")
+  good, defect = (sorted(os.listdir(folder / d)) for d in ("good", "defect"))
+  assert good == ["000.png", "001.png", "002.png"]
+  assert len(defect) == 2 and all(n.endswith("_000.png") for n in defect)
+  # The same command again: nothing rewritten; other sizes: refused.
+  mtime = os.path.getmtime(folder / "good" / "000.png")
+  assert _dicofun(*args).returncode == 0
+  assert os.path.getmtime(folder / "good" / "000.png") == mtime
+  proc = _dicofun("demo", str(folder), "--num_good=4")
+  assert proc.returncode == 2
+  assert proc.stderr.startswith("error: ") and "not empty" in proc.stderr
+  proc = _dicofun("demo", str(tmp_path / "other"), "--image_size=8")
+  assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+  assert proc.stderr.startswith("error: need image_size >= 16")
+  # The defaults are the README quick start's folder.
+  fv = cli.flag_values("demo")
+  assert (fv["num_good"].default, fv["num_defective"].default,
+          fv["image_size"].default) == (45, 5, 224)
 
 
 def test_a_bad_config_arg_is_one_line_and_the_usage(tmp_path):

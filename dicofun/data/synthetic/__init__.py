@@ -552,9 +552,14 @@ def write_inspect_folder(root: str, *, category: str = "texture",
     ``root`` (absolute).
 
   Raises:
+    ValueError: bad sizes.
     FileExistsError: ``root`` exists, is not empty and is not this call's
       folder.
   """
+  if image_size < 16 or num_good < 1 or num_defective < 0:
+    raise ValueError("need image_size >= 16, num_good >= 1 and "
+                     f"num_defective >= 0; got {image_size}, {num_good}, "
+                     f"{num_defective}")
   root = os.path.abspath(os.path.expanduser(os.fspath(root)))
   args = dict(category=category, num_good=int(num_good),
               num_defective=int(num_defective), image_size=int(image_size),
