@@ -759,9 +759,9 @@ def test_presets_paper_is_todays_recipe_and_default_is_the_measured_best():
           paper.bank_patches, paper.batch_patches, paper.d_norm, paper.bce,
           paper.schedule, paper.warmup_steps, paper.ema, paper.score_logits,
           paper.soft_labels, paper.distance_on_input,
-          paper.bank_exclude_batch) == (1, 2e-5, 1500, 50, 0, 0, "minmax",
-                                        "clamped", "constant", 0, 0.0,
-                                        False, False, False, False)
+          paper.bank_exclude_batch, paper.bank_weight) == (
+              1, 2e-5, 1500, 50, 0, 0, "minmax", "clamped", "constant", 0,
+              0.0, False, False, False, False, 0.0)
   default = funad_config.default_config()
   assert funad_config.DEFAULT_PRESET == "default" == default.preset
   assert (default.refresh_every, default.bank_patches, default.batch_patches,
@@ -769,9 +769,10 @@ def test_presets_paper_is_todays_recipe_and_default_is_the_measured_best():
           default.distance_on_input, default.bce, default.lr,
           default.schedule, default.warmup_steps, default.ema,
           default.score_logits, default.steps, default.min_epochs,
-          default.eval_every, default.checkpoint_every) == (
+          default.eval_every, default.checkpoint_every, default.bank_weight,
+          default.bank_trust) == (
               25, 8192, 64, "percentile", 99.0, 99.9, True, "logit", 1e-3,
-              "cosine", 25, 0.99, True, 100, 2, 25, 25)
+              "cosine", 25, 0.99, True, 100, 2, 25, 25, 0.75, 0.9)
   # The two differ only in (ours) knobs, lr, the budget (steps, issue 27)
   # and its cadence.
   diff = {k for k in paper if paper[k] != default[k]}

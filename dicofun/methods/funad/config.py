@@ -68,6 +68,12 @@ PRESETS: dict[str, dict[str, object]] = {
         min_epochs=2,
         eval_every=25,
         checkpoint_every=25,
+        # The trusted bank (issue 27): 90 % of the training images, those
+        # the discriminator ranks lowest, rebuilt from the blend's ranking;
+        # the score 0.25 discriminator + 0.75 bank (the suite's seed-0
+        # weight sweep, BENCHMARKS.md "FUN-AD's trusted bank").
+        bank_weight=0.75,
+        bank_trust=0.9,
     ),
 }
 # The preset of the config files when ``preset=`` is not given.
