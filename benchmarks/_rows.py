@@ -30,3 +30,19 @@ def merge_rows(old: list, new: list) -> list:
   it."""
   fresh = {_key(r) for r in new}
   return [r for r in old if _key(r) not in fresh] + list(new)
+
+
+def replace_block(path: str, begin: str, end: str, body: str) -> None:
+  """Writes ``begin``, ``body`` and ``end`` over the block between those
+  markers in the file at ``path`` (a generated table in BENCHMARKS.md),
+  or appends the block when the markers are not there yet."""
+  with open(path) as f:
+    text = f.read()
+  block = f"{begin}\n{body}{end}"
+  if begin in text:
+    start, stop = text.index(begin), text.index(end) + len(end)
+    text = text[:start] + block + text[stop:]
+  else:
+    text = text.rstrip("\n") + "\n\n" + block + "\n"
+  with open(path, "w") as f:
+    f.write(text)

@@ -30,6 +30,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
 sys.path.insert(0, os.path.dirname(_HERE))
 
+import _rows
 import _shared  # pylint: disable=wrong-import-position
 import _speed  # pylint: disable=wrong-import-position
 from dicofun.data import mvtec  # pylint: disable=wrong-import-position
@@ -107,12 +108,7 @@ def markdown(rows: list) -> str:
 def render(rows: list, path: str = os.path.join(os.path.dirname(_HERE),
                                                 "BENCHMARKS.md")) -> None:
   """Replaces the crop table in BENCHMARKS.md (between its markers)."""
-  with open(path) as f:
-    text = f.read()
-  block = f"{BEGIN}\n{markdown(rows)}{END}"
-  start, end = text.index(BEGIN), text.index(END) + len(END)
-  with open(path, "w") as f:
-    f.write(text[:start] + block + text[end:])
+  _rows.replace_block(path, BEGIN, END, markdown(rows))
 
 
 def main() -> None:

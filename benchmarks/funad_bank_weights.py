@@ -20,6 +20,7 @@ import os
 from absl import app
 from absl import flags
 
+import _rows
 import _speed
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -121,16 +122,7 @@ def markdown(suite_means: list, per_category: list) -> str:
 def render(text_block: str, path: str = os.path.join(os.path.dirname(_HERE),
                                                      "BENCHMARKS.md")) -> None:
   """Replaces the table between the markers (appends it when absent)."""
-  with open(path) as f:
-    text = f.read()
-  block = f"{BEGIN}\n{text_block}{END}"
-  if BEGIN in text:
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    text = text[:start] + block + text[end:]
-  else:
-    text = text.rstrip("\n") + "\n\n" + block + "\n"
-  with open(path, "w") as f:
-    f.write(text)
+  _rows.replace_block(path, BEGIN, END, text_block)
 
 
 def main(argv):

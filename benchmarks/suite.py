@@ -65,6 +65,7 @@ ROOT = os.path.dirname(_HERE)
 sys.path.insert(0, _HERE)
 sys.path.insert(0, ROOT)
 
+import _rows  # pylint: disable=wrong-import-position
 import _shared  # pylint: disable=wrong-import-position
 import _speed  # pylint: disable=wrong-import-position
 from dicofun import evaluate  # pylint: disable=wrong-import-position
@@ -354,20 +355,15 @@ def render_benchmarks_md(table: str, invocations: Sequence[dict],
                          path: str = os.path.join(ROOT, "BENCHMARKS.md")
                          ) -> None:
   """Replaces the suite section of BENCHMARKS.md (between the markers)."""
-  with open(path) as f:
-    text = f.read()
   walls = "; ".join(
       f"`{inv['command']}` at {inv['commit']}: {inv['cells_run']} cells run, "
       f"{inv['cells_skipped']} already finished, wall "
       f"{inv['wall_seconds'] / 60:.1f} min on {inv['cpu']} "
       f"(load {inv['load_start']} → {inv['load_end']})"
       for inv in invocations)
-  block = (f"{BEGIN}\n\nRows: `benchmarks/results/suite.json`. Invocations: "
-           f"{walls}\n\n{table}\n{END}")
-  start, end = text.index(BEGIN), text.index(END) + len(END)
-  text = text[:start] + block + text[end:]
-  with open(path, "w") as f:
-    f.write(text)
+  _rows.replace_block(path, BEGIN, END,
+                      f"\nRows: `benchmarks/results/suite.json`. Invocations: "
+                      f"{walls}\n\n{table}\n")
 
 
 def command_line() -> str:
