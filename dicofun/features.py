@@ -181,27 +181,6 @@ def _compiled(backbone, layout: str, vit_local_average: int) -> Callable:
   return _COMPILED[key]
 
 
-def extract_arrays(backbone, images: np.ndarray, *, layout: str,
-                   batch_size: int = 16, mesh=None,
-                   desc: str = "features",
-                   vit_local_average: int = names.DEFAULT_VIT_LOCAL_AVERAGE
-                   ) -> np.ndarray:
-  """Features of already preprocessed images (N, S, S, 3) float32.
-
-  Every process holds all ``images``; each feeds its slice of every batch.
-  ``vit_local_average`` as in ``layout_fn``.
-  """
-  gbs, per_proc, mesh = _batch_geometry(batch_size, mesh)
-  pindex = jax.process_index()
-
-  def batches():
-    for start in range(0, len(images), gbs):
-      yield images[start + pindex * per_proc:start + (pindex + 1) * per_proc]
-  return _run(backbone, batches(), len(images), layout=layout, gbs=gbs,
-              per_proc=per_proc, mesh=mesh, desc=desc,
-              vit_local_average=vit_local_average)
-
-
 def _batch_geometry(batch_size: int, mesh):
   """(global batch, rows per process, mesh): a multiple of the device count."""
   mesh = mesh or parallel.make_mesh()

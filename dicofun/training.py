@@ -82,6 +82,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from dicofun import checkpoint
+from dicofun import fileio
 from dicofun import interrupt
 from dicofun import parallel
 from dicofun import progress as progress_lib
@@ -289,16 +290,6 @@ def unflatten(template: PyTree, flat: dict[str, Any]) -> PyTree:
 
 def _to_host(tree: PyTree) -> PyTree:
   return jax.tree_util.tree_map(parallel.gather_to_host, tree)
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to a temporary file and renames it over ``path``."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 class ResumeMismatchError(user_errors.UserError, ValueError):
@@ -565,7 +556,7 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
                    ckpt.directory)
     if fingerprint is not None and parallel.is_main_process() and (
         not start or not os.path.exists(fp_path)):
-      write_json_atomic(fp_path, fingerprint)
+      fileio.write_json_atomic(fp_path, fingerprint)
   state = place(state)
 
   writer = None
@@ -651,7 +642,7 @@ def _epochs(*, state, start, epochs, epoch_fn, evaluate_fn, eval_every,
       # History first: a run killed between the two resumes from the previous
       # checkpoint and keeps only the history rows up to it.
       if parallel.is_main_process():
-        write_json_atomic(hist_path, history)
+        fileio.write_json_atomic(hist_path, history)
       ckpt.maybe_save(done, flatten(_to_host(state)), force=True)
       saved = done
     if stop:

@@ -266,20 +266,6 @@ def test_history_is_written_before_the_checkpoint(tmp_path, monkeypatch):
     assert [r["epoch"] for r in json.load(f)] == [1]
 
 
-def test_json_is_replaced_atomically(tmp_path, monkeypatch):
-  path = str(tmp_path / "h.json")
-  training.write_json_atomic(path, [1])
-
-  def fail(src, dst):
-    raise OSError("disk full")
-
-  monkeypatch.setattr(os, "replace", fail)
-  with pytest.raises(OSError):
-    training.write_json_atomic(path, [1, 2])
-  with open(path) as f:
-    assert json.load(f) == [1]  # The old file is intact.
-
-
 def test_old_layout_checkpoint_is_named_not_silently_ignored(tmp_path,
                                                             caplog):
   os.makedirs(tmp_path / "train_ckpt" / "3")

@@ -456,18 +456,3 @@ def convert_hf_weights(state_dict: Mapping[str, np.ndarray], *,
         "ls2": sd[pre + ".layer_scale2.lambda1"],
     }
   return {"params": params}
-
-
-def convert_onnx_weights(initializers: Mapping[str, np.ndarray]
-                         ) -> Dict[str, Any]:
-  """Flax variables from the named ONNX initializers.
-
-  Args:
-    initializers: the output of ``dicofun.models.weights.
-      onnx_dinov2_state_dict`` (anonymous MatMul weights already named and in
-      torch ``(out, in)`` layout, position embedding concatenated).
-
-  Returns:
-    ``{"params": ...}`` for ``VisionTransformer``.
-  """
-  return convert_hf_weights(initializers)

@@ -537,7 +537,3 @@ def load_backbone_weights(name: str, *, path: Optional[str] = None
   except OSError as e:  # A read-only home must not stop inference.
     logging.warning("could not cache converted weights at %s: %s", cached, e)
   return LoadedWeights(state, sha, src_path)
-
-
-def known_packaged() -> Iterable[str]:
-  return tuple(_SOURCES)
