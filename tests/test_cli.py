@@ -152,7 +152,7 @@ def test_a_bad_config_arg_is_one_line_and_the_usage(tmp_path):
                            "known args: ['backbone', 'category', "
                            "'contamination', 'coreset', 'coreset_method', "
                            "'crop', 'image_size', 'layer', 'local_average', "
-                           "'norm', 'root', 'runlocal', 'seed']")
+                           "'norm', 'root', 'runlocal', 'seed', 'weights']")
   assert lines[1].startswith("usage: dicofun run --config=")
 
 
