@@ -272,3 +272,16 @@ def gather_to_host(x: Any) -> np.ndarray:
       not x.is_fully_addressable):
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))
+
+
+def tree_to_host(tree: Any) -> Any:
+  """``gather_to_host`` of every leaf of a pytree."""
+  return jax.tree_util.tree_map(gather_to_host, tree)
+
+
+def replicated_to_host(x: jax.Array) -> np.ndarray:
+  """The value of a replicated array as numpy, from this process's own
+  copy (no collective: every process holds all of it)."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(x.addressable_data(0))

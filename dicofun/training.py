@@ -288,10 +288,6 @@ def unflatten(template: PyTree, flat: dict[str, Any]) -> PyTree:
       jax.tree_util.tree_structure(template), leaves)
 
 
-def _to_host(tree: PyTree) -> PyTree:
-  return jax.tree_util.tree_map(parallel.gather_to_host, tree)
-
-
 class ResumeMismatchError(user_errors.UserError, ValueError):
   """A workdir's checkpoint belongs to a run with a different training config."""
 
@@ -542,7 +538,8 @@ def run_loop(*, state: PyTree, epochs: int, epoch_fn: EpochFn,
     try:
       _check_resumable(ckpt, fp_path, fingerprint, epochs=epochs,
                        ckpt_root=ckpt_root)
-      host_template = jax.tree_util.tree_map(np.asarray, _to_host(template))
+      host_template = jax.tree_util.tree_map(
+          np.asarray, parallel.tree_to_host(template))
       restored, start = ckpt.restore_or(flatten(host_template))
     except Exception:
       ckpt.close()
@@ -643,7 +640,7 @@ def _epochs(*, state, start, epochs, epoch_fn, evaluate_fn, eval_every,
       # checkpoint and keeps only the history rows up to it.
       if parallel.is_main_process():
         fileio.write_json_atomic(hist_path, history)
-      ckpt.maybe_save(done, flatten(_to_host(state)), force=True)
+      ckpt.maybe_save(done, flatten(parallel.tree_to_host(state)), force=True)
       saved = done
     if stop:
       interrupt.check(f"interrupted after epoch {done} of {epochs}"

@@ -67,6 +67,8 @@ import jax.numpy as jnp
 import numpy as np
 import threadpoolctl
 
+from dicofun import parallel
+
 Array = Union[np.ndarray, jax.Array]
 P = jax.sharding.PartitionSpec
 
@@ -272,13 +274,6 @@ def _put(x: np.ndarray, sharding) -> jax.Array:
   return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-  """Host copy of a replicated result (works across processes too)."""
-  if x.is_fully_addressable:
-    return np.asarray(x)
-  return np.asarray(x.addressable_data(0))
-
-
 def knn(queries: Array, bank: Array, *, k: int = 1, metric: str = "l2",
         query_chunk: int = 1024, bank_chunk: int = 16384,
         mesh: Optional[jax.sharding.Mesh] = None,
@@ -386,8 +381,10 @@ def knn(queries: Array, bank: Array, *, k: int = 1, metric: str = "l2",
       # deadlock XLA's rendezvous (seen with 2 devices on 2 cores), so
       # collective blocks run one at a time.
       jax.block_until_ready(outs[-1])
-  dists = np.concatenate([_to_host(d) for d, _ in outs])[:n_q]
-  idx = np.concatenate([_to_host(i) for _, i in outs])[:n_q]
+  dists = np.concatenate(
+      [parallel.replicated_to_host(d) for d, _ in outs])[:n_q]
+  idx = np.concatenate(
+      [parallel.replicated_to_host(i) for _, i in outs])[:n_q]
   return dists.astype(np.float32), idx.astype(np.int32)
 
 

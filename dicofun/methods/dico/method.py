@@ -70,10 +70,6 @@ def build_net(cfg: ml_collections.ConfigDict,
       shrink=float(cfg.shrink) if cfg.shrink else None)
 
 
-def _mesh():
-  return parallel.make_mesh()
-
-
 def _place_global(mesh, x: np.ndarray):
   """Puts a global batch (the same on every process) on the data axis."""
   return parallel.global_batch(mesh, x)
@@ -257,7 +253,7 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
       images_per_epoch=k * batch if batch else None,
       step_of=lambda done: done * k)
   state = loop.state
-  variables = _to_host({"params": state["params"],
+  variables = parallel.tree_to_host({"params": state["params"],
                         "batch_stats": state["batch_stats"]})
   losses = [{k: v for k, v in row.items()
              if not k.startswith(training.EVAL_PREFIX)}
@@ -278,10 +274,6 @@ def train(cfg: ml_collections.ConfigDict, *, encoder: step_lib.Encoder,
           "compilations": len(train_step.traces),
           "num_parameters": model_lib.tree_size(variables["params"])}
   return variables, info
-
-
-def _to_host(tree: Any) -> Any:
-  return jax.tree_util.tree_map(parallel.gather_to_host, tree)
 
 
 def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
@@ -314,7 +306,7 @@ def run(config: ml_collections.ConfigDict, data: api.RunData, workdir: str, *,
         levels=tuple(cfg.levels), image_size=size)
     mean, std = bb.mean, bb.std
   pre = pipeline.preprocess_for(config, mean=mean, std=std)
-  mesh = _mesh()
+  mesh = parallel.make_mesh()
   ndev = mesh.size
   n = len(data.train)
   if n < ndev:
@@ -520,7 +512,7 @@ def predict_images(config: ml_collections.ConfigDict, state: dict[str, Any],
         levels=tuple(cfg.levels),
         image_size=int(images.shape[1]))
   net = build_net(cfg, encoder.channels)
-  mesh = _mesh()
+  mesh = parallel.make_mesh()
   score_fn = step_lib.make_score_fn(net, encoder, step_config(cfg), mesh=mesh)
   variables = {"params": state["params"],
                "batch_stats": state.get("batch_stats", {})}
