@@ -3,16 +3,11 @@ live, ``PRESETS`` included), the config-file arguments ``ARGS`` and their
 checks.
 
 Presets (METHODS §1): ``"paper"`` is the published recipe unchanged;
-``"default"`` (``DEFAULT_PRESET``) differs only in knobs marked **(ours)**,
-counts its budget in optimiser steps (``steps``, with a floor of
-``min_epochs`` passes; ``method.budget``) and was measured best on magnetic tile (224, DINOv2-S block 8 with the
-intermediate LayerNorm; last epoch of 10: test image AUROC 0.803 / AUPRO
-0.736 at c = 0.1, 0.836 / 0.752 at c = 0.2; BENCHMARKS.md, issue 12). Its
-values were chosen on that category's c = 0.1 test set (5 runs), with a
-budget of 10 epochs; the budget of 100 steps is chosen for its cost (issue
-27: at most 3x SoftPatch end to end on a ~350-image category) and every
-accuracy choice is still to be made on the suite's mean (issue 26). The paper
-recipe costs ~33 min per epoch there and was not run to the end.
+``"default"`` (``DEFAULT_PRESET``) differs only in knobs marked **(ours)**:
+a budget in optimiser steps (``steps``, at least ``min_epochs`` passes;
+``method.budget``), the speed and collapse fixes first measured on magnetic
+tile, and the trusted bank (``bank_weight``, ``bank_trust``) chosen on the
+benchmark suite's mean (BENCHMARKS.md, "FUN-AD on the suite"; issue 27).
 
 A ``configs/funad_<dataset>.py`` file builds
 ``configlib.run_config(method_config=default_config(preset_in(arg)), ...)``,
@@ -36,7 +31,7 @@ BCES = ("clamped", "logit")  # The balanced BCE: paper clamp or logit space.
 SCHEDULES = ("constant", "cosine")  # The lr schedule.
 
 # The presets: overrides of the paper recipe (``default_config``'s base).
-# "default" = the measured best on magnetic tile, every value (ours):
+# "default": every value (ours):
 # speed (rescore every 25 iterations, 8192 bank patches, 64 patch positions
 # per iteration), collapse fixes (percentile 99/99.9 d̃, distances on the
 # input features, logit-space BCE, warm-up + cosine lr, EMA params, logit
@@ -71,7 +66,7 @@ PRESETS: dict[str, dict[str, object]] = {
         # The trusted bank (issue 27): 90 % of the training images, those
         # the discriminator ranks lowest, rebuilt from the blend's ranking;
         # the score 0.25 discriminator + 0.75 bank (the suite's seed-0
-        # weight sweep, BENCHMARKS.md "FUN-AD's trusted bank").
+        # weight sweep, BENCHMARKS.md "FUN-AD on the suite").
         bank_weight=0.75,
         bank_trust=0.9,
     ),
