@@ -22,7 +22,7 @@ def _config(weight, backbone="dinov2_vits14"):
   cfg.dataset = ml_collections.ConfigDict(dict(image_size=8))
   cfg.funad = funad_config.default_config("default")
   cfg.funad.update(dict(hidden=(16, 8), score_chunk=4, bank_weight=weight,
-                        bank_coreset=1.0))
+                        bank_coreset=1.0, bank_trust=0.5))
   return cfg
 
 
