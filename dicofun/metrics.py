@@ -136,6 +136,22 @@ MEAN_AD_TO_STD = 1.253314
 SPREAD_FLOOR = 1e-6
 
 
+def robust_location_spread(values: np.ndarray) -> tuple[float, float]:
+  """(median, spread) of ``values``: spread = 1.4826 · MAD, or 1.253314 ·
+  the mean absolute deviation from the median when the MAD is 0 (more than
+  half the values tied), floored at ``SPREAD_FLOOR`` · max |value| (and at
+  the smallest positive float), so it is never 0."""
+  x = np.asarray(values, np.float64).reshape(-1)
+  med = float(np.median(x))
+  dev = np.abs(x - med)
+  spread = MAD_TO_STD * float(np.median(dev))
+  if spread == 0.0:
+    spread = MEAN_AD_TO_STD * float(np.mean(dev))
+  floor = max(SPREAD_FLOOR * float(np.max(np.abs(x))),
+              float(np.finfo(np.float64).tiny))
+  return med, max(spread, floor)
+
+
 def robust_threshold(scores: np.ndarray, *,
                      contamination: Optional[float] = None,
                      z: float = ROBUST_Z) -> tuple[float, str]:
@@ -177,14 +193,8 @@ def robust_threshold(scores: np.ndarray, *,
     return (float(np.quantile(scores, q)),
             f"{q:.4g} quantile of the scores (contamination hint "
             f"{contamination:g})")
-  med = float(np.median(scores))
-  dev = np.abs(scores - med)
-  spread = MAD_TO_STD * float(np.median(dev))
-  if spread == 0.0:
-    spread = MEAN_AD_TO_STD * float(np.mean(dev))
-  floor = max(SPREAD_FLOOR * float(np.max(np.abs(scores))),
-              float(np.finfo(np.float64).tiny))
-  return (med + z * max(spread, floor),
+  med, spread = robust_location_spread(scores)
+  return (med + z * spread,
           f"median + {z:g} x 1.4826 x MAD of the scores (robust outlier "
           f"rule; 1.2533 x mean deviation when the MAD is 0)")
 

@@ -247,17 +247,9 @@ def bank_features(config: ml_collections.ConfigDict,
 
 
 def standardiser(patch_scores: np.ndarray) -> tuple[float, float]:
-  """(median, spread) of patch scores: spread = 1.4826 · MAD, or, when more
-  than half the scores tie (MAD 0), 1.253314 · the mean absolute deviation
-  (``metrics.robust_threshold``'s rule), floored above 0."""
-  x = np.asarray(patch_scores, np.float64).reshape(-1)
-  loc = float(np.median(x))
-  dev = np.abs(x - loc)
-  spread = 1.4826 * float(np.median(dev))
-  if spread <= 0:
-    spread = 1.253314 * float(np.mean(dev))
-  floor = max(1e-6 * float(np.max(np.abs(x))), np.finfo(np.float32).tiny)
-  return loc, max(spread, floor)
+  """(median, spread) of patch scores (``metrics.robust_location_spread``,
+  the robust threshold's own)."""
+  return metrics.robust_location_spread(patch_scores)
 
 
 def blend(disc: np.ndarray, knn: Optional[np.ndarray],
