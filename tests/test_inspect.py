@@ -623,7 +623,7 @@ def test_each_command_help_lists_its_flags_with_defaults():
                "--strict (default: 'false')", "--labels", "--out"):
     assert flag in text, flag
   assert set(cli.COMMANDS) == {
-      "inspect", "run", "predict", "sweep", "report", "export"}
+      "inspect", "run", "predict", "sweep", "report", "export", "demo"}
   assert "--batch_size (default: '1')" in cli.command_help("export")
   for command in cli.COMMANDS:
     text = cli.command_help(command)
